@@ -1,0 +1,504 @@
+//! Feature engineering: one code path for training and serving.
+//!
+//! [`UserFeatures`] condenses a user's profile and history (as of a point in
+//! time) into what the models read; the `*_features` functions turn users,
+//! destinations and request context into the fixed-order vectors the ONNX models
+//! take. The trainers and the server call exactly these functions, so there is no
+//! training/serving skew.
+
+use crate::catalogue::Catalogue;
+use crate::types::*;
+use chrono::{DateTime, Datelike, Timelike, Utc};
+use serde::{Deserialize, Serialize};
+use uuid::Uuid;
+
+/// Hours in a week: the activity histogram's length (Monday 00:00 local = 0).
+pub const HOURS_PER_WEEK: usize = 168;
+
+/// Per-user features: everything the three models read about one user.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct UserFeatures {
+    pub user_id: Uuid,
+    pub interests: TagSet,
+    pub style_vector: [f32; 3],
+    pub travel_style: TravelStyle,
+    pub personality: [f32; 5],
+    pub languages: Vec<String>,
+    pub budget: Budget,
+    pub preferred_duration: TripDuration,
+    pub age: u8,
+    pub timezone: String,
+    /// Tag profile of the destinations the user engaged with, weighted by how
+    /// strongly (a view counts 1, a booking 3); zero without history.
+    pub tag_affinity: [f32; TAGS.len()],
+    pub n_interactions: u32,
+    /// Catalogue indices of destinations already booked or visited (never
+    /// recommended again), sorted.
+    pub consumed: Vec<u32>,
+    /// Catalogue indices of destinations interacted with in any way, sorted.
+    pub engaged: Vec<u32>,
+    /// App sessions per local hour of the week.
+    pub activity: Vec<f32>,
+    pub n_activity: u32,
+    /// Notifications sent and opened per channel (push, email, sms).
+    pub channel_sent: [u32; 3],
+    pub channel_opened: [u32; 3],
+}
+
+/// Local hour of the week (Monday 00:00 = 0) of an instant in a time zone.
+pub fn hour_of_week(at: DateTime<Utc>, tz: &chrono_tz::Tz) -> usize {
+    let l = at.with_timezone(tz);
+    l.weekday().num_days_from_monday() as usize * 24 + l.hour() as usize
+}
+
+/// Parse a time-zone name, falling back to UTC for names the tz database lacks.
+pub fn parse_tz(name: &str) -> chrono_tz::Tz {
+    name.parse().unwrap_or(chrono_tz::UTC)
+}
+
+fn interaction_weight(kind: InteractionKind) -> f32 {
+    match kind {
+        InteractionKind::Viewed => 1.0,
+        InteractionKind::Saved => 2.0,
+        InteractionKind::Booked | InteractionKind::Visited => 3.0,
+        InteractionKind::Rated => 1.0,
+    }
+}
+
+impl UserFeatures {
+    /// Features of a user from their history, counting only what happened before
+    /// `as_of` (training passes the split time; serving passes now).
+    pub fn from_history(
+        profile: &Profile,
+        history: &UserHistory,
+        catalogue: &Catalogue,
+        as_of: DateTime<Utc>,
+    ) -> Self {
+        let tz = parse_tz(&profile.timezone);
+        let mut tag_affinity = [0f32; TAGS.len()];
+        let mut consumed = Vec::new();
+        let mut engaged = Vec::new();
+        let mut n_interactions = 0;
+        for i in history.interactions.iter().filter(|i| i.occurred_at < as_of) {
+            let Some(di) = catalogue.index_of(&i.destination_id) else {
+                continue;
+            };
+            n_interactions += 1;
+            let tags = &catalogue.tags[di];
+            let w = interaction_weight(i.kind) / (tags.len().max(1) as f32).sqrt();
+            for (t, a) in tag_affinity.iter_mut().enumerate() {
+                if tags.contains(t) {
+                    *a += w;
+                }
+            }
+            engaged.push(di as u32);
+            if matches!(
+                i.kind,
+                InteractionKind::Booked | InteractionKind::Visited | InteractionKind::Rated
+            ) {
+                consumed.push(di as u32);
+            }
+        }
+        let norm = tag_affinity.iter().map(|x| x * x).sum::<f32>().sqrt();
+        if norm > 0.0 {
+            tag_affinity.iter_mut().for_each(|a| *a /= norm);
+        }
+        for v in [&mut consumed, &mut engaged] {
+            v.sort_unstable();
+            v.dedup();
+        }
+        let mut activity = vec![0f32; HOURS_PER_WEEK];
+        let mut n_activity = 0;
+        for at in history.activity.iter().filter(|t| **t < as_of) {
+            activity[hour_of_week(*at, &tz)] += 1.0;
+            n_activity += 1;
+        }
+        let mut channel_sent = [0; 3];
+        let mut channel_opened = [0; 3];
+        for n in history.notifications.iter().filter(|n| n.sent_at < as_of) {
+            channel_sent[n.channel.index()] += 1;
+            if n.opened_at.is_some_and(|o| o < as_of) {
+                channel_opened[n.channel.index()] += 1;
+            }
+        }
+        Self {
+            user_id: profile.id,
+            interests: TagSet::from_names(&profile.interests),
+            style_vector: profile.style_vector,
+            travel_style: profile.travel_style,
+            personality: profile.personality,
+            languages: profile.languages.clone(),
+            budget: profile.budget,
+            preferred_duration: profile.preferred_duration,
+            age: profile.age,
+            timezone: profile.timezone.clone(),
+            tag_affinity,
+            n_interactions,
+            consumed,
+            engaged,
+            activity,
+            n_activity,
+            channel_sent,
+            channel_opened,
+        }
+    }
+
+    pub fn has_history(&self) -> bool {
+        self.n_interactions > 0
+    }
+
+    pub fn has_consumed(&self, dest: usize) -> bool {
+        self.consumed.binary_search(&(dest as u32)).is_ok()
+    }
+
+    pub fn has_engaged(&self, dest: usize) -> bool {
+        self.engaged.binary_search(&(dest as u32)).is_ok()
+    }
+
+    /// Cosine between the user's tag affinity and a tag set (0 without history).
+    pub fn affinity_to(&self, tags: &TagSet) -> f32 {
+        if tags.is_empty() {
+            return 0.0;
+        }
+        let dot: f32 = (0..TAGS.len())
+            .filter(|&t| tags.contains(t))
+            .map(|t| self.tag_affinity[t])
+            .sum();
+        dot / (tags.len() as f32).sqrt()
+    }
+}
+
+/// Request context of a match.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct MatchContext {
+    /// Tags of the context destination, when it is in the catalogue.
+    pub destination_tags: Option<TagSet>,
+    /// Interests named in the request.
+    pub interests: TagSet,
+}
+
+/// The factor groups of the match model, in the order of its `factors` output.
+pub const MATCH_FACTORS: [&str; 3] = ["interest_overlap", "travel_style", "personality"];
+
+/// Names of the match features, in model-input order, with the factor group
+/// (index into [`MATCH_FACTORS`]) each belongs to.
+pub const MATCH_FEATURES: [(&str, usize); 27] = [
+    ("interest_jaccard", 0),
+    ("interest_shared_count", 0),
+    ("affinity_cosine", 0),
+    ("both_have_history", 0),
+    ("context_destination_interest_fit", 0),
+    ("context_destination_affinity_fit", 0),
+    ("context_interests_shared", 0),
+    ("has_context_destination", 0),
+    ("style_pace_diff", 1),
+    ("style_comfort_diff", 1),
+    ("style_spontaneity_diff", 1),
+    ("style_distance", 1),
+    ("same_travel_style", 1),
+    ("budget_diff", 1),
+    ("same_preferred_duration", 1),
+    ("shared_language", 1),
+    ("age_diff", 1),
+    ("openness_diff", 2),
+    ("conscientiousness_diff", 2),
+    ("extraversion_diff", 2),
+    ("agreeableness_diff", 2),
+    ("neuroticism_diff", 2),
+    ("openness_mean", 2),
+    ("conscientiousness_mean", 2),
+    ("extraversion_mean", 2),
+    ("agreeableness_mean", 2),
+    ("neuroticism_mean", 2),
+];
+
+/// Match features of a pair. Symmetric: swapping the users gives the same vector.
+pub fn match_features(a: &UserFeatures, b: &UserFeatures, ctx: &MatchContext) -> [f32; 27] {
+    let shared = a.interests.intersection(&b.interests);
+    let affinity_cos = if a.has_history() && b.has_history() {
+        a.tag_affinity
+            .iter()
+            .zip(&b.tag_affinity)
+            .map(|(x, y)| x * y)
+            .sum()
+    } else {
+        0.0
+    };
+    let (dest_interest, dest_affinity, has_dest) = match &ctx.destination_tags {
+        Some(t) if !t.is_empty() => {
+            let fit = |u: &UserFeatures| u.interests.intersection(t).len() as f32 / t.len() as f32;
+            (
+                (fit(a) + fit(b)) / 2.0,
+                (a.affinity_to(t) + b.affinity_to(t)) / 2.0,
+                1.0,
+            )
+        }
+        _ => (0.0, 0.0, 0.0),
+    };
+    let ctx_shared = if ctx.interests.is_empty() {
+        0.0
+    } else {
+        ctx.interests.intersection(&shared).len() as f32 / ctx.interests.len() as f32
+    };
+    let sd: Vec<f32> = (0..3)
+        .map(|i| (a.style_vector[i] - b.style_vector[i]).abs())
+        .collect();
+    let style_dist = (sd.iter().map(|d| d * d).sum::<f32>() / 3.0).sqrt();
+    let shared_lang = a.languages.iter().any(|l| b.languages.contains(l));
+    let mut f = [0f32; 27];
+    f[0] = a.interests.jaccard(&b.interests);
+    f[1] = (shared.len() as f32 / 5.0).min(1.0);
+    f[2] = affinity_cos;
+    f[3] = (a.has_history() && b.has_history()) as u8 as f32;
+    f[4] = dest_interest;
+    f[5] = dest_affinity;
+    f[6] = ctx_shared;
+    f[7] = has_dest;
+    f[8..11].copy_from_slice(&sd);
+    f[11] = style_dist;
+    f[12] = (a.travel_style == b.travel_style) as u8 as f32;
+    f[13] = (a.budget.index() as f32 - b.budget.index() as f32).abs() / 2.0;
+    f[14] = (a.preferred_duration == b.preferred_duration) as u8 as f32;
+    f[15] = shared_lang as u8 as f32;
+    f[16] = ((a.age as f32 - b.age as f32).abs() / 50.0).min(1.0);
+    for i in 0..5 {
+        f[17 + i] = (a.personality[i] - b.personality[i]).abs();
+        f[22 + i] = (a.personality[i] + b.personality[i]) / 2.0;
+    }
+    f
+}
+
+/// Names of the recommendation features, in model-input order.
+pub const REC_FEATURES: [&str; 9] = [
+    "interest_cosine",
+    "interest_overlap",
+    "affinity_cosine",
+    "has_history",
+    "budget_diff",
+    "budget_exact",
+    "duration_match",
+    "log_popularity",
+    "engaged_before",
+];
+
+/// Recommendation features of (user, destination). `log_popularity` is the
+/// destination's standardised log interaction count, a parameter of the model.
+pub fn rec_features(u: &UserFeatures, catalogue: &Catalogue, dest: usize, log_popularity: f32) -> [f32; 9] {
+    let tags = &catalogue.tags[dest];
+    let d = &catalogue.destinations[dest];
+    let shared = u.interests.intersection(tags).len() as f32;
+    let denom = ((u.interests.len().max(1) * tags.len().max(1)) as f32).sqrt();
+    let bdiff = (u.budget.index() as f32 - d.cost_level.index() as f32).abs();
+    [
+        shared / denom,
+        shared / 3.0,
+        u.affinity_to(tags),
+        u.has_history() as u8 as f32,
+        bdiff / 2.0,
+        (bdiff == 0.0) as u8 as f32,
+        d.trip_lengths.contains(&u.preferred_duration) as u8 as f32,
+        log_popularity,
+        u.has_engaged(dest) as u8 as f32,
+    ]
+}
+
+/// Names of the timing features, in model-input order.
+pub const TIMING_FEATURES: [&str; 9] = [
+    "user_share_hour_of_week",
+    "user_share_hour_of_day",
+    "user_share_neighbour_hours",
+    "user_share_same_day_type",
+    "shrunk_share_hour_of_week",
+    "population_share_hour_of_week",
+    "population_share_hour_of_day",
+    "log_sessions",
+    "is_weekend",
+];
+
+/// Prior strength (in sessions) of the population pattern in the shrunk share.
+pub const SHRINKAGE_SESSIONS: f32 = 20.0;
+
+/// The population's activity pattern: share of sessions per local hour of week.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct PopulationActivity {
+    pub hour_of_week: Vec<f32>,
+}
+
+impl PopulationActivity {
+    /// Share of all users' sessions per local hour of week.
+    pub fn from_users<'a>(users: impl IntoIterator<Item = &'a UserFeatures>) -> Self {
+        let mut h = vec![0f32; HOURS_PER_WEEK];
+        for u in users {
+            for (a, b) in h.iter_mut().zip(&u.activity) {
+                *a += b;
+            }
+        }
+        let total: f32 = h.iter().sum::<f32>().max(1.0);
+        h.iter_mut().for_each(|v| *v /= total);
+        Self { hour_of_week: h }
+    }
+
+    pub fn hour_of_day(&self, hod: usize) -> f32 {
+        (0..7).map(|d| self.hour_of_week[d * 24 + hod]).sum()
+    }
+}
+
+/// Timing features of one user for each of the 168 local hours of the week
+/// (row-major, 168 rows).
+pub fn timing_features(u: &UserFeatures, pop: &PopulationActivity) -> Vec<f32> {
+    let n = u.n_activity as f32;
+    let hod: Vec<f32> = (0..24)
+        .map(|h| (0..7).map(|d| u.activity[d * 24 + h]).sum())
+        .collect();
+    let weekend_total: f32 = u.activity[120..].iter().sum();
+    let weekday_total = n - weekend_total;
+    let share = |c: f32, total: f32| if total > 0.0 { c / total } else { 0.0 };
+    let mut out = Vec::with_capacity(HOURS_PER_WEEK * TIMING_FEATURES.len());
+    for h in 0..HOURS_PER_WEEK {
+        let hd = h % 24;
+        let weekend = h >= 120;
+        let same_type: f32 = if weekend {
+            (5..7).map(|d| u.activity[d * 24 + hd]).sum()
+        } else {
+            (0..5).map(|d| u.activity[d * 24 + hd]).sum()
+        };
+        let nb = hod[(hd + 23) % 24] + hod[(hd + 1) % 24];
+        out.extend_from_slice(&[
+            share(u.activity[h], n),
+            share(hod[hd], n),
+            share(nb, n),
+            share(same_type, if weekend { weekend_total } else { weekday_total }),
+            (u.activity[h] + SHRINKAGE_SESSIONS * pop.hour_of_week[h]) / (n + SHRINKAGE_SESSIONS),
+            pop.hour_of_week[h],
+            pop.hour_of_day(hd),
+            (1.0 + n).ln() / 5.0,
+            weekend as u8 as f32,
+        ]);
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::catalogue::{builtin, Catalogue};
+    use chrono::TimeZone;
+    use proptest::prelude::*;
+
+    fn profile(interests: &[&str], tz: &str) -> Profile {
+        Profile {
+            id: Uuid::from_u128(1),
+            display_name: "x".into(),
+            age: 30,
+            interests: interests.iter().map(|s| s.to_string()).collect(),
+            travel_style: TravelStyle::Cultural,
+            style_vector: [0.4, 0.5, 0.2],
+            personality: [0.5; 5],
+            languages: vec!["en".into()],
+            timezone: tz.into(),
+            budget: Budget::Medium,
+            preferred_duration: TripDuration::Week,
+            created_at: Utc.with_ymd_and_hms(2026, 1, 1, 0, 0, 0).unwrap(),
+        }
+    }
+
+    #[test]
+    fn hour_of_week_uses_local_time() {
+        // 2026-07-06 is a Monday; 12:00 UTC is 14:00 in Paris (CEST).
+        let at = Utc.with_ymd_and_hms(2026, 7, 6, 12, 0, 0).unwrap();
+        assert_eq!(hour_of_week(at, &parse_tz("Europe/Paris")), 14);
+        assert_eq!(hour_of_week(at, &parse_tz("America/New_York")), 8);
+        // Sunday 23:00 local is the last hour of the week.
+        let sun = Utc.with_ymd_and_hms(2026, 7, 12, 21, 30, 0).unwrap();
+        assert_eq!(hour_of_week(sun, &parse_tz("Europe/Paris")), 167);
+    }
+
+    #[test]
+    fn history_after_as_of_is_ignored() {
+        let cat = Catalogue::new(builtin());
+        let p = profile(&["food"], "UTC");
+        let t0 = Utc.with_ymd_and_hms(2026, 7, 6, 12, 0, 0).unwrap();
+        let h = UserHistory {
+            profile: Some(p.clone()),
+            interactions: vec![Interaction {
+                user_id: p.id,
+                destination_id: cat.destinations[0].id,
+                kind: InteractionKind::Visited,
+                rating: None,
+                occurred_at: t0,
+            }],
+            activity: vec![t0],
+            notifications: vec![],
+        };
+        let before = UserFeatures::from_history(&p, &h, &cat, t0);
+        assert_eq!((before.n_interactions, before.n_activity), (0, 0));
+        assert!(!before.has_consumed(0));
+        let after = UserFeatures::from_history(&p, &h, &cat, t0 + chrono::Duration::seconds(1));
+        assert_eq!((after.n_interactions, after.n_activity), (1, 1));
+        assert!(after.has_consumed(0));
+        assert!((after.tag_affinity.iter().map(|x| x * x).sum::<f32>() - 1.0).abs() < 1e-5);
+    }
+
+    fn arb_user() -> impl Strategy<Value = UserFeatures> {
+        (
+            any::<u32>(),
+            prop::array::uniform3(0f32..1.0),
+            prop::array::uniform5(0f32..1.0),
+            18u8..80,
+            prop::collection::vec(0f32..5.0, TAGS.len()),
+        )
+            .prop_map(|(mask, style, pers, age, aff)| {
+                let cat = Catalogue::new(builtin());
+                let mut p = profile(&[], "Europe/Paris");
+                p.style_vector = style;
+                p.personality = pers;
+                p.age = age;
+                let mut u = UserFeatures::from_history(&p, &UserHistory::default(), &cat, Utc::now());
+                u.interests = TagSet(mask & ((1 << TAGS.len()) - 1));
+                let n = aff.iter().map(|x| x * x).sum::<f32>().sqrt();
+                if n > 0.0 {
+                    u.n_interactions = 1;
+                    for (a, b) in u.tag_affinity.iter_mut().zip(&aff) {
+                        *a = b / n;
+                    }
+                }
+                u
+            })
+    }
+
+    proptest! {
+        #[test]
+        fn match_features_are_symmetric_finite_and_bounded(a in arb_user(), b in arb_user(), ctx_mask in any::<u32>()) {
+            let ctx = MatchContext { destination_tags: Some(TagSet(ctx_mask & 0xff_ffff)), interests: TagSet(ctx_mask >> 8) };
+            let ab = match_features(&a, &b, &ctx);
+            let ba = match_features(&b, &a, &ctx);
+            prop_assert_eq!(ab, ba);
+            for v in ab {
+                prop_assert!(v.is_finite() && (0.0..=1.0001).contains(&v), "{v}");
+            }
+        }
+
+        #[test]
+        fn timing_features_are_finite_and_shares_sum_to_one(counts in prop::collection::vec(0u8..5, HOURS_PER_WEEK)) {
+            let cat = Catalogue::new(builtin());
+            let p = profile(&[], "UTC");
+            let mut u = UserFeatures::from_history(&p, &UserHistory::default(), &cat, Utc::now());
+            u.activity = counts.iter().map(|c| *c as f32).collect();
+            u.n_activity = counts.iter().map(|c| *c as u32).sum();
+            let pop = PopulationActivity { hour_of_week: vec![1.0 / 168.0; 168] };
+            let f = timing_features(&u, &pop);
+            prop_assert_eq!(f.len(), 168 * TIMING_FEATURES.len());
+            prop_assert!(f.iter().all(|v| v.is_finite()));
+            let own: f32 = f.chunks(TIMING_FEATURES.len()).map(|r| r[0]).sum();
+            let shrunk: f32 = f.chunks(TIMING_FEATURES.len()).map(|r| r[4]).sum();
+            if u.n_activity > 0 { prop_assert!((own - 1.0).abs() < 1e-3); }
+            prop_assert!((shrunk - 1.0).abs() < 1e-3);
+        }
+
+        #[test]
+        fn rec_features_are_finite(u in arb_user(), d in 0usize..200, pop in -3f32..3.0) {
+            let cat = Catalogue::new(builtin());
+            prop_assert!(rec_features(&u, &cat, d, pop).iter().all(|v| v.is_finite()));
+        }
+    }
+}

@@ -1,0 +1,399 @@
+//! Post-processing: what turns model outputs into the API's answers — match
+//! confidence, recommendation filters and reasons, and the notification policy
+//! (send time, channel, confidence, reason).
+
+use crate::catalogue::Catalogue;
+use crate::features::{hour_of_week, parse_tz, MatchContext, PopulationActivity, UserFeatures, HOURS_PER_WEEK};
+use crate::types::*;
+use chrono::{DateTime, Duration, DurationRound, Timelike, Utc};
+
+/// How complete the inputs of a match prediction are, in 0.5..1: both users'
+/// declared interests and both users' behaviour history.
+pub fn match_completeness(a: &UserFeatures, b: &UserFeatures) -> f32 {
+    let signals = [
+        !a.interests.is_empty(),
+        !b.interests.is_empty(),
+        a.has_history(),
+        b.has_history(),
+    ];
+    0.5 + 0.5 * signals.iter().filter(|s| **s).count() as f32 / signals.len() as f32
+}
+
+/// Confidence of a match score: the expected accuracy of the yes/no call a
+/// calibrated probability implies (`max(p, 1 − p)`), discounted by how complete
+/// the inputs are.
+pub fn match_confidence(score: f32, completeness: f32) -> f32 {
+    (score.max(1.0 - score) * completeness).clamp(0.0, 1.0)
+}
+
+/// The catalogue index of a context destination name, if known.
+pub fn match_context(cat: &Catalogue, destination: Option<&str>, interests: &[String]) -> MatchContext {
+    MatchContext {
+        destination_tags: destination.and_then(|d| cat.find_by_name(d)).map(|i| cat.tags[i]),
+        interests: TagSet::from_names(interests),
+    }
+}
+
+/// Whether a destination passes the request's filters: a budget admits places
+/// at or below it; a duration admits places with that typical trip length.
+pub fn passes_filters(d: &Destination, budget: Option<Budget>, duration: Option<TripDuration>) -> bool {
+    budget.is_none_or(|b| d.cost_level <= b) && duration.is_none_or(|t| d.trip_lengths.contains(&t))
+}
+
+fn human_tag(t: &str) -> String {
+    t.replace('_', " ")
+}
+
+fn join_and(items: &[String]) -> String {
+    match items.len() {
+        0 => String::new(),
+        1 => items[0].clone(),
+        n => format!("{} and {}", items[..n - 1].join(", "), items[n - 1]),
+    }
+}
+
+/// Why a destination is recommended: the strongest real signal behind it.
+pub fn recommendation_reason(u: &UserFeatures, cat: &Catalogue, dest: usize, log_popularity: f32) -> String {
+    let tags = &cat.tags[dest];
+    let shared: Vec<String> = u.interests.intersection(tags).names().iter().take(2).map(|t| human_tag(t)).collect();
+    if !shared.is_empty() {
+        return format!("Based on your interest in {}", join_and(&shared));
+    }
+    if u.has_history() {
+        let mut liked: Vec<(usize, f32)> = (0..TAGS.len())
+            .filter(|&t| tags.contains(t) && u.tag_affinity[t] > 0.15)
+            .map(|t| (t, u.tag_affinity[t]))
+            .collect();
+        liked.sort_by(|a, b| b.1.total_cmp(&a.1));
+        if !liked.is_empty() {
+            let names: Vec<String> = liked.iter().take(2).map(|(t, _)| human_tag(TAGS[*t])).collect();
+            return format!("Like the {} places you have been exploring", join_and(&names));
+        }
+    }
+    if log_popularity > 1.0 {
+        return "Popular with travellers right now".into();
+    }
+    let d = &cat.destinations[dest];
+    format!(
+        "Fits your {} budget and {} trips",
+        u.budget,
+        if d.trip_lengths.contains(&u.preferred_duration) { u.preferred_duration.as_str() } else { d.trip_lengths[0].as_str() }
+    )
+}
+
+/// Local hours during which only urgent notifications are sent: `[start, end)`,
+/// wrapping past midnight when `start > end`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct QuietHours {
+    pub start: u32,
+    pub end: u32,
+}
+
+impl Default for QuietHours {
+    fn default() -> Self {
+        Self { start: 22, end: 8 }
+    }
+}
+
+impl QuietHours {
+    pub fn contains(&self, hour: u32) -> bool {
+        if self.start == self.end {
+            false
+        } else if self.start < self.end {
+            hour >= self.start && hour < self.end
+        } else {
+            hour >= self.start || hour < self.end
+        }
+    }
+}
+
+/// The answer of the notification policy.
+#[derive(Debug, Clone, PartialEq)]
+pub struct NotificationPlan {
+    pub send_at: DateTime<Utc>,
+    pub channel: Channel,
+    pub confidence: f32,
+    pub reason: String,
+}
+
+/// How far ahead a notification may be scheduled.
+pub fn send_window(urgency: Urgency, kind: NotificationType) -> Duration {
+    let base: f64 = match urgency {
+        Urgency::High => 2.0,
+        Urgency::Medium => 24.0,
+        Urgency::Low => 168.0,
+    };
+    // Messages are more urgent than match news, and match news more than reminders.
+    let factor = match kind {
+        NotificationType::Message => 0.5,
+        NotificationType::MatchFound => 1.0,
+        NotificationType::Reminder => 1.5,
+    };
+    Duration::minutes(((base * factor).clamp(1.0, 168.0) * 60.0) as i64)
+}
+
+/// Format a local hour as a one-hour span, e.g. 14 → "2-3pm", 11 → "11am-12pm".
+pub fn hour_span(h: usize) -> String {
+    let f = |h: usize| {
+        let h = h % 24;
+        let n = if h % 12 == 0 { 12 } else { h % 12 };
+        (n, if h < 12 { "am" } else { "pm" })
+    };
+    let (a, am) = f(h);
+    let (b, bm) = f(h + 1);
+    if am == bm {
+        format!("{a}-{b}{bm}")
+    } else {
+        format!("{a}{am}-{b}{bm}")
+    }
+}
+
+/// Minimum sessions before a user's own pattern is described as theirs.
+const OWN_PATTERN_SESSIONS: u32 = 10;
+
+/// Describe when the user is most active, from their own sessions.
+pub fn activity_reason(u: &UserFeatures, pop: &PopulationActivity) -> String {
+    if u.n_activity < OWN_PATTERN_SESSIONS {
+        let best = (0..24).max_by(|&a, &b| pop.hour_of_day(a).total_cmp(&pop.hour_of_day(b))).unwrap_or(19);
+        return format!(
+            "Little activity on record yet; timed for when most users are active ({} local time)",
+            hour_span(best)
+        );
+    }
+    // Average sessions per day at each hour, weekdays and weekends apart.
+    let per_day = |days: std::ops::Range<usize>, h: usize| {
+        let n = days.len() as f32;
+        days.map(|d| u.activity[d * 24 + h]).sum::<f32>() / n
+    };
+    let best = |days: std::ops::Range<usize>| {
+        (0..24)
+            .map(|h| (h, per_day(days.clone(), h)))
+            .max_by(|a, b| a.1.total_cmp(&b.1))
+            .unwrap_or((0, 0.0))
+    };
+    let (wd_h, wd) = best(0..5);
+    let (we_h, we) = best(5..7);
+    if wd >= we {
+        format!("User most active at {} on weekdays", hour_span(wd_h))
+    } else {
+        format!("User most active at {} on weekends", hour_span(we_h))
+    }
+}
+
+/// The user's open rate per channel, shrunk towards the population's.
+pub fn channel_open_rates(u: &UserFeatures, prior: [f32; 3]) -> [f32; 3] {
+    const PRIOR_WEIGHT: f32 = 10.0;
+    std::array::from_fn(|c| (u.channel_opened[c] as f32 + PRIOR_WEIGHT * prior[c]) / (u.channel_sent[c] as f32 + PRIOR_WEIGHT))
+}
+
+/// Pick the channel most likely to be seen in time: SMS only when urgent, email
+/// discounted when the message should be seen soon.
+pub fn choose_channel(rates: [f32; 3], urgency: Urgency) -> Channel {
+    let speed = |c: Channel| match (c, urgency) {
+        (Channel::Sms, Urgency::High) => 1.0,
+        (Channel::Sms, _) => 0.0,
+        (Channel::Email, Urgency::High) => 0.4,
+        (Channel::Email, Urgency::Medium) => 0.8,
+        _ => 1.0,
+    };
+    *Channel::ALL
+        .iter()
+        .max_by(|a, b| (rates[a.index()] * speed(**a)).total_cmp(&(rates[b.index()] * speed(**b))))
+        .unwrap_or(&Channel::Push)
+}
+
+/// Everything the notification policy needs.
+#[derive(Debug, Clone)]
+pub struct NotificationRequest<'a> {
+    pub user: &'a UserFeatures,
+    /// The timing model's probability of activity per local hour of week.
+    pub scores: &'a [f32],
+    pub population: &'a PopulationActivity,
+    pub channel_prior: [f32; 3],
+    pub kind: NotificationType,
+    pub urgency: Urgency,
+    pub now: DateTime<Utc>,
+    pub quiet: QuietHours,
+}
+
+/// Choose when and how to send: the best-scored hour within the urgency's
+/// window, outside quiet hours unless urgent, always in the future.
+pub fn plan_notification(r: &NotificationRequest) -> NotificationPlan {
+    assert_eq!(r.scores.len(), HOURS_PER_WEEK, "one score per hour of week");
+    let tz = parse_tz(&r.user.timezone);
+    let earliest = r.now + Duration::minutes(1);
+    let window_end = r.now + send_window(r.urgency, r.kind);
+    let hour0 = r.now.duration_trunc(Duration::hours(1)).unwrap_or(r.now);
+    let respect_quiet = r.urgency != Urgency::High;
+    let candidate = |k: i64| {
+        let t = if k == 0 { earliest } else { hour0 + Duration::hours(k) };
+        let local_hour = t.with_timezone(&tz).hour();
+        (t, local_hour)
+    };
+    let mut best: Option<(DateTime<Utc>, f32)> = None;
+    for k in 0..=HOURS_PER_WEEK as i64 {
+        let (t, lh) = candidate(k);
+        if t > window_end && best.is_some() {
+            break;
+        }
+        if respect_quiet && r.quiet.contains(lh) {
+            continue;
+        }
+        // Urgent messages also prefer sooner slots.
+        let decay = if r.urgency == Urgency::High { 1.0 - 0.1 * k as f32 } else { 1.0 };
+        let s = r.scores[hour_of_week(t, &tz)] * decay;
+        if t > window_end {
+            // Nothing allowed inside the window: the first allowed slot after it.
+            best = Some((t, s));
+            break;
+        }
+        if best.is_none_or(|(_, bs)| s > bs) {
+            best = Some((t, s));
+        }
+    }
+    let send_at = best.map(|b| b.0).unwrap_or(earliest);
+    let rates = channel_open_rates(r.user, r.channel_prior);
+    let channel = choose_channel(rates, r.urgency);
+    NotificationPlan {
+        send_at,
+        channel,
+        confidence: notification_confidence(r.user, send_at.with_timezone(&tz).hour() as usize),
+        reason: activity_reason(r.user, r.population),
+    }
+}
+
+/// How sure the plan is: grows with the user's history and with how much of it
+/// falls near the chosen local hour.
+pub fn notification_confidence(u: &UserFeatures, local_hour: usize) -> f32 {
+    let n = u.n_activity as f32;
+    let history = n / (n + 30.0);
+    let near: f32 = (0..7)
+        .flat_map(|d| [23, 0, 1].map(|o| u.activity[d * 24 + (local_hour + o) % 24]))
+        .sum();
+    let share = if n > 0.0 { near / n } else { 0.0 };
+    let peaked = ((share - 0.125) / (0.6 - 0.125)).clamp(0.0, 1.0);
+    (0.2 + 0.75 * history * (0.4 + 0.6 * peaked)).clamp(0.0, 1.0)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::catalogue::builtin;
+    use chrono::TimeZone;
+
+    fn user(tz: &str, sessions_at_local_hour: Option<(usize, u32)>) -> UserFeatures {
+        let p = Profile {
+            id: uuid::Uuid::from_u128(7),
+            display_name: "u".into(),
+            age: 30,
+            interests: vec!["food".into(), "art".into()],
+            travel_style: TravelStyle::Cultural,
+            style_vector: [0.5; 3],
+            personality: [0.5; 5],
+            languages: vec!["en".into()],
+            timezone: tz.into(),
+            budget: Budget::Medium,
+            preferred_duration: TripDuration::Week,
+            created_at: Utc::now(),
+        };
+        let mut u = UserFeatures::from_history(&p, &UserHistory::default(), &Catalogue::new(builtin()), Utc::now());
+        if let Some((h, n)) = sessions_at_local_hour {
+            for d in 0..5 {
+                u.activity[d * 24 + h] = n as f32;
+            }
+            u.n_activity = 5 * n;
+        }
+        u
+    }
+
+    fn flat_pop() -> PopulationActivity {
+        PopulationActivity { hour_of_week: vec![1.0 / 168.0; 168] }
+    }
+
+    #[test]
+    fn hour_spans_read_naturally() {
+        assert_eq!(hour_span(14), "2-3pm");
+        assert_eq!(hour_span(11), "11am-12pm");
+        assert_eq!(hour_span(23), "11pm-12am");
+        assert_eq!(hour_span(0), "12-1am");
+    }
+
+    #[test]
+    fn quiet_hours_wrap_midnight() {
+        let q = QuietHours::default();
+        assert!(q.contains(23) && q.contains(0) && q.contains(7));
+        assert!(!q.contains(8) && !q.contains(21));
+    }
+
+    #[test]
+    fn plan_picks_the_users_active_hour_outside_quiet_hours_and_in_the_future() {
+        let u = user("Asia/Tokyo", Some((14, 6)));
+        // Scores peak at 14:00 local on weekdays and (wrongly) at 3am: the policy must
+        // skip 3am, a quiet hour, for a medium-urgency notification.
+        let mut scores = vec![0.01f32; 168];
+        for d in 0..7 {
+            scores[d * 24 + 14] = 0.5;
+            scores[d * 24 + 3] = 0.9;
+        }
+        let now = Utc.with_ymd_and_hms(2026, 7, 6, 0, 10, 0).unwrap(); // Monday 09:10 Tokyo
+        let plan = plan_notification(&NotificationRequest {
+            user: &u,
+            scores: &scores,
+            population: &flat_pop(),
+            channel_prior: [0.5, 0.2, 0.4],
+            kind: NotificationType::MatchFound,
+            urgency: Urgency::Medium,
+            now,
+            quiet: QuietHours::default(),
+        });
+        assert!(plan.send_at > now);
+        assert_eq!(plan.send_at.with_timezone(&parse_tz("Asia/Tokyo")).hour(), 14);
+        assert_eq!(plan.send_at, Utc.with_ymd_and_hms(2026, 7, 6, 5, 0, 0).unwrap());
+        assert_eq!(plan.reason, "User most active at 2-3pm on weekdays");
+        assert_ne!(plan.channel, Channel::Sms, "sms is kept for urgent notifications");
+    }
+
+    #[test]
+    fn urgent_notifications_go_out_soon_even_in_quiet_hours() {
+        let u = user("Europe/Paris", Some((14, 6)));
+        let scores = vec![0.1f32; 168];
+        let now = Utc.with_ymd_and_hms(2026, 7, 6, 1, 0, 0).unwrap(); // 03:00 Paris
+        let plan = plan_notification(&NotificationRequest {
+            user: &u,
+            scores: &scores,
+            population: &flat_pop(),
+            channel_prior: [0.5, 0.2, 0.4],
+            kind: NotificationType::Message,
+            urgency: Urgency::High,
+            now,
+            quiet: QuietHours::default(),
+        });
+        assert!(plan.send_at > now && plan.send_at <= now + Duration::hours(1));
+    }
+
+    #[test]
+    fn confidence_grows_with_history() {
+        let none = user("UTC", None);
+        let some = user("UTC", Some((9, 2)));
+        let lots = user("UTC", Some((9, 40)));
+        let c = |u: &UserFeatures| notification_confidence(u, 9);
+        assert!(c(&none) < c(&some) && c(&some) < c(&lots), "{} {} {}", c(&none), c(&some), c(&lots));
+        assert!(activity_reason(&none, &flat_pop()).starts_with("Little activity"));
+    }
+
+    #[test]
+    fn filters_admit_cheaper_places_and_matching_lengths() {
+        let cat = builtin();
+        let paris = cat.iter().find(|d| d.name == "Paris").unwrap();
+        assert!(passes_filters(paris, Some(Budget::High), Some(TripDuration::Weekend)));
+        assert!(!passes_filters(paris, Some(Budget::Low), None));
+        assert!(!passes_filters(paris, None, Some(TripDuration::Month)));
+    }
+
+    #[test]
+    fn match_confidence_tracks_distance_from_the_boundary() {
+        assert!(match_confidence(0.95, 1.0) > match_confidence(0.6, 1.0));
+        assert!(match_confidence(0.05, 1.0) > match_confidence(0.4, 1.0));
+        assert!(match_confidence(0.95, 0.5) < match_confidence(0.95, 1.0));
+    }
+}

@@ -1,0 +1,607 @@
+//! Trainers of the three models. Each builds its training set from the app data
+//! with the serving feature code, splits it by time (features only ever see the
+//! past of their labels), trains a dense network, and evaluates it on the held-out
+//! period next to a simple baseline. The result is a [`ModelArtifact`]: the
+//! networks plus everything `model.json` records.
+
+use crate::catalogue::Catalogue;
+use crate::features::*;
+use crate::metrics;
+use crate::nn::{self, Activation, Dense, Mlp, TrainConfig};
+use crate::types::*;
+use crate::CoreError;
+use chrono::{DateTime, Duration, Utc};
+use rand::seq::SliceRandom;
+use rand::{Rng, SeedableRng};
+use rand_chacha::ChaCha8Rng;
+use serde::{Deserialize, Serialize};
+use std::collections::{BTreeMap, HashMap};
+use uuid::Uuid;
+
+/// The models the service serves.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, PartialOrd, Ord)]
+#[serde(rename_all = "snake_case")]
+pub enum ModelKind {
+    TravelMatch,
+    Recommendation,
+    NotificationTiming,
+}
+
+impl ModelKind {
+    pub const ALL: [ModelKind; 3] = [
+        ModelKind::TravelMatch,
+        ModelKind::Recommendation,
+        ModelKind::NotificationTiming,
+    ];
+    pub fn as_str(&self) -> &'static str {
+        match self {
+            ModelKind::TravelMatch => "travel_match",
+            ModelKind::Recommendation => "recommendation",
+            ModelKind::NotificationTiming => "notification_timing",
+        }
+    }
+    pub fn parse(s: &str) -> Option<Self> {
+        Self::ALL.into_iter().find(|m| m.as_str() == s)
+    }
+    /// Names of the input features, in order.
+    pub fn feature_names(&self) -> Vec<String> {
+        match self {
+            ModelKind::TravelMatch => MATCH_FEATURES.iter().map(|f| f.0.to_string()).collect(),
+            ModelKind::Recommendation => REC_FEATURES.iter().map(|f| f.to_string()).collect(),
+            ModelKind::NotificationTiming => TIMING_FEATURES.iter().map(|f| f.to_string()).collect(),
+        }
+    }
+    /// Output heads: name and width.
+    pub fn outputs(&self) -> Vec<(&'static str, usize)> {
+        match self {
+            ModelKind::TravelMatch => vec![("score", 1), ("factors", MATCH_FACTORS.len())],
+            _ => vec![("score", 1)],
+        }
+    }
+}
+
+impl std::fmt::Display for ModelKind {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// The time span a model learned from.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct TrainingWindow {
+    pub data_start: DateTime<Utc>,
+    pub data_end: DateTime<Utc>,
+    /// Labels after this instant were held out for evaluation.
+    pub holdout_from: DateTime<Utc>,
+}
+
+/// Parameters a model needs at serving besides its network (for example the
+/// population's activity pattern the timing model shrinks towards).
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct ModelParams {
+    /// Recommendation: standardised log popularity per destination id.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub destination_popularity: BTreeMap<Uuid, f32>,
+    /// Timing: the population's share of sessions per local hour of week.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub population_activity: Option<PopulationActivity>,
+    /// Timing: the population's open rate per channel (push, email, sms).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub channel_open_rate: Option<[f32; 3]>,
+}
+
+/// A trained model, ready to export.
+#[derive(Debug, Clone)]
+pub struct ModelArtifact {
+    pub kind: ModelKind,
+    /// Output heads over the one `features` input, in [`ModelKind::outputs`] order.
+    pub heads: Vec<Mlp>,
+    pub metrics: BTreeMap<String, f64>,
+    pub baseline: BTreeMap<String, f64>,
+    /// A one-line name of the baseline, for reports.
+    pub baseline_name: String,
+    pub params: ModelParams,
+    pub window: TrainingWindow,
+    pub train_rows: usize,
+    pub holdout_rows: usize,
+    /// A few input rows, so an exported graph can be checked against the trainer.
+    pub reference_inputs: Vec<Vec<f32>>,
+}
+
+impl ModelArtifact {
+    /// The trainer's own outputs for one input row, head by head.
+    pub fn predict(&self, x: &[f32]) -> Vec<Vec<f32>> {
+        self.heads.iter().map(|h| h.forward(x)).collect()
+    }
+}
+
+/// The app data indexed per user, as the trainers read it.
+pub struct TrainingData<'a> {
+    pub data: &'a Dataset,
+    pub catalogue: Catalogue,
+    pub histories: HashMap<Uuid, UserHistory>,
+    profiles: HashMap<Uuid, &'a Profile>,
+}
+
+impl<'a> TrainingData<'a> {
+    pub fn new(data: &'a Dataset) -> Self {
+        let mut histories: HashMap<Uuid, UserHistory> = HashMap::with_capacity(data.profiles.len());
+        for i in &data.interactions {
+            histories.entry(i.user_id).or_default().interactions.push(i.clone());
+        }
+        for a in &data.activity {
+            histories.entry(a.user_id).or_default().activity.push(a.occurred_at);
+        }
+        for n in &data.notifications {
+            histories.entry(n.user_id).or_default().notifications.push(n.clone());
+        }
+        Self {
+            data,
+            catalogue: Catalogue::new(data.destinations.clone()),
+            histories,
+            profiles: data.profiles.iter().map(|p| (p.id, p)).collect(),
+        }
+    }
+
+    /// Features of every user as of an instant.
+    pub fn user_features(&self, as_of: DateTime<Utc>) -> HashMap<Uuid, UserFeatures> {
+        let empty = UserHistory::default();
+        self.data
+            .profiles
+            .iter()
+            .map(|p| {
+                let h = self.histories.get(&p.id).unwrap_or(&empty);
+                (p.id, UserFeatures::from_history(p, h, &self.catalogue, as_of))
+            })
+            .collect()
+    }
+
+    pub fn profile(&self, id: &Uuid) -> Option<&Profile> {
+        self.profiles.get(id).copied()
+    }
+}
+
+fn span<I: Iterator<Item = DateTime<Utc>>>(it: I, what: &str) -> Result<(DateTime<Utc>, DateTime<Utc>), CoreError> {
+    let mut lo: Option<DateTime<Utc>> = None;
+    let mut hi: Option<DateTime<Utc>> = None;
+    for t in it {
+        lo = Some(lo.map_or(t, |l| l.min(t)));
+        hi = Some(hi.map_or(t, |h| h.max(t)));
+    }
+    match (lo, hi) {
+        (Some(l), Some(h)) if h > l => Ok((l, h + Duration::seconds(1))),
+        _ => Err(CoreError::Training(format!("no {what} to train on"))),
+    }
+}
+
+fn take_reference(x: &[f32], cols: usize) -> Vec<Vec<f32>> {
+    let rows = x.len() / cols;
+    (0..rows.min(8)).map(|i| x[i * cols..(i + 1) * cols].to_vec()).collect()
+}
+
+/// A match example's context, from its outcome record.
+pub fn match_context(cat: &Catalogue, m: &MatchOutcome) -> MatchContext {
+    MatchContext {
+        destination_tags: m
+            .destination_id
+            .and_then(|d| cat.index_of(&d))
+            .map(|i| cat.tags[i]),
+        interests: TagSet::default(),
+    }
+}
+
+/// Train the match model: a network for the score, and one calibrated logistic
+/// sub-model per factor group for `factors`.
+pub fn train_match(td: &TrainingData, seed: u64) -> Result<ModelArtifact, CoreError> {
+    let (start, end) = span(td.data.matches.iter().map(|m| m.decided_at), "match outcomes")?;
+    let split = start + (end - start) * 3 / 4;
+    let feats = td.user_features(split);
+    let cols = MATCH_FEATURES.len();
+    let (mut xtr, mut ytr, mut xte, mut yte, mut pte_true, mut jac_te) =
+        (vec![], vec![], vec![], vec![], vec![], vec![]);
+    for m in &td.data.matches {
+        let (Some(a), Some(b)) = (feats.get(&m.user_a), feats.get(&m.user_b)) else {
+            continue;
+        };
+        let f = match_features(a, b, &match_context(&td.catalogue, m));
+        if m.decided_at < split {
+            xtr.extend_from_slice(&f);
+            ytr.push(m.matched as u8 as f32);
+        } else {
+            xte.extend_from_slice(&f);
+            yte.push(m.matched);
+            pte_true.push(m.true_probability);
+            jac_te.push(f[0]);
+        }
+    }
+    if ytr.len() < 50 || yte.len() < 20 {
+        return Err(CoreError::Training(format!(
+            "too few match outcomes ({} to train, {} to evaluate)",
+            ytr.len(),
+            yte.len()
+        )));
+    }
+    let cfg = TrainConfig {
+        hidden: vec![16],
+        epochs: 25,
+        learning_rate: 0.005,
+        seed,
+        ..Default::default()
+    };
+    let score = nn::train_binary(&xtr, cols, &ytr, &cfg);
+    // One logistic model per factor group over that group's features only; packed
+    // into one layer whose weights are zero outside each group.
+    let mut fw = vec![0f32; cols * MATCH_FACTORS.len()];
+    let mut fb = vec![0f32; MATCH_FACTORS.len()];
+    for g in 0..MATCH_FACTORS.len() {
+        let idx: Vec<usize> = (0..cols).filter(|&j| MATCH_FEATURES[j].1 == g).collect();
+        let xg: Vec<f32> = xtr
+            .chunks_exact(cols)
+            .flat_map(|r| idx.iter().map(|&j| r[j]).collect::<Vec<_>>())
+            .collect();
+        let sub = nn::train_binary(&xg, idx.len(), &ytr, &TrainConfig { hidden: vec![], ..cfg.clone() });
+        let l = &sub.layers[0];
+        for (k, &j) in idx.iter().enumerate() {
+            fw[j * MATCH_FACTORS.len() + g] = l.weights[k];
+        }
+        fb[g] = l.bias[0];
+    }
+    let factors = Mlp {
+        layers: vec![Dense {
+            input: cols,
+            output: MATCH_FACTORS.len(),
+            weights: fw,
+            bias: fb,
+            activation: Activation::Sigmoid,
+        }],
+    };
+    let p = score.predict(&xte);
+    let mut m = BTreeMap::new();
+    m.insert("auc".into(), metrics::auc(&p, &yte));
+    m.insert("log_loss".into(), metrics::log_loss(&p, &yte));
+    m.insert("brier".into(), metrics::brier(&p, &yte));
+    m.insert("ece".into(), metrics::ece(&p, &yte, 10));
+    if pte_true.iter().all(Option::is_some) {
+        let t: Vec<f32> = pte_true.iter().map(|v| v.unwrap_or(0.5)).collect();
+        m.insert("ceiling_auc".into(), metrics::auc(&t, &yte));
+    }
+    let mut base = BTreeMap::new();
+    base.insert("auc".into(), metrics::auc(&jac_te, &yte));
+    Ok(ModelArtifact {
+        kind: ModelKind::TravelMatch,
+        reference_inputs: take_reference(&xte, cols),
+        heads: vec![score, factors],
+        metrics: m,
+        baseline: base,
+        baseline_name: "interest overlap (Jaccard) alone".into(),
+        params: ModelParams::default(),
+        window: TrainingWindow {
+            data_start: start,
+            data_end: end,
+            holdout_from: split,
+        },
+        train_rows: ytr.len(),
+        holdout_rows: yte.len(),
+    })
+}
+
+/// Standardised log interaction counts per destination, from interactions before
+/// `as_of`.
+pub fn destination_popularity(td: &TrainingData, as_of: DateTime<Utc>) -> Vec<f32> {
+    let mut counts = vec![0f32; td.catalogue.len()];
+    for i in td.data.interactions.iter().filter(|i| i.occurred_at < as_of) {
+        if let Some(d) = td.catalogue.index_of(&i.destination_id) {
+            counts[d] += 1.0;
+        }
+    }
+    let logs: Vec<f32> = counts.iter().map(|c| c.ln_1p()).collect();
+    let (mean, std) = nn::column_stats(&logs, 1);
+    logs.iter().map(|l| (l - mean[0]) / std[0]).collect()
+}
+
+/// Destinations each user engaged with in `[from, to)` that they had not
+/// consumed before `from`.
+fn positives_between(
+    td: &TrainingData,
+    feats: &HashMap<Uuid, UserFeatures>,
+    from: DateTime<Utc>,
+    to: DateTime<Utc>,
+) -> HashMap<Uuid, Vec<u32>> {
+    let mut out: HashMap<Uuid, Vec<u32>> = HashMap::new();
+    for i in &td.data.interactions {
+        if i.occurred_at < from || i.occurred_at >= to {
+            continue;
+        }
+        let (Some(d), Some(u)) = (td.catalogue.index_of(&i.destination_id), feats.get(&i.user_id)) else {
+            continue;
+        };
+        if !u.has_consumed(d) {
+            out.entry(i.user_id).or_default().push(d as u32);
+        }
+    }
+    for v in out.values_mut() {
+        v.sort_unstable();
+        v.dedup();
+    }
+    out
+}
+
+/// Rank every destination the user has not consumed, best first.
+pub fn rank_destinations(u: &UserFeatures, cat: &Catalogue, scores: &[f32]) -> Vec<u32> {
+    let mut idx: Vec<u32> = (0..cat.len() as u32).filter(|&d| !u.has_consumed(d as usize)).collect();
+    idx.sort_by(|&a, &b| scores[b as usize].total_cmp(&scores[a as usize]));
+    idx
+}
+
+/// Train the recommendation model: (user, destination) → probability the user
+/// engages with the destination in the next period.
+pub fn train_recommendation(td: &TrainingData, seed: u64) -> Result<ModelArtifact, CoreError> {
+    let (start, end) = span(td.data.interactions.iter().map(|i| i.occurred_at), "interactions")?;
+    let split = start + (end - start) * 3 / 4;
+    let label_len = end - split;
+    let train_at = split - label_len;
+    let cols = REC_FEATURES.len();
+    let mut rng = ChaCha8Rng::seed_from_u64(seed);
+    // Training set: features as of `train_at`, labels in [train_at, split).
+    let feats_tr = td.user_features(train_at);
+    let pop_tr = destination_popularity(td, train_at);
+    let pos_tr = positives_between(td, &feats_tr, train_at, split);
+    let (mut x, mut y) = (vec![], vec![]);
+    let mut users: Vec<&Uuid> = pos_tr.keys().collect();
+    users.sort();
+    for uid in users {
+        let u = &feats_tr[uid];
+        let pos = &pos_tr[uid];
+        for &d in pos {
+            x.extend_from_slice(&rec_features(u, &td.catalogue, d as usize, pop_tr[d as usize]));
+            y.push(1.0);
+        }
+        for _ in 0..pos.len() * 6 {
+            let d = rng.gen_range(0..td.catalogue.len());
+            if pos.binary_search(&(d as u32)).is_ok() || u.has_consumed(d) {
+                continue;
+            }
+            x.extend_from_slice(&rec_features(u, &td.catalogue, d, pop_tr[d]));
+            y.push(0.0);
+        }
+    }
+    if y.iter().filter(|v| **v > 0.5).count() < 20 {
+        return Err(CoreError::Training("too few interactions to train on".into()));
+    }
+    let net = nn::train_binary(
+        &x,
+        cols,
+        &y,
+        &TrainConfig {
+            hidden: vec![16],
+            epochs: 10,
+            learning_rate: 0.005,
+            seed,
+            ..Default::default()
+        },
+    );
+    // Holdout: features as of `split`, labels in [split, end).
+    let feats_te = td.user_features(split);
+    let pop_te = destination_popularity(td, split);
+    let pos_te = positives_between(td, &feats_te, split, end);
+    let (mut r10, mut n10, mut br10, mut bn10, mut n_users) = (0.0, 0.0, 0.0, 0.0, 0usize);
+    let mut reference = vec![];
+    let mut test_users: Vec<&Uuid> = pos_te.keys().collect();
+    test_users.sort();
+    for uid in test_users {
+        let u = &feats_te[uid];
+        let rel = &pos_te[uid];
+        let rows: Vec<f32> = (0..td.catalogue.len())
+            .flat_map(|d| rec_features(u, &td.catalogue, d, pop_te[d]))
+            .collect();
+        if reference.len() < 8 {
+            reference.push(rows[..cols].to_vec());
+        }
+        let scores = net.predict(&rows);
+        let ranked = rank_destinations(u, &td.catalogue, &scores);
+        let by_pop = rank_destinations(u, &td.catalogue, &pop_te);
+        r10 += metrics::recall_at_k(&ranked, rel, 10);
+        n10 += metrics::ndcg_at_k(&ranked, rel, 10);
+        br10 += metrics::recall_at_k(&by_pop, rel, 10);
+        bn10 += metrics::ndcg_at_k(&by_pop, rel, 10);
+        n_users += 1;
+    }
+    if n_users == 0 {
+        return Err(CoreError::Training("no held-out interactions to evaluate on".into()));
+    }
+    let n = n_users as f64;
+    let pop_all = destination_popularity(td, end);
+    Ok(ModelArtifact {
+        kind: ModelKind::Recommendation,
+        heads: vec![net],
+        metrics: BTreeMap::from([("recall_at_10".into(), r10 / n), ("ndcg_at_10".into(), n10 / n)]),
+        baseline: BTreeMap::from([("recall_at_10".into(), br10 / n), ("ndcg_at_10".into(), bn10 / n)]),
+        baseline_name: "most popular destinations".into(),
+        params: ModelParams {
+            destination_popularity: td
+                .catalogue
+                .destinations
+                .iter()
+                .zip(&pop_all)
+                .map(|(d, p)| (d.id, *p))
+                .collect(),
+            ..Default::default()
+        },
+        window: TrainingWindow {
+            data_start: start,
+            data_end: end,
+            holdout_from: split,
+        },
+        train_rows: y.len(),
+        holdout_rows: n_users,
+        reference_inputs: reference,
+    })
+}
+
+/// Population open rate per channel from notifications sent before `as_of`.
+pub fn channel_open_rates(td: &TrainingData, as_of: DateTime<Utc>) -> [f32; 3] {
+    let mut sent = [0f32; 3];
+    let mut opened = [0f32; 3];
+    for n in td.data.notifications.iter().filter(|n| n.sent_at < as_of) {
+        sent[n.channel.index()] += 1.0;
+        opened[n.channel.index()] += n.opened_at.is_some() as u8 as f32;
+    }
+    // A weak prior of 30 % keeps an unused channel from reading as 0 or 1.
+    std::array::from_fn(|c| (opened[c] + 3.0) / (sent[c] + 10.0))
+}
+
+/// The best local hour of day of a 168-hour score vector (mean over the week).
+pub fn best_hour_of_day(scores: &[f32]) -> usize {
+    (0..24)
+        .max_by(|&a, &b| {
+            let s = |h: usize| (0..7).map(|d| scores[d * 24 + h]).sum::<f32>();
+            s(a).total_cmp(&s(b))
+        })
+        .unwrap_or(0)
+}
+
+/// Train the timing model: (user, local hour of week) → probability the user
+/// opens the app in that hour during the next four weeks.
+pub fn train_timing(td: &TrainingData, seed: u64) -> Result<ModelArtifact, CoreError> {
+    let (start, end) = span(td.data.activity.iter().map(|a| a.occurred_at), "activity")?;
+    let label_len = Duration::days(28).min((end - start) / 4);
+    let split = end - label_len;
+    let train_at = split - label_len;
+    let cols = TIMING_FEATURES.len();
+    let labels_between = |from: DateTime<Utc>, to: DateTime<Utc>| {
+        let mut out: HashMap<Uuid, Vec<f32>> = HashMap::new();
+        for a in td.data.activity.iter().filter(|a| a.occurred_at >= from && a.occurred_at < to) {
+            let Some(p) = td.profile(&a.user_id) else { continue };
+            let h = hour_of_week(a.occurred_at, &parse_tz(&p.timezone));
+            out.entry(a.user_id).or_insert_with(|| vec![0.0; HOURS_PER_WEEK])[h] += 1.0;
+        }
+        out
+    };
+    let feats_tr = td.user_features(train_at);
+    let pop_tr = PopulationActivity::from_users(feats_tr.values());
+    let lab_tr = labels_between(train_at, split);
+    let mut rng = ChaCha8Rng::seed_from_u64(seed);
+    let mut users: Vec<&Uuid> = feats_tr.keys().collect();
+    users.sort();
+    users.shuffle(&mut rng);
+    users.truncate(3000);
+    let zero = vec![0f32; HOURS_PER_WEEK];
+    let (mut x, mut y) = (vec![], vec![]);
+    for uid in users {
+        x.extend(timing_features(&feats_tr[uid], &pop_tr));
+        let l = lab_tr.get(uid).unwrap_or(&zero);
+        y.extend(l.iter().map(|c| (*c > 0.0) as u8 as f32));
+    }
+    let net = nn::train_binary(
+        &x,
+        cols,
+        &y,
+        &TrainConfig {
+            hidden: vec![8],
+            epochs: 4,
+            learning_rate: 0.005,
+            batch_size: 512,
+            seed,
+            ..Default::default()
+        },
+    );
+    let feats_te = td.user_features(split);
+    let pop_te = PopulationActivity::from_users(feats_te.values());
+    let lab_te = labels_between(split, end);
+    let pop_best = best_hour_of_day(&pop_te.hour_of_week);
+    let (mut hit, mut base_hit, mut n_users) = (0.0, 0.0, 0usize);
+    let (mut all_p, mut all_y) = (vec![], vec![]);
+    let mut reference = vec![];
+    let mut test_users: Vec<&Uuid> = lab_te.keys().collect();
+    test_users.sort();
+    for uid in test_users {
+        let held = &lab_te[uid];
+        let total: f32 = held.iter().sum();
+        if total < 3.0 {
+            continue;
+        }
+        let rows = timing_features(&feats_te[uid], &pop_te);
+        if reference.len() < 8 {
+            reference.push(rows[..cols].to_vec());
+        }
+        let scores = net.predict(&rows);
+        let hod_share = |h: usize| (0..7).map(|d| held[d * 24 + h]).sum::<f32>() / total;
+        hit += hod_share(best_hour_of_day(&scores)) as f64;
+        base_hit += hod_share(pop_best) as f64;
+        n_users += 1;
+        all_p.extend(scores);
+        all_y.extend(held.iter().map(|c| *c > 0.0));
+    }
+    if n_users == 0 {
+        return Err(CoreError::Training("no held-out activity to evaluate on".into()));
+    }
+    let n = n_users as f64;
+    let feats_all = td.user_features(end);
+    Ok(ModelArtifact {
+        kind: ModelKind::NotificationTiming,
+        heads: vec![net],
+        metrics: BTreeMap::from([
+            ("share_in_predicted_hour".into(), hit / n),
+            ("hour_of_week_auc".into(), metrics::auc(&all_p, &all_y)),
+        ]),
+        baseline: BTreeMap::from([("share_in_predicted_hour".into(), base_hit / n)]),
+        baseline_name: "the population's busiest local hour".into(),
+        params: ModelParams {
+            population_activity: Some(PopulationActivity::from_users(feats_all.values())),
+            channel_open_rate: Some(channel_open_rates(td, end)),
+            ..Default::default()
+        },
+        window: TrainingWindow {
+            data_start: start,
+            data_end: end,
+            holdout_from: split,
+        },
+        train_rows: y.len(),
+        holdout_rows: n_users,
+        reference_inputs: reference,
+    })
+}
+
+/// Train one model.
+pub fn train(kind: ModelKind, td: &TrainingData, seed: u64) -> Result<ModelArtifact, CoreError> {
+    match kind {
+        ModelKind::TravelMatch => train_match(td, seed),
+        ModelKind::Recommendation => train_recommendation(td, seed),
+        ModelKind::NotificationTiming => train_timing(td, seed),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::generator::{generate, GeneratorConfig};
+
+    fn data() -> Dataset {
+        generate(&GeneratorConfig {
+            users: 1500,
+            seed: 11,
+            ..Default::default()
+        })
+    }
+
+    #[test]
+    fn every_model_beats_its_baseline_on_the_holdout() {
+        let d = data();
+        let td = TrainingData::new(&d);
+        let m = train_match(&td, 1).unwrap();
+        eprintln!("match {:?} baseline {:?}", m.metrics, m.baseline);
+        let (auc, base) = (m.metrics["auc"], m.baseline["auc"]);
+        assert!(auc > base + 0.05, "match AUC {auc:.3} vs baseline {base:.3}");
+        assert!(m.metrics["ceiling_auc"] >= auc - 0.01);
+
+        let r = train_recommendation(&td, 1).unwrap();
+        eprintln!("rec {:?} baseline {:?} users {} matches {} interactions {}", r.metrics, r.baseline, r.holdout_rows, d.matches.len(), d.interactions.len());
+        let (ndcg, base) = (r.metrics["ndcg_at_10"], r.baseline["ndcg_at_10"]);
+        assert!(ndcg > base * 1.2, "rec NDCG@10 {ndcg:.3} vs popularity {base:.3}");
+
+        let t = train_timing(&td, 1).unwrap();
+        eprintln!("timing {:?} baseline {:?}", t.metrics, t.baseline);
+        let (hit, base) = (t.metrics["share_in_predicted_hour"], t.baseline["share_in_predicted_hour"]);
+        assert!(hit > base * 1.3, "timing share {hit:.3} vs population hour {base:.3}");
+    }
+}
