@@ -1,1 +1,39 @@
-//! placeholder
+//! Model files and inference: the ONNX export of trained networks, the model
+//! repository (`{root}/{model}/{version}/model.onnx` + `model.json`), the
+//! inference backend trait with its pure-Rust tract implementation, and the pool
+//! of dedicated inference threads the async server hands work to.
+
+pub mod error;
+pub mod export;
+pub mod meta;
+pub mod pool;
+pub mod repository;
+pub mod tract;
+
+pub use error::BackendError;
+pub use meta::ModelMeta;
+pub use pool::{InferencePool, Outputs};
+pub use repository::{LocalRepository, ModelRepository};
+
+/// One loaded model, ready to run. Implementations are immutable after loading,
+/// so one instance serves every inference thread.
+pub trait LoadedModel: Send + Sync + std::fmt::Debug {
+    /// Run `rows` rows of the `features` input (row-major); returns each output,
+    /// flattened row-major, in the order of the model's signature.
+    fn run(&self, input: &[f32], rows: usize) -> Result<Outputs, BackendError>;
+}
+
+/// An inference backend: turns an ONNX file into a runnable model.
+pub trait InferenceBackend: Send + Sync {
+    /// A short name for logs and health, e.g. `tract`.
+    fn name(&self) -> &'static str;
+    /// Load and check an ONNX file against its declared signature.
+    fn load(&self, onnx: &[u8], meta: &ModelMeta) -> Result<std::sync::Arc<dyn LoadedModel>, BackendError>;
+    /// Whether this backend runs on a GPU.
+    fn gpu(&self) -> bool {
+        false
+    }
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,113 @@
+//! `model.json`: the contract of a model file beside its ONNX graph — signature,
+//! feature names and order, metrics, training window and serving parameters.
+
+use ml_core::train::{ModelArtifact, ModelKind, ModelParams, TrainingWindow};
+use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
+
+/// Version of the `model.json` format.
+pub const META_FORMAT: u32 = 1;
+
+/// One tensor of the signature.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct TensorSpec {
+    pub name: String,
+    /// Always `float32` for these models.
+    pub dtype: String,
+    /// `-1` marks the batch dimension.
+    pub shape: Vec<i64>,
+}
+
+/// The ONNX signature: one `features` input, named outputs.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Signature {
+    pub inputs: Vec<TensorSpec>,
+    pub outputs: Vec<TensorSpec>,
+}
+
+/// Offline quality of the model on its held-out period, next to a baseline.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Evaluation {
+    pub metrics: BTreeMap<String, f64>,
+    pub baseline: String,
+    pub baseline_metrics: BTreeMap<String, f64>,
+    pub train_rows: usize,
+    pub holdout_rows: usize,
+}
+
+/// The contents of `model.json`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ModelMeta {
+    pub format: u32,
+    pub model: ModelKind,
+    pub version: u64,
+    pub created_at: chrono::DateTime<chrono::Utc>,
+    /// What produced the file, e.g. `ml-service 0.1.0 trainer`.
+    pub producer: String,
+    pub signature: Signature,
+    /// Input feature names in column order (must match the ONNX input width).
+    pub features: Vec<String>,
+    pub evaluation: Option<Evaluation>,
+    pub training_window: Option<TrainingWindow>,
+    #[serde(default)]
+    pub params: ModelParams,
+}
+
+impl ModelMeta {
+    /// The signature every model of `kind` must have.
+    pub fn signature_for(kind: ModelKind) -> Signature {
+        let n = kind.feature_names().len() as i64;
+        Signature {
+            inputs: vec![TensorSpec {
+                name: "features".into(),
+                dtype: "float32".into(),
+                shape: vec![-1, n],
+            }],
+            outputs: kind
+                .outputs()
+                .into_iter()
+                .map(|(name, w)| TensorSpec {
+                    name: name.into(),
+                    dtype: "float32".into(),
+                    shape: vec![-1, w as i64],
+                })
+                .collect(),
+        }
+    }
+
+    /// `model.json` for a freshly trained artifact.
+    pub fn from_artifact(a: &ModelArtifact, version: u64) -> Self {
+        Self {
+            format: META_FORMAT,
+            model: a.kind,
+            version,
+            created_at: chrono::Utc::now(),
+            producer: format!("ml-service {} trainer", env!("CARGO_PKG_VERSION")),
+            signature: Self::signature_for(a.kind),
+            features: a.kind.feature_names(),
+            evaluation: Some(Evaluation {
+                metrics: a.metrics.clone(),
+                baseline: a.baseline_name.clone(),
+                baseline_metrics: a.baseline.clone(),
+                train_rows: a.train_rows,
+                holdout_rows: a.holdout_rows,
+            }),
+            training_window: Some(a.window.clone()),
+            params: a.params.clone(),
+        }
+    }
+
+    /// Check the metadata is what the service can serve for its model name.
+    pub fn validate(&self) -> Result<(), String> {
+        if self.format != META_FORMAT {
+            return Err(format!("unsupported model.json format {}", self.format));
+        }
+        if self.features != self.model.feature_names() {
+            return Err("feature names or order differ from this service's feature code".into());
+        }
+        if self.signature != Self::signature_for(self.model) {
+            return Err("signature differs from the one the service calls".into());
+        }
+        Ok(())
+    }
+}
