@@ -127,6 +127,11 @@ impl SqliteStore {
         self.with_blocking(|c| write_dataset(c, d))
     }
 
+    /// The destination catalogue (start-up).
+    pub fn load_destinations(&self) -> Result<Vec<Destination>, DataError> {
+        self.with_blocking(|c| destinations(c))
+    }
+
     /// Load everything (for training).
     pub fn load_dataset(&self) -> Result<Dataset, DataError> {
         self.with_blocking(|c| load_dataset(c))

@@ -1,0 +1,152 @@
+//! Start-up and the server loop: open the data store (filling it with the demo
+//! dataset on first start), train any model the repository lacks, load the
+//! newest loadable version of each, and serve until the shutdown signal, letting
+//! in-flight requests finish.
+
+use crate::routes;
+use crate::service::{Predictor, ServedModel};
+use crate::settings::Settings;
+use crate::training::train_and_publish;
+use anyhow::Context;
+use ml_backend::tract::TractBackend;
+use ml_backend::{InferenceBackend, InferencePool, LocalRepository, ModelRepository};
+use ml_core::catalogue::Catalogue;
+use ml_core::generator::{generate, GeneratorConfig};
+use ml_core::train::{ModelKind, TrainingData};
+use ml_data::{DataSource, SqliteStore};
+use std::collections::HashMap;
+use std::future::Future;
+use std::sync::Arc;
+use std::time::Instant;
+
+/// Connections in the SQLite pool.
+const SQLITE_CONNECTIONS: usize = 4;
+
+/// Open the embedded store; on first start create it and fill it with the demo dataset.
+pub fn open_store(settings: &Settings) -> anyhow::Result<SqliteStore> {
+    let store = SqliteStore::open(&settings.sqlite_path, SQLITE_CONNECTIONS)
+        .with_context(|| format!("opening {}", settings.sqlite_path.display()))?;
+    if store.count_profiles()? == 0 {
+        let t0 = Instant::now();
+        let d = generate(&GeneratorConfig {
+            users: settings.demo_users,
+            seed: settings.demo_seed,
+            ..Default::default()
+        });
+        store.write_dataset(&d).context("writing the demo dataset")?;
+        tracing::info!(
+            users = d.profiles.len(),
+            interactions = d.interactions.len(),
+            matches = d.matches.len(),
+            activity = d.activity.len(),
+            notifications = d.notifications.len(),
+            seconds = format!("{:.2}", t0.elapsed().as_secs_f64()),
+            path = %settings.sqlite_path.display(),
+            "created the app-data store with the demo dataset"
+        );
+    }
+    Ok(store)
+}
+
+/// Train and write version 1 of every model the repository lacks.
+pub fn train_missing(store: &SqliteStore, repo: &dyn ModelRepository, backend: &dyn InferenceBackend) -> anyhow::Result<()> {
+    let mut missing = vec![];
+    for k in ModelKind::ALL {
+        if repo.latest(k)?.is_none() {
+            missing.push(k);
+        }
+    }
+    if missing.is_empty() {
+        return Ok(());
+    }
+    let t0 = Instant::now();
+    tracing::info!(models = ?missing.iter().map(|k| k.as_str()).collect::<Vec<_>>(), repository = %repo.describe(), "no trained models found: training them now");
+    let data = store.load_dataset().context("loading the app data for training")?;
+    let td = TrainingData::new(&data);
+    for k in missing {
+        train_and_publish(k, &td, 1, repo, backend)?;
+    }
+    tracing::info!(seconds = format!("{:.2}", t0.elapsed().as_secs_f64()), "training finished");
+    Ok(())
+}
+
+/// Load the newest version of each model that loads and passes its smoke test;
+/// a corrupt newest version falls back to the one before it.
+pub fn load_models(repo: &dyn ModelRepository, backend: &dyn InferenceBackend) -> HashMap<ModelKind, ServedModel> {
+    let mut out = HashMap::new();
+    for k in ModelKind::ALL {
+        let versions = repo.versions(k).unwrap_or_else(|e| {
+            tracing::error!(model = %k, error = %e, "cannot list model versions");
+            vec![]
+        });
+        for v in versions.into_iter().rev() {
+            let t0 = Instant::now();
+            match repo.read(k, v).and_then(|(bytes, meta)| Ok((backend.load(&bytes, &meta)?, meta))) {
+                Ok((model, meta)) => {
+                    tracing::info!(model = %k, version = v, ms = format!("{:.1}", t0.elapsed().as_secs_f64() * 1e3), "model loaded");
+                    out.insert(k, ServedModel { meta, model });
+                    break;
+                }
+                Err(e) => tracing::error!(model = %k, version = v, error = %e, "model version unusable; trying an older one"),
+            }
+        }
+        if !out.contains_key(&k) {
+            tracing::error!(model = %k, "no usable version: its endpoint answers 503 until one is trained");
+        }
+    }
+    out
+}
+
+/// Everything `serve` needs, ready before the port opens.
+pub fn prepare(settings: &Settings) -> anyhow::Result<Arc<Predictor>> {
+    let t0 = Instant::now();
+    let store = open_store(settings)?;
+    let repo = LocalRepository::new(&settings.model_path);
+    let backend = TractBackend;
+    train_missing(&store, &repo, &backend)?;
+    let models = load_models(&repo, &backend);
+    let catalogue = Catalogue::new(store.load_destinations().context("reading the destination catalogue")?);
+    anyhow::ensure!(!catalogue.is_empty(), "the destination catalogue is empty");
+    let data: Arc<dyn DataSource> = Arc::new(store);
+    let pool = InferencePool::new(settings.inference_threads(), settings.inference_queue);
+    tracing::info!(
+        ms = format!("{:.1}", t0.elapsed().as_secs_f64() * 1e3),
+        data = %data.describe(),
+        models = %repo.describe(),
+        backend = backend.name(),
+        inference_threads = settings.inference_threads(),
+        "ready"
+    );
+    Ok(Arc::new(Predictor::new(data, catalogue, models, pool, settings.quiet_hours, backend.gpu())))
+}
+
+/// Serve the API on `listener` until `shutdown` completes, then drain in-flight requests.
+pub async fn run(
+    listener: tokio::net::TcpListener,
+    predictor: Arc<Predictor>,
+    max_body: usize,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> std::io::Result<()> {
+    let app = routes::router(predictor, max_body);
+    axum::serve(listener, app).with_graceful_shutdown(shutdown).await
+}
+
+/// Completes on Ctrl-C or SIGTERM.
+pub async fn shutdown_signal() {
+    let ctrl_c = async {
+        let _ = tokio::signal::ctrl_c().await;
+    };
+    #[cfg(unix)]
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    #[cfg(not(unix))]
+    let term = std::future::pending::<()>();
+    tokio::select! { _ = ctrl_c => {}, _ = term => {} }
+    tracing::info!("shutdown signal received: draining in-flight requests");
+}

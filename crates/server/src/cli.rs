@@ -1,0 +1,111 @@
+//! The subcommands: `serve`, `train`, `data migrate|demo`, `models list`.
+
+use crate::app;
+use crate::settings::{Cli, Command, DataCommand, ModelsCommand, Settings};
+use crate::training::{summary, train_and_publish};
+use anyhow::Context;
+use ml_backend::tract::TractBackend;
+use ml_backend::{LocalRepository, ModelRepository as _};
+use ml_core::generator::{generate, GeneratorConfig};
+use ml_core::train::{ModelKind, TrainingData};
+use std::time::Instant;
+
+fn init_tracing(level: &str) {
+    let filter = tracing_subscriber::EnvFilter::try_new(level).unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let _ = tracing_subscriber::fmt().with_env_filter(filter).with_target(false).try_init();
+}
+
+/// Run one command.
+pub fn run(cli: Cli) -> anyhow::Result<()> {
+    match cli.command {
+        Command::Serve(s) => serve(s),
+        Command::Train(t) => {
+            init_tracing(&t.settings.log_level);
+            let kinds: Vec<ModelKind> = if t.models.is_empty() {
+                ModelKind::ALL.to_vec()
+            } else {
+                t.models.iter().filter_map(|m| ModelKind::parse(m)).collect()
+            };
+            let store = app::open_store(&t.settings)?;
+            let data = store.load_dataset()?;
+            let td = TrainingData::new(&data);
+            let repo = LocalRepository::new(&t.settings.model_path);
+            for k in kinds {
+                let meta = train_and_publish(k, &td, t.seed, &repo, &TractBackend)?;
+                let baseline = meta.evaluation.as_ref().map(|e| e.baseline.clone()).unwrap_or_default();
+                println!("{k} v{}: {} — baseline: {baseline}", meta.version, summary(&meta));
+            }
+            Ok(())
+        }
+        Command::Data { command } => match command {
+            DataCommand::Migrate(s) => {
+                init_tracing(&s.log_level);
+                let store = ml_data::SqliteStore::open(&s.sqlite_path, 1)?;
+                println!("schema of {} is up to date", store.path().display());
+                Ok(())
+            }
+            DataCommand::Demo(d) => {
+                init_tracing(&d.settings.log_level);
+                let s = &d.settings;
+                let store = ml_data::SqliteStore::open(&s.sqlite_path, 1)?;
+                if store.count_profiles()? > 0 {
+                    anyhow::ensure!(d.replace, "{} already holds data; pass --replace to overwrite it", s.sqlite_path.display());
+                    drop(store);
+                    std::fs::remove_file(&s.sqlite_path).context("removing the old database")?;
+                    for ext in ["-wal", "-shm"] {
+                        let _ = std::fs::remove_file(format!("{}{ext}", s.sqlite_path.display()));
+                    }
+                }
+                let store = ml_data::SqliteStore::open(&s.sqlite_path, 1)?;
+                let t0 = Instant::now();
+                let data = generate(&GeneratorConfig {
+                    users: s.demo_users,
+                    seed: s.demo_seed,
+                    ..Default::default()
+                });
+                let generated = t0.elapsed();
+                store.write_dataset(&data)?;
+                println!(
+                    "{} users, {} interactions, {} match outcomes, {} activity events, {} notifications: generated in {:.2}s, written in {:.2}s to {}",
+                    data.profiles.len(),
+                    data.interactions.len(),
+                    data.matches.len(),
+                    data.activity.len(),
+                    data.notifications.len(),
+                    generated.as_secs_f64(),
+                    (t0.elapsed() - generated).as_secs_f64(),
+                    s.sqlite_path.display()
+                );
+                Ok(())
+            }
+        },
+        Command::Models {
+            command: ModelsCommand::List(s),
+        } => {
+            let repo = LocalRepository::new(&s.model_path);
+            for k in ModelKind::ALL {
+                for v in repo.versions(k)? {
+                    match repo.read(k, v) {
+                        Ok((_, meta)) => println!("{k} v{v} ({}): {}", meta.created_at.format("%Y-%m-%d %H:%M"), summary(&meta)),
+                        Err(e) => println!("{k} v{v}: unreadable ({e})"),
+                    }
+                }
+            }
+            Ok(())
+        }
+    }
+}
+
+fn serve(settings: Settings) -> anyhow::Result<()> {
+    init_tracing(&settings.log_level);
+    let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
+    rt.block_on(async move {
+        let s = settings.clone();
+        let predictor = tokio::task::spawn_blocking(move || app::prepare(&s)).await??;
+        let addr = std::net::SocketAddr::new(settings.host, settings.port);
+        let listener = tokio::net::TcpListener::bind(addr).await.with_context(|| format!("binding {addr}"))?;
+        tracing::info!(%addr, "listening");
+        app::run(listener, predictor, settings.max_body_bytes, app::shutdown_signal()).await?;
+        Ok(())
+    })
+}

@@ -1,0 +1,124 @@
+//! The service layer's error type and its one mapping to HTTP responses.
+//! (The gRPC mapping will sit beside this one.)
+
+use axum::http::{header, HeaderValue, StatusCode};
+use axum::response::{IntoResponse, Response};
+use ml_backend::BackendError;
+use ml_data::DataError;
+use serde::Serialize;
+use utoipa::ToSchema;
+
+/// What a request can fail with, independent of the transport.
+#[derive(Debug, thiserror::Error)]
+pub enum ServiceError {
+    /// The body is not JSON at all (or not UTF-8).
+    #[error("malformed JSON: {reason}")]
+    MalformedJson { reason: String },
+    /// A field has the wrong type, is missing, unknown, or out of range.
+    #[error("invalid {field}: {reason}")]
+    Invalid { field: String, reason: String },
+    /// The body is not declared as JSON.
+    #[error("unsupported content type: {0}")]
+    UnsupportedMediaType(String),
+    /// The body is larger than the configured limit.
+    #[error("request body larger than {limit} bytes")]
+    TooLarge { limit: usize },
+    /// No such endpoint.
+    #[error("no endpoint at {0}")]
+    NoRoute(String),
+    /// A user id that the app data does not know.
+    #[error("unknown user {id}")]
+    UnknownUser { field: String, id: uuid::Uuid },
+    /// The model for this endpoint is not loaded.
+    #[error("model {0} is not available")]
+    ModelUnavailable(&'static str),
+    /// Too much load: retry later.
+    #[error("overloaded, retry later")]
+    Overloaded,
+    /// The app-data store failed.
+    #[error("data store error")]
+    Data(#[from] DataError),
+    /// A model run failed.
+    #[error("inference error")]
+    Inference(BackendError),
+}
+
+impl From<BackendError> for ServiceError {
+    fn from(e: BackendError) -> Self {
+        match e {
+            BackendError::Overloaded | BackendError::ShutDown => ServiceError::Overloaded,
+            other => ServiceError::Inference(other),
+        }
+    }
+}
+
+impl ServiceError {
+    pub fn invalid(field: impl Into<String>, reason: impl Into<String>) -> Self {
+        Self::Invalid {
+            field: field.into(),
+            reason: reason.into(),
+        }
+    }
+
+    /// The HTTP status and stable error code of each error kind.
+    pub fn http_status(&self) -> (StatusCode, &'static str) {
+        match self {
+            ServiceError::MalformedJson { .. } => (StatusCode::BAD_REQUEST, "malformed_json"),
+            ServiceError::Invalid { .. } => (StatusCode::UNPROCESSABLE_ENTITY, "invalid_field"),
+            ServiceError::UnsupportedMediaType(_) => (StatusCode::UNSUPPORTED_MEDIA_TYPE, "unsupported_media_type"),
+            ServiceError::TooLarge { .. } => (StatusCode::PAYLOAD_TOO_LARGE, "payload_too_large"),
+            ServiceError::NoRoute(_) => (StatusCode::NOT_FOUND, "not_found"),
+            ServiceError::UnknownUser { .. } => (StatusCode::NOT_FOUND, "unknown_user"),
+            ServiceError::ModelUnavailable(_) => (StatusCode::SERVICE_UNAVAILABLE, "model_unavailable"),
+            ServiceError::Overloaded => (StatusCode::SERVICE_UNAVAILABLE, "overloaded"),
+            ServiceError::Data(_) => (StatusCode::SERVICE_UNAVAILABLE, "data_unavailable"),
+            ServiceError::Inference(_) => (StatusCode::SERVICE_UNAVAILABLE, "inference_failed"),
+        }
+    }
+
+    fn field(&self) -> Option<String> {
+        match self {
+            ServiceError::Invalid { field, .. } | ServiceError::UnknownUser { field, .. } => Some(field.clone()),
+            _ => None,
+        }
+    }
+}
+
+/// The JSON body of every error response.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct ErrorBody {
+    pub error: ErrorDetail,
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+pub struct ErrorDetail {
+    /// Stable machine-readable code, e.g. `invalid_field`.
+    pub code: String,
+    /// Human-readable explanation (never internals such as SQL or file paths).
+    pub message: String,
+    /// The offending request field as a JSON path, when one is to blame.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub field: Option<String>,
+}
+
+impl IntoResponse for ServiceError {
+    fn into_response(self) -> Response {
+        let (status, code) = self.http_status();
+        if status.is_server_error() {
+            // Internals are logged for operators, not sent to callers.
+            tracing::warn!(error = ?self, code, "request failed");
+        }
+        let body = ErrorBody {
+            error: ErrorDetail {
+                code: code.into(),
+                message: self.to_string(),
+                field: self.field(),
+            },
+        };
+        let mut resp = (status, axum::Json(body)).into_response();
+        if status == StatusCode::SERVICE_UNAVAILABLE {
+            resp.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
+        }
+        resp
+    }
+}

@@ -1,0 +1,13 @@
+//! The ml-service binary's library: settings and CLI, the HTTP layer, the
+//! prediction service that ties data, features, inference and post-processing
+//! together, and start-up. Only this crate knows HTTP.
+
+pub mod api;
+pub mod app;
+pub mod cli;
+pub mod error;
+pub mod extract;
+pub mod routes;
+pub mod service;
+pub mod settings;
+pub mod training;

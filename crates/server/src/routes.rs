@@ -1,0 +1,93 @@
+//! The HTTP layer: routes, handlers and the OpenAPI document. Handlers only
+//! extract, call the [`Predictor`], and shape the response.
+
+use crate::api::*;
+use crate::error::{ErrorBody, ServiceError};
+use crate::extract::{ApiJson, BodyLimit};
+use crate::service::{Predictor, Versioned};
+use axum::extract::{DefaultBodyLimit, State};
+use axum::http::{HeaderName, HeaderValue};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::{Extension, Json, Router};
+use std::sync::Arc;
+use utoipa::OpenApi;
+
+/// The header that names the model version behind an answer, e.g. `travel_match/1`.
+pub const MODEL_VERSION_HEADER: &str = "x-model-version";
+
+impl<T: serde::Serialize> IntoResponse for Versioned<T> {
+    fn into_response(self) -> Response {
+        let mut r = Json(self.body).into_response();
+        if let Ok(v) = HeaderValue::from_str(&format!("{}/{}", self.model, self.version)) {
+            r.headers_mut().insert(HeaderName::from_static(MODEL_VERSION_HEADER), v);
+        }
+        r
+    }
+}
+
+type AppState = Arc<Predictor>;
+
+/// Score how well two users would travel together.
+#[utoipa::path(post, path = "/match/score", request_body = MatchRequest,
+    responses((status = 200, body = MatchResponse, headers(("x-model-version" = String, description = "model/version"))),
+        (status = 400, body = ErrorBody), (status = 404, body = ErrorBody), (status = 413, body = ErrorBody),
+        (status = 415, body = ErrorBody), (status = 422, body = ErrorBody), (status = 503, body = ErrorBody)))]
+async fn match_score(State(p): State<AppState>, ApiJson(req): ApiJson<MatchRequest>) -> Result<Versioned<MatchResponse>, ServiceError> {
+    p.score_match(&req).await
+}
+
+/// Recommend destinations the user has not been to.
+#[utoipa::path(post, path = "/recommend/destinations", request_body = RecommendRequest,
+    responses((status = 200, body = RecommendResponse, headers(("x-model-version" = String, description = "model/version"))),
+        (status = 400, body = ErrorBody), (status = 404, body = ErrorBody), (status = 413, body = ErrorBody),
+        (status = 415, body = ErrorBody), (status = 422, body = ErrorBody), (status = 503, body = ErrorBody)))]
+async fn recommend(State(p): State<AppState>, ApiJson(req): ApiJson<RecommendRequest>) -> Result<Versioned<RecommendResponse>, ServiceError> {
+    p.recommend(&req).await
+}
+
+/// Choose when and on which channel to notify a user.
+#[utoipa::path(post, path = "/notifications/optimize", request_body = NotifyRequest,
+    responses((status = 200, body = NotifyResponse, headers(("x-model-version" = String, description = "model/version"))),
+        (status = 400, body = ErrorBody), (status = 404, body = ErrorBody), (status = 413, body = ErrorBody),
+        (status = 415, body = ErrorBody), (status = 422, body = ErrorBody), (status = 503, body = ErrorBody)))]
+async fn notify(State(p): State<AppState>, ApiJson(req): ApiJson<NotifyRequest>) -> Result<Versioned<NotifyResponse>, ServiceError> {
+    p.optimize_notification(&req).await
+}
+
+/// Liveness and the state of each part.
+#[utoipa::path(get, path = "/health", responses((status = 200, body = HealthResponse)))]
+async fn health(State(p): State<AppState>) -> Json<HealthResponse> {
+    Json(p.health().await)
+}
+
+#[derive(OpenApi)]
+#[openapi(
+    info(title = "ml-service", description = "Match scoring, destination recommendations and notification timing."),
+    paths(match_score, recommend, notify, health),
+    components(schemas(ErrorBody))
+)]
+pub struct ApiDoc;
+
+async fn openapi() -> Json<utoipa::openapi::OpenApi> {
+    Json(ApiDoc::openapi())
+}
+
+async fn not_found(uri: axum::http::Uri) -> ServiceError {
+    ServiceError::NoRoute(uri.path().chars().take(100).collect())
+}
+
+/// The router of the API.
+pub fn router(p: Arc<Predictor>, max_body: usize) -> Router {
+    Router::new()
+        .route("/match/score", post(match_score))
+        .route("/recommend/destinations", post(recommend))
+        .route("/notifications/optimize", post(notify))
+        .route("/health", get(health))
+        .route("/openapi.json", get(openapi))
+        .fallback(not_found)
+        .layer(DefaultBodyLimit::max(max_body))
+        .layer(Extension(BodyLimit(max_body)))
+        .layer(tower_http::trace::TraceLayer::new_for_http())
+        .with_state(p)
+}

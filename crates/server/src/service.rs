@@ -1,0 +1,213 @@
+//! The prediction service: request → features → inference → post-processing.
+//! It knows the data source and the inference pool, but no transport: the HTTP
+//! handlers (and later gRPC) call these methods and map their errors.
+
+use crate::api::*;
+use crate::error::ServiceError;
+use chrono::{SecondsFormat, Utc};
+use ml_backend::{InferencePool, LoadedModel, ModelMeta};
+use ml_core::catalogue::Catalogue;
+use ml_core::features::{self, PopulationActivity, UserFeatures, HOURS_PER_WEEK};
+use ml_core::post;
+use ml_core::train::ModelKind;
+use ml_data::DataSource;
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Instant;
+use uuid::Uuid;
+
+/// A model version in memory.
+#[derive(Debug, Clone)]
+pub struct ServedModel {
+    pub meta: ModelMeta,
+    pub model: Arc<dyn LoadedModel>,
+}
+
+/// An answer and the model version that produced it.
+#[derive(Debug)]
+pub struct Versioned<T> {
+    pub body: T,
+    pub model: ModelKind,
+    pub version: u64,
+}
+
+/// Everything a prediction needs, shared by all requests.
+pub struct Predictor {
+    pub data: Arc<dyn DataSource>,
+    pub catalogue: Catalogue,
+    pub models: HashMap<ModelKind, ServedModel>,
+    pub pool: InferencePool,
+    pub quiet_hours: post::QuietHours,
+    pub gpu: bool,
+    /// Standardised log popularity per catalogue index (recommendation model parameter).
+    popularity: Vec<f32>,
+    population: PopulationActivity,
+    channel_prior: [f32; 3],
+}
+
+impl Predictor {
+    pub fn new(
+        data: Arc<dyn DataSource>,
+        catalogue: Catalogue,
+        models: HashMap<ModelKind, ServedModel>,
+        pool: InferencePool,
+        quiet_hours: post::QuietHours,
+        gpu: bool,
+    ) -> Self {
+        let rec = models.get(&ModelKind::Recommendation).map(|m| &m.meta.params);
+        let popularity = catalogue
+            .destinations
+            .iter()
+            .map(|d| rec.and_then(|p| p.destination_popularity.get(&d.id)).copied().unwrap_or(0.0))
+            .collect();
+        let timing = models.get(&ModelKind::NotificationTiming).map(|m| &m.meta.params);
+        let population = timing
+            .and_then(|p| p.population_activity.clone())
+            .unwrap_or_else(|| PopulationActivity {
+                hour_of_week: vec![1.0 / HOURS_PER_WEEK as f32; HOURS_PER_WEEK],
+            });
+        let channel_prior = timing.and_then(|p| p.channel_open_rate).unwrap_or([0.3; 3]);
+        Self {
+            data,
+            catalogue,
+            models,
+            pool,
+            quiet_hours,
+            gpu,
+            popularity,
+            population,
+            channel_prior,
+        }
+    }
+
+    pub fn models_loaded(&self) -> bool {
+        ModelKind::ALL.iter().all(|k| self.models.contains_key(k))
+    }
+
+    fn model(&self, kind: ModelKind) -> Result<&ServedModel, ServiceError> {
+        self.models.get(&kind).ok_or(ServiceError::ModelUnavailable(kind.as_str()))
+    }
+
+    /// Features of a user, as of now.
+    async fn user(&self, field: &str, id: Uuid) -> Result<UserFeatures, ServiceError> {
+        let unknown = || ServiceError::UnknownUser {
+            field: field.to_string(),
+            id,
+        };
+        let h = self.data.user_history(id).await?.ok_or_else(unknown)?;
+        let p = h.profile.as_ref().ok_or_else(unknown)?;
+        Ok(UserFeatures::from_history(p, &h, &self.catalogue, Utc::now()))
+    }
+
+    async fn run(&self, m: &ServedModel, input: Vec<f32>, rows: usize) -> Result<Vec<Vec<f32>>, ServiceError> {
+        Ok(self.pool.run(Arc::clone(&m.model), input, rows).await?)
+    }
+
+    pub async fn score_match(&self, req: &MatchRequest) -> Result<Versioned<MatchResponse>, ServiceError> {
+        let t0 = Instant::now();
+        req.validate()?;
+        let m = self.model(ModelKind::TravelMatch)?;
+        let (a, b) = tokio::join!(self.user("user_a_id", req.user_a_id), self.user("user_b_id", req.user_b_id));
+        let (a, b) = (a?, b?);
+        let ctx = req.context.clone().unwrap_or_default();
+        let ctx = post::match_context(&self.catalogue, ctx.destination.as_deref(), ctx.interests.as_deref().unwrap_or(&[]));
+        let x = features::match_features(&a, &b, &ctx);
+        let out = self.run(m, x.to_vec(), 1).await?;
+        let score = out[0][0];
+        let f = &out[1];
+        let confidence = post::match_confidence(score, post::match_completeness(&a, &b));
+        Ok(Versioned {
+            body: MatchResponse {
+                score: round4(score),
+                confidence: round4(confidence),
+                factors: MatchFactors {
+                    interest_overlap: round4(f[0]),
+                    travel_style: round4(f[1]),
+                    personality: round4(f[2]),
+                },
+                latency_ms: (t0.elapsed().as_secs_f64() * 1e6).round() / 1e3,
+            },
+            model: ModelKind::TravelMatch,
+            version: m.meta.version,
+        })
+    }
+
+    pub async fn recommend(&self, req: &RecommendRequest) -> Result<Versioned<RecommendResponse>, ServiceError> {
+        req.validate()?;
+        let m = self.model(ModelKind::Recommendation)?;
+        let u = self.user("user_id", req.user_id).await?;
+        let filters = req.filters.clone().unwrap_or_default();
+        let candidates: Vec<usize> = (0..self.catalogue.len())
+            .filter(|&d| !u.has_consumed(d))
+            .filter(|&d| post::passes_filters(&self.catalogue.destinations[d], filters.budget, filters.duration))
+            .collect();
+        let mut recommendations = vec![];
+        if !candidates.is_empty() {
+            let x: Vec<f32> = candidates
+                .iter()
+                .flat_map(|&d| features::rec_features(&u, &self.catalogue, d, self.popularity[d]))
+                .collect();
+            let scores = self.run(m, x, candidates.len()).await?.swap_remove(0);
+            let mut ranked: Vec<(usize, f32)> = candidates.into_iter().zip(scores).collect();
+            // Top-k in Rust: a partial selection, then a sort of the k kept.
+            let k = (req.limit as usize).min(ranked.len());
+            if k < ranked.len() {
+                ranked.select_nth_unstable_by(k, |a, b| b.1.total_cmp(&a.1));
+                ranked.truncate(k);
+            }
+            ranked.sort_by(|a, b| b.1.total_cmp(&a.1));
+            recommendations = ranked
+                .into_iter()
+                .map(|(d, s)| Recommendation {
+                    destination: self.catalogue.destinations[d].name.clone(),
+                    score: round4(s),
+                    reason: post::recommendation_reason(&u, &self.catalogue, d, self.popularity[d]),
+                })
+                .collect();
+        }
+        Ok(Versioned {
+            body: RecommendResponse { recommendations },
+            model: ModelKind::Recommendation,
+            version: m.meta.version,
+        })
+    }
+
+    pub async fn optimize_notification(&self, req: &NotifyRequest) -> Result<Versioned<NotifyResponse>, ServiceError> {
+        let m = self.model(ModelKind::NotificationTiming)?;
+        let u = self.user("user_id", req.user_id).await?;
+        let x = features::timing_features(&u, &self.population);
+        let scores = self.run(m, x, HOURS_PER_WEEK).await?.swap_remove(0);
+        let plan = post::plan_notification(&post::NotificationRequest {
+            user: &u,
+            scores: &scores,
+            population: &self.population,
+            channel_prior: self.channel_prior,
+            kind: req.notification_type,
+            urgency: req.urgency,
+            now: Utc::now(),
+            quiet: self.quiet_hours,
+        });
+        Ok(Versioned {
+            body: NotifyResponse {
+                send_at: plan.send_at.to_rfc3339_opts(SecondsFormat::Secs, true),
+                channel: plan.channel,
+                confidence: round4(plan.confidence),
+                reason: plan.reason,
+            },
+            model: ModelKind::NotificationTiming,
+            version: m.meta.version,
+        })
+    }
+
+    pub async fn health(&self) -> HealthResponse {
+        let models_loaded = self.models_loaded();
+        let data_ok = self.data.ping().await.is_ok();
+        HealthResponse {
+            status: if models_loaded && data_ok { "healthy" } else { "degraded" }.into(),
+            models_loaded,
+            // No Redis is configured in the embedded mode: the fact is "not connected".
+            redis_connected: false,
+            gpu_available: self.gpu,
+        }
+    }
+}

@@ -1,0 +1,162 @@
+//! The typed settings and the command line. Every setting has a `--flag` and the
+//! spec's environment variable; the binary passes this struct around rather than
+//! long argument lists.
+
+use clap::{Args, Parser, Subcommand};
+use std::net::IpAddr;
+use std::path::PathBuf;
+
+/// ml-service: match scoring, destination recommendations and notification timing.
+#[derive(Debug, Parser)]
+#[command(name = "ml-service", version, about)]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Run the inference service (trains the models first if the repository is empty).
+    Serve(Settings),
+    /// Train models on the app data and write new versions to the repository.
+    Train(TrainArgs),
+    /// Manage the app data: schema and demo dataset.
+    Data {
+        #[command(subcommand)]
+        command: DataCommand,
+    },
+    /// Inspect the model repository.
+    Models {
+        #[command(subcommand)]
+        command: ModelsCommand,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum DataCommand {
+    /// Create or upgrade the schema (idempotent).
+    Migrate(Settings),
+    /// Generate the demo dataset into the data store.
+    Demo(DemoArgs),
+}
+
+#[derive(Debug, Subcommand)]
+pub enum ModelsCommand {
+    /// List model versions with their held-out metrics.
+    List(Settings),
+}
+
+#[derive(Debug, Args)]
+pub struct TrainArgs {
+    /// Models to train (all three when none is named).
+    #[arg(value_parser = ["travel_match", "recommendation", "notification_timing"])]
+    pub models: Vec<String>,
+    /// Seed of the training run.
+    #[arg(long, env = "TRAIN_SEED", default_value_t = 1)]
+    pub seed: u64,
+    #[command(flatten)]
+    pub settings: Settings,
+}
+
+#[derive(Debug, Args)]
+pub struct DemoArgs {
+    /// Replace any data already in the store.
+    #[arg(long)]
+    pub replace: bool,
+    #[command(flatten)]
+    pub settings: Settings,
+}
+
+/// Settings shared by every command.
+#[derive(Debug, Clone, Args)]
+pub struct Settings {
+    /// HTTP port of the API.
+    #[arg(long, env = "ML_SERVICE_PORT", default_value_t = 8000)]
+    pub port: u16,
+    /// Address to listen on. Loopback by default; use 0.0.0.0 in a container.
+    #[arg(long, env = "ML_SERVICE_HOST", default_value = "127.0.0.1")]
+    pub host: IpAddr,
+    /// Inference threads (0 = one per CPU core).
+    #[arg(long, env = "ML_WORKERS", default_value_t = 0)]
+    pub workers: usize,
+    /// Inference jobs that may wait for a thread; beyond this, requests get 503.
+    #[arg(long, env = "INFERENCE_QUEUE", default_value_t = 1024)]
+    pub inference_queue: usize,
+    /// Model repository folder: {MODEL_PATH}/{model}/{version}/model.onnx + model.json.
+    #[arg(long, env = "MODEL_PATH", default_value = "./models")]
+    pub model_path: PathBuf,
+    /// SQLite file of the embedded app-data store (created with the demo data on first start).
+    #[arg(long, env = "SQLITE_PATH", default_value = "./data/ml-service.db")]
+    pub sqlite_path: PathBuf,
+    /// Users in the demo dataset generated on first start.
+    #[arg(long, env = "DEMO_USERS", default_value_t = 5000)]
+    pub demo_users: usize,
+    /// Seed of the demo dataset.
+    #[arg(long, env = "DEMO_SEED", default_value_t = 42)]
+    pub demo_seed: u64,
+    /// Largest request body accepted, in bytes; larger bodies get 413.
+    #[arg(long, env = "MAX_BODY_BYTES", default_value_t = 64 * 1024)]
+    pub max_body_bytes: usize,
+    /// Local hours in which only urgent notifications are sent, as START-END (24 h clock).
+    #[arg(long, env = "QUIET_HOURS", default_value = "22-8", value_parser = parse_quiet_hours)]
+    pub quiet_hours: ml_core::post::QuietHours,
+    /// Log filter (error, warn, info, debug, trace, or a tracing directive).
+    #[arg(long, env = "LOG_LEVEL", default_value = "info")]
+    pub log_level: String,
+}
+
+/// Parse `START-END` quiet hours, e.g. `22-8`.
+pub fn parse_quiet_hours(s: &str) -> Result<ml_core::post::QuietHours, String> {
+    let (a, b) = s.split_once('-').ok_or("expected START-END, e.g. 22-8")?;
+    let h = |x: &str| {
+        x.trim()
+            .parse::<u32>()
+            .ok()
+            .filter(|h| *h < 24)
+            .ok_or(format!("{x:?} is not an hour 0-23"))
+    };
+    Ok(ml_core::post::QuietHours { start: h(a)?, end: h(b)? })
+}
+
+impl Settings {
+    /// Settings from defaults and the environment alone (tests and tools).
+    pub fn from_env() -> Self {
+        #[derive(Parser)]
+        struct Only {
+            #[command(flatten)]
+            s: Settings,
+        }
+        Only::parse_from(["ml-service"]).s
+    }
+
+    pub fn inference_threads(&self) -> usize {
+        if self.workers > 0 {
+            self.workers
+        } else {
+            std::thread::available_parallelism().map(|n| n.get()).unwrap_or(2)
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn quiet_hours_parse_and_reject_nonsense() {
+        let q = parse_quiet_hours("23-7").unwrap();
+        assert_eq!((q.start, q.end), (23, 7));
+        assert!(parse_quiet_hours("25-7").is_err());
+        assert!(parse_quiet_hours("night").is_err());
+    }
+
+    #[test]
+    fn the_cli_parses() {
+        use clap::CommandFactory;
+        Cli::command().debug_assert();
+        let c = Cli::parse_from(["ml-service", "serve", "--port", "9001", "--quiet-hours", "21-9"]);
+        let Command::Serve(s) = c.command else { panic!("not serve") };
+        assert_eq!(s.port, 9001);
+        assert_eq!(s.quiet_hours.start, 21);
+    }
+}
