@@ -60,21 +60,39 @@ fn add_head(g: &mut pb::GraphProto, head: &str, net: &Mlp) {
     let n = net.layers.len();
     for (i, l) in net.layers.iter().enumerate() {
         let p = format!("{head}_l{i}");
-        g.initializer.push(tensor(format!("{p}_w"), vec![l.input as i64, l.output as i64], &l.weights));
-        g.initializer.push(tensor(format!("{p}_b"), vec![l.output as i64], &l.bias));
-        g.node.push(node("MatMul", vec![x, format!("{p}_w")], format!("{p}_mm")));
+        g.initializer.push(tensor(
+            format!("{p}_w"),
+            vec![l.input as i64, l.output as i64],
+            &l.weights,
+        ));
+        g.initializer
+            .push(tensor(format!("{p}_b"), vec![l.output as i64], &l.bias));
+        g.node
+            .push(node("MatMul", vec![x, format!("{p}_w")], format!("{p}_mm")));
         let last = i + 1 == n;
         let add_out = if last && l.activation == Activation::Identity {
             head.to_string()
         } else {
             format!("{p}_z")
         };
-        g.node.push(node("Add", vec![format!("{p}_mm"), format!("{p}_b")], add_out.clone()));
+        g.node.push(node(
+            "Add",
+            vec![format!("{p}_mm"), format!("{p}_b")],
+            add_out.clone(),
+        ));
         x = match l.activation {
             Activation::Identity => add_out,
             act => {
-                let out = if last { head.to_string() } else { format!("{p}_a") };
-                let op = if act == Activation::Relu { "Relu" } else { "Sigmoid" };
+                let out = if last {
+                    head.to_string()
+                } else {
+                    format!("{p}_a")
+                };
+                let op = if act == Activation::Relu {
+                    "Relu"
+                } else {
+                    "Sigmoid"
+                };
                 g.node.push(node(op, vec![add_out], out.clone()));
                 out
             }

@@ -28,7 +28,11 @@ pub trait InferenceBackend: Send + Sync {
     /// A short name for logs and health, e.g. `tract`.
     fn name(&self) -> &'static str;
     /// Load and check an ONNX file against its declared signature.
-    fn load(&self, onnx: &[u8], meta: &ModelMeta) -> Result<std::sync::Arc<dyn LoadedModel>, BackendError>;
+    fn load(
+        &self,
+        onnx: &[u8],
+        meta: &ModelMeta,
+    ) -> Result<std::sync::Arc<dyn LoadedModel>, BackendError>;
     /// Whether this backend runs on a GPU.
     fn gpu(&self) -> bool {
         false

@@ -26,7 +26,9 @@ pub struct InferencePool {
 
 impl std::fmt::Debug for InferencePool {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("InferencePool").field("threads", &self.threads.len()).finish()
+        f.debug_struct("InferencePool")
+            .field("threads", &self.threads.len())
+            .finish()
     }
 }
 
@@ -52,11 +54,19 @@ impl InferencePool {
                     .expect("spawn an inference thread")
             })
             .collect();
-        Self { tx: Some(tx), threads }
+        Self {
+            tx: Some(tx),
+            threads,
+        }
     }
 
     /// Run a model on the inference threads and wait for its outputs.
-    pub async fn run(&self, model: Arc<dyn LoadedModel>, input: Vec<f32>, rows: usize) -> Result<Outputs, BackendError> {
+    pub async fn run(
+        &self,
+        model: Arc<dyn LoadedModel>,
+        input: Vec<f32>,
+        rows: usize,
+    ) -> Result<Outputs, BackendError> {
         let (reply, rx) = oneshot::channel();
         let tx = self.tx.as_ref().ok_or(BackendError::ShutDown)?;
         tx.try_send(Job {

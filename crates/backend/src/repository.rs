@@ -60,7 +60,9 @@ impl ModelRepository for LocalRepository {
         };
         let mut v: Vec<u64> = rd
             .filter_map(|e| e.ok())
-            .filter(|e| e.path().join("model.onnx").is_file() && e.path().join("model.json").is_file())
+            .filter(|e| {
+                e.path().join("model.onnx").is_file() && e.path().join("model.json").is_file()
+            })
             .filter_map(|e| e.file_name().to_str()?.parse().ok())
             .filter(|v| *v > 0)
             .collect();
@@ -77,14 +79,18 @@ impl ModelRepository for LocalRepository {
         let meta_path = dir.join("model.json");
         let onnx = std::fs::read(&onnx_path).map_err(io(&onnx_path))?;
         let text = std::fs::read_to_string(&meta_path).map_err(io(&meta_path))?;
-        let meta: ModelMeta = serde_json::from_str(&text).map_err(|e| BackendError::InvalidMeta {
-            path: meta_path.display().to_string(),
-            reason: e.to_string(),
-        })?;
+        let meta: ModelMeta =
+            serde_json::from_str(&text).map_err(|e| BackendError::InvalidMeta {
+                path: meta_path.display().to_string(),
+                reason: e.to_string(),
+            })?;
         if meta.model != model || meta.version != version {
             return Err(BackendError::InvalidMeta {
                 path: meta_path.display().to_string(),
-                reason: format!("says {} version {}, stored as {model} version {version}", meta.model, meta.version),
+                reason: format!(
+                    "says {} version {}, stored as {model} version {version}",
+                    meta.model, meta.version
+                ),
             });
         }
         Ok((onnx, meta))

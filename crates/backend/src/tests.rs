@@ -20,7 +20,9 @@ async fn exported_models_match_the_trainer_through_repository_and_pool() {
     let pool = InferencePool::new(2, 16);
     for kind in ModelKind::ALL {
         let art = train(kind, &td, 1).unwrap();
-        let written = repo.write(&export::to_onnx(&art), ModelMeta::from_artifact(&art, 0)).unwrap();
+        let written = repo
+            .write(&export::to_onnx(&art), ModelMeta::from_artifact(&art, 0))
+            .unwrap();
         assert_eq!(written.version, 1);
         let (bytes, meta) = repo.read(kind, 1).unwrap();
         let model = TractBackend.load(&bytes, &meta).unwrap();
@@ -33,14 +35,19 @@ async fn exported_models_match_the_trainer_through_repository_and_pool() {
                 let w = expected.len();
                 let got = &out[h][r * w..(r + 1) * w];
                 for (g, e) in got.iter().zip(expected) {
-                    assert!((g - e).abs() < 1e-4, "{kind} head {h} row {r}: onnx {g} vs trainer {e}");
+                    assert!(
+                        (g - e).abs() < 1e-4,
+                        "{kind} head {h} row {r}: onnx {g} vs trainer {e}"
+                    );
                 }
             }
         }
     }
     // A second write is version 2 and the first stays readable.
     let art = train(ModelKind::TravelMatch, &td, 2).unwrap();
-    let meta = repo.write(&export::to_onnx(&art), ModelMeta::from_artifact(&art, 0)).unwrap();
+    let meta = repo
+        .write(&export::to_onnx(&art), ModelMeta::from_artifact(&art, 0))
+        .unwrap();
     assert_eq!(meta.version, 2);
     assert_eq!(repo.versions(ModelKind::TravelMatch).unwrap(), vec![1, 2]);
 }

@@ -30,7 +30,12 @@ impl InferenceBackend for TractBackend {
         };
         meta.validate().map_err(invalid)?;
         let inputs = meta.features.len();
-        let outputs: Vec<usize> = meta.signature.outputs.iter().map(|o| o.shape[1] as usize).collect();
+        let outputs: Vec<usize> = meta
+            .signature
+            .outputs
+            .iter()
+            .map(|o| o.shape[1] as usize)
+            .collect();
         let plan = tract_onnx::onnx()
             .model_for_read(&mut std::io::Cursor::new(onnx))
             .and_then(|m| m.into_optimized())
@@ -45,7 +50,9 @@ impl InferenceBackend for TractBackend {
         // Smoke test: a graph that does not take and give the declared shapes is
         // rejected here, at load, never at request time.
         let probe = vec![0f32; inputs * 2];
-        let out = model.run(&probe, 2).map_err(|e| invalid(format!("smoke test failed: {e}")))?;
+        let out = model
+            .run(&probe, 2)
+            .map_err(|e| invalid(format!("smoke test failed: {e}")))?;
         if out.iter().flatten().any(|v| !v.is_finite()) {
             return Err(invalid("smoke test produced non-finite outputs".into()));
         }
@@ -65,7 +72,8 @@ impl LoadedModel for TractModel {
                 input.len()
             )));
         }
-        let t = Tensor::from_shape(&[rows, self.inputs], input).map_err(|e| BackendError::Inference(e.to_string()))?;
+        let t = Tensor::from_shape(&[rows, self.inputs], input)
+            .map_err(|e| BackendError::Inference(e.to_string()))?;
         let out = self
             .plan
             .run(tvec!(t.into()))
@@ -88,7 +96,12 @@ impl LoadedModel for TractModel {
                     .copied()
                     .collect::<Vec<f32>>();
                 if v.len() != rows * w {
-                    return Err(BackendError::Inference(format!("{}: output has {} values, expected {}", self.name, v.len(), rows * w)));
+                    return Err(BackendError::Inference(format!(
+                        "{}: output has {} values, expected {}",
+                        self.name,
+                        v.len(),
+                        rows * w
+                    )));
                 }
                 Ok(v)
             })

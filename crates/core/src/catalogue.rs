@@ -107,7 +107,11 @@ impl Catalogue {
             .iter()
             .map(|d| crate::types::TagSet::from_names(&d.tags))
             .collect();
-        let by_id = destinations.iter().enumerate().map(|(i, d)| (d.id, i)).collect();
+        let by_id = destinations
+            .iter()
+            .enumerate()
+            .map(|(i, d)| (d.id, i))
+            .collect();
         let by_name = destinations
             .iter()
             .enumerate()

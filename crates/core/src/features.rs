@@ -79,7 +79,11 @@ impl UserFeatures {
         let mut consumed = Vec::new();
         let mut engaged = Vec::new();
         let mut n_interactions = 0;
-        for i in history.interactions.iter().filter(|i| i.occurred_at < as_of) {
+        for i in history
+            .interactions
+            .iter()
+            .filter(|i| i.occurred_at < as_of)
+        {
             let Some(di) = catalogue.index_of(&i.destination_id) else {
                 continue;
             };
@@ -283,7 +287,12 @@ pub const REC_FEATURES: [&str; 9] = [
 
 /// Recommendation features of (user, destination). `log_popularity` is the
 /// destination's standardised log interaction count, a parameter of the model.
-pub fn rec_features(u: &UserFeatures, catalogue: &Catalogue, dest: usize, log_popularity: f32) -> [f32; 9] {
+pub fn rec_features(
+    u: &UserFeatures,
+    catalogue: &Catalogue,
+    dest: usize,
+    log_popularity: f32,
+) -> [f32; 9] {
     let tags = &catalogue.tags[dest];
     let d = &catalogue.destinations[dest];
     let shared = u.interests.intersection(tags).len() as f32;
@@ -367,7 +376,14 @@ pub fn timing_features(u: &UserFeatures, pop: &PopulationActivity) -> Vec<f32> {
             share(u.activity[h], n),
             share(hod[hd], n),
             share(nb, n),
-            share(same_type, if weekend { weekend_total } else { weekday_total }),
+            share(
+                same_type,
+                if weekend {
+                    weekend_total
+                } else {
+                    weekday_total
+                },
+            ),
             (u.activity[h] + SHRINKAGE_SESSIONS * pop.hour_of_week[h]) / (n + SHRINKAGE_SESSIONS),
             pop.hour_of_week[h],
             pop.hour_of_day(hd),
@@ -453,7 +469,8 @@ mod tests {
                 p.style_vector = style;
                 p.personality = pers;
                 p.age = age;
-                let mut u = UserFeatures::from_history(&p, &UserHistory::default(), &cat, Utc::now());
+                let mut u =
+                    UserFeatures::from_history(&p, &UserHistory::default(), &cat, Utc::now());
                 u.interests = TagSet(mask & ((1 << TAGS.len()) - 1));
                 let n = aff.iter().map(|x| x * x).sum::<f32>().sqrt();
                 if n > 0.0 {

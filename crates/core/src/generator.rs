@@ -28,10 +28,16 @@
 //!   saves to bookings, bookings to visits and visits to ratings with logistic
 //!   probabilities of the same utility.
 //! * **Matches**: pairs are proposed (half within the same time zone), with a
-//!   context destination; `P(match) = σ(−0.2 + 4.8·(cos(taste_a, taste_b) − 0.6)
-//!   + 3.6·(0.5 − style distance) − 2.2·|Δconscientiousness| − 1.0·|Δopenness|
-//!   + 1.2·(mean agreeableness − 0.5) − 0.8·(mean neuroticism − 0.5) + 0.6·shared
-//!   language − 0.5·|Δbudget| + 3.2·(mean context taste − 0.5) − 0.02·|Δage|)`,
+//!   context destination, and match with probability
+//!
+//!   ```text
+//!   P = σ(−0.2 + 4.8·(cos(taste_a, taste_b) − 0.6) + 3.6·(0.5 − style distance)
+//!         − 2.2·|Δconscientiousness| − 1.0·|Δopenness|
+//!         + 1.2·(mean agreeableness − 0.5) − 0.8·(mean neuroticism − 0.5)
+//!         + 0.6·shared language − 0.5·|Δbudget|
+//!         + 3.2·(mean context taste − 0.5) − 0.02·|Δage|)
+//!   ```
+//!
 //!   stored as `true_probability`; the outcome is a Bernoulli draw.
 //! * **Notifications**: sent at uniform times on channels drawn 60/30/10 %;
 //!   opened with probability `propensity(channel) · (0.15 + 0.85 · activity at
@@ -345,7 +351,8 @@ fn gen_activity(
         let n = Poisson::new(lambda).unwrap().sample(rng) as u32;
         for _ in 0..n {
             let h = pick_weighted(rng, &l.hour_weights[weekend as usize]);
-            let local = local_date.and_hms_opt(h as u32, rng.gen_range(0..60), rng.gen_range(0..60));
+            let local =
+                local_date.and_hms_opt(h as u32, rng.gen_range(0..60), rng.gen_range(0..60));
             let Some(local) = local else { continue };
             let at = local.and_utc() - Duration::seconds(offset.local_minus_utc() as i64);
             if at >= cfg.start && at < cfg.end() {
@@ -429,9 +436,8 @@ fn gen_interactions(
                 // What would happen after the window is not observed yet.
                 return false;
             }
-            let rating = (kind == InteractionKind::Rated).then(|| {
-                (1.0 + 4.0 * sigmoid(2.0 * u - 1.0 + rng.gen_range(-0.8..0.8))).round()
-            });
+            let rating = (kind == InteractionKind::Rated)
+                .then(|| (1.0 + 4.0 * sigmoid(2.0 * u - 1.0 + rng.gen_range(-0.8..0.8))).round());
             ds.interactions.push(Interaction {
                 user_id: p.id,
                 destination_id: d,
@@ -499,8 +505,19 @@ fn gen_notifications(
 }
 
 /// The generator's true match probability of two users and a context.
-fn true_match_probability(pa: &Profile, la: &Latent, pb: &Profile, lb: &Latent, ctx: Option<&TagSet>) -> f32 {
-    let cos_taste: f32 = la.taste.iter().zip(&lb.taste).map(|(a, b)| a * b).sum::<f32>()
+fn true_match_probability(
+    pa: &Profile,
+    la: &Latent,
+    pb: &Profile,
+    lb: &Latent,
+    ctx: Option<&TagSet>,
+) -> f32 {
+    let cos_taste: f32 = la
+        .taste
+        .iter()
+        .zip(&lb.taste)
+        .map(|(a, b)| a * b)
+        .sum::<f32>()
         / (la.taste_norm * lb.taste_norm);
     // Taste cosines of positive log-normal weights sit around 0.4-0.9: centre them.
     let taste = (cos_taste - 0.6) * 4.0;
@@ -561,10 +578,11 @@ fn gen_matches(
             let with_ctx = rng.gen_bool(0.8);
             let di = rng.gen_range(0..ds.destinations.len());
             let ctx = with_ctx.then_some(&dest_tags[di]);
-            let p = true_match_probability(&profiles[a], &latents[a], &profiles[b], &latents[b], ctx);
+            let p =
+                true_match_probability(&profiles[a], &latents[a], &profiles[b], &latents[b], ctx);
             let decided_at = random_time(cfg, rng);
-            let trip_start: Option<NaiveDate> = with_ctx
-                .then(|| (decided_at + Duration::days(rng.gen_range(14..90))).date_naive());
+            let trip_start: Option<NaiveDate> =
+                with_ctx.then(|| (decided_at + Duration::days(rng.gen_range(14..90))).date_naive());
             ds.matches.push(MatchOutcome {
                 user_a: profiles[a].id,
                 user_b: profiles[b].id,
@@ -607,9 +625,15 @@ mod tests {
         let d = generate(&cfg);
         let users: std::collections::HashSet<_> = d.profiles.iter().map(|p| p.id).collect();
         let dests: std::collections::HashSet<_> = d.destinations.iter().map(|p| p.id).collect();
-        assert!(d.activity.iter().all(|e| e.occurred_at >= cfg.start && e.occurred_at < cfg.end()));
+        assert!(d
+            .activity
+            .iter()
+            .all(|e| e.occurred_at >= cfg.start && e.occurred_at < cfg.end()));
         assert!(d.activity.iter().all(|e| users.contains(&e.user_id)));
-        assert!(d.interactions.iter().all(|i| users.contains(&i.user_id) && dests.contains(&i.destination_id)));
+        assert!(d
+            .interactions
+            .iter()
+            .all(|i| users.contains(&i.user_id) && dests.contains(&i.destination_id)));
         assert!(d.matches.iter().all(|m| m.user_a != m.user_b));
         assert!(!d.matches.is_empty() && !d.interactions.is_empty() && !d.notifications.is_empty());
         let rate = d.matches.iter().filter(|m| m.matched).count() as f64 / d.matches.len() as f64;

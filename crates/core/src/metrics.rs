@@ -79,7 +79,11 @@ pub fn recall_at_k(ranked: &[u32], relevant: &[u32], k: usize) -> f64 {
     if relevant.is_empty() {
         return 0.0;
     }
-    let hits = ranked.iter().take(k).filter(|i| relevant.contains(i)).count();
+    let hits = ranked
+        .iter()
+        .take(k)
+        .filter(|i| relevant.contains(i))
+        .count();
     hits as f64 / relevant.len() as f64
 }
 
@@ -112,7 +116,10 @@ mod tests {
         assert_eq!(auc(&[0.4, 0.3, 0.2, 0.1], &[false, false, true, true]), 0.0);
         assert_eq!(auc(&[0.5, 0.5], &[false, true]), 0.5);
         // One inversion out of four pairs.
-        assert_eq!(auc(&[0.1, 0.3, 0.2, 0.4], &[false, false, true, true]), 0.75);
+        assert_eq!(
+            auc(&[0.1, 0.3, 0.2, 0.4], &[false, false, true, true]),
+            0.75
+        );
     }
 
     #[test]

@@ -182,11 +182,20 @@ pub fn column_stats(x: &[f32], cols: usize) -> (Vec<f32>, Vec<f32>) {
 /// minimising weighted log-loss. `x` is row-major with `cols` columns.
 pub fn train_binary(x: &[f32], cols: usize, y: &[f32], cfg: &TrainConfig) -> Mlp {
     let rows = y.len();
-    assert_eq!(x.len(), rows * cols, "x and y disagree on the number of rows");
+    assert_eq!(
+        x.len(),
+        rows * cols,
+        "x and y disagree on the number of rows"
+    );
     let (mean, std) = column_stats(x, cols);
     let xs: Vec<f32> = x
         .chunks_exact(cols)
-        .flat_map(|r| r.iter().enumerate().map(|(j, v)| (v - mean[j]) / std[j]).collect::<Vec<_>>())
+        .flat_map(|r| {
+            r.iter()
+                .enumerate()
+                .map(|(j, v)| (v - mean[j]) / std[j])
+                .collect::<Vec<_>>()
+        })
         .collect();
     let mut sizes = vec![cols];
     sizes.extend(&cfg.hidden);
@@ -327,8 +336,20 @@ impl Adam {
                     p[k] -= self.lr * (m[k] / c1) / ((v[k] / c2).sqrt() + 1e-8);
                 }
             };
-            upd(&mut layer.weights, &grads[l].0, &mut self.m[l].0, &mut self.v[l].0, l2);
-            upd(&mut layer.bias, &grads[l].1, &mut self.m[l].1, &mut self.v[l].1, 0.0);
+            upd(
+                &mut layer.weights,
+                &grads[l].0,
+                &mut self.m[l].0,
+                &mut self.v[l].0,
+                l2,
+            );
+            upd(
+                &mut layer.bias,
+                &grads[l].1,
+                &mut self.m[l].1,
+                &mut self.v[l].1,
+                0.0,
+            );
         }
     }
 }
@@ -351,7 +372,10 @@ mod tests {
         };
         let net = train_binary(&x, 2, &y, &cfg);
         let p = net.predict(&[0., 0., 0., 1., 1., 0., 1., 1.]);
-        assert!(p[0] < 0.2 && p[3] < 0.2 && p[1] > 0.8 && p[2] > 0.8, "{p:?}");
+        assert!(
+            p[0] < 0.2 && p[3] < 0.2 && p[1] > 0.8 && p[2] > 0.8,
+            "{p:?}"
+        );
     }
 
     #[test]
@@ -361,7 +385,11 @@ mod tests {
         let (mean, std) = (vec![1.0, -2.0, 5.0], vec![2.0, 0.5, 10.0]);
         net.fold_standardisation(&mean, &std);
         let x = [3.0, 1.0, -5.0];
-        let xs: Vec<f32> = x.iter().enumerate().map(|(i, v)| (v - mean[i]) / std[i]).collect();
+        let xs: Vec<f32> = x
+            .iter()
+            .enumerate()
+            .map(|(i, v)| (v - mean[i]) / std[i])
+            .collect();
         assert!((net.forward(&x)[0] - plain.forward(&xs)[0]).abs() < 1e-5);
     }
 }

@@ -3,7 +3,9 @@
 //! (send time, channel, confidence, reason).
 
 use crate::catalogue::Catalogue;
-use crate::features::{hour_of_week, parse_tz, MatchContext, PopulationActivity, UserFeatures, HOURS_PER_WEEK};
+use crate::features::{
+    hour_of_week, parse_tz, MatchContext, PopulationActivity, UserFeatures, HOURS_PER_WEEK,
+};
 use crate::types::*;
 use chrono::{DateTime, Duration, DurationRound, Timelike, Utc};
 
@@ -27,16 +29,26 @@ pub fn match_confidence(score: f32, completeness: f32) -> f32 {
 }
 
 /// The catalogue index of a context destination name, if known.
-pub fn match_context(cat: &Catalogue, destination: Option<&str>, interests: &[String]) -> MatchContext {
+pub fn match_context(
+    cat: &Catalogue,
+    destination: Option<&str>,
+    interests: &[String],
+) -> MatchContext {
     MatchContext {
-        destination_tags: destination.and_then(|d| cat.find_by_name(d)).map(|i| cat.tags[i]),
+        destination_tags: destination
+            .and_then(|d| cat.find_by_name(d))
+            .map(|i| cat.tags[i]),
         interests: TagSet::from_names(interests),
     }
 }
 
 /// Whether a destination passes the request's filters: a budget admits places
 /// at or below it; a duration admits places with that typical trip length.
-pub fn passes_filters(d: &Destination, budget: Option<Budget>, duration: Option<TripDuration>) -> bool {
+pub fn passes_filters(
+    d: &Destination,
+    budget: Option<Budget>,
+    duration: Option<TripDuration>,
+) -> bool {
     budget.is_none_or(|b| d.cost_level <= b) && duration.is_none_or(|t| d.trip_lengths.contains(&t))
 }
 
@@ -53,9 +65,21 @@ fn join_and(items: &[String]) -> String {
 }
 
 /// Why a destination is recommended: the strongest real signal behind it.
-pub fn recommendation_reason(u: &UserFeatures, cat: &Catalogue, dest: usize, log_popularity: f32) -> String {
+pub fn recommendation_reason(
+    u: &UserFeatures,
+    cat: &Catalogue,
+    dest: usize,
+    log_popularity: f32,
+) -> String {
     let tags = &cat.tags[dest];
-    let shared: Vec<String> = u.interests.intersection(tags).names().iter().take(2).map(|t| human_tag(t)).collect();
+    let shared: Vec<String> = u
+        .interests
+        .intersection(tags)
+        .names()
+        .iter()
+        .take(2)
+        .map(|t| human_tag(t))
+        .collect();
     if !shared.is_empty() {
         return format!("Based on your interest in {}", join_and(&shared));
     }
@@ -66,8 +90,15 @@ pub fn recommendation_reason(u: &UserFeatures, cat: &Catalogue, dest: usize, log
             .collect();
         liked.sort_by(|a, b| b.1.total_cmp(&a.1));
         if !liked.is_empty() {
-            let names: Vec<String> = liked.iter().take(2).map(|(t, _)| human_tag(TAGS[*t])).collect();
-            return format!("Like the {} places you have been exploring", join_and(&names));
+            let names: Vec<String> = liked
+                .iter()
+                .take(2)
+                .map(|(t, _)| human_tag(TAGS[*t]))
+                .collect();
+            return format!(
+                "Like the {} places you have been exploring",
+                join_and(&names)
+            );
         }
     }
     if log_popularity > 1.0 {
@@ -77,7 +108,11 @@ pub fn recommendation_reason(u: &UserFeatures, cat: &Catalogue, dest: usize, log
     format!(
         "Fits your {} budget and {} trips",
         u.budget,
-        if d.trip_lengths.contains(&u.preferred_duration) { u.preferred_duration.as_str() } else { d.trip_lengths[0].as_str() }
+        if d.trip_lengths.contains(&u.preferred_duration) {
+            u.preferred_duration.as_str()
+        } else {
+            d.trip_lengths[0].as_str()
+        }
     )
 }
 
@@ -136,7 +171,7 @@ pub fn send_window(urgency: Urgency, kind: NotificationType) -> Duration {
 pub fn hour_span(h: usize) -> String {
     let f = |h: usize| {
         let h = h % 24;
-        let n = if h % 12 == 0 { 12 } else { h % 12 };
+        let n = if h.is_multiple_of(12) { 12 } else { h % 12 };
         (n, if h < 12 { "am" } else { "pm" })
     };
     let (a, am) = f(h);
@@ -154,7 +189,9 @@ const OWN_PATTERN_SESSIONS: u32 = 10;
 /// Describe when the user is most active, from their own sessions.
 pub fn activity_reason(u: &UserFeatures, pop: &PopulationActivity) -> String {
     if u.n_activity < OWN_PATTERN_SESSIONS {
-        let best = (0..24).max_by(|&a, &b| pop.hour_of_day(a).total_cmp(&pop.hour_of_day(b))).unwrap_or(19);
+        let best = (0..24)
+            .max_by(|&a, &b| pop.hour_of_day(a).total_cmp(&pop.hour_of_day(b)))
+            .unwrap_or(19);
         return format!(
             "Little activity on record yet; timed for when most users are active ({} local time)",
             hour_span(best)
@@ -183,7 +220,10 @@ pub fn activity_reason(u: &UserFeatures, pop: &PopulationActivity) -> String {
 /// The user's open rate per channel, shrunk towards the population's.
 pub fn channel_open_rates(u: &UserFeatures, prior: [f32; 3]) -> [f32; 3] {
     const PRIOR_WEIGHT: f32 = 10.0;
-    std::array::from_fn(|c| (u.channel_opened[c] as f32 + PRIOR_WEIGHT * prior[c]) / (u.channel_sent[c] as f32 + PRIOR_WEIGHT))
+    std::array::from_fn(|c| {
+        (u.channel_opened[c] as f32 + PRIOR_WEIGHT * prior[c])
+            / (u.channel_sent[c] as f32 + PRIOR_WEIGHT)
+    })
 }
 
 /// Pick the channel most likely to be seen in time: SMS only when urgent, email
@@ -226,7 +266,11 @@ pub fn plan_notification(r: &NotificationRequest) -> NotificationPlan {
     let hour0 = r.now.duration_trunc(Duration::hours(1)).unwrap_or(r.now);
     let respect_quiet = r.urgency != Urgency::High;
     let candidate = |k: i64| {
-        let t = if k == 0 { earliest } else { hour0 + Duration::hours(k) };
+        let t = if k == 0 {
+            earliest
+        } else {
+            hour0 + Duration::hours(k)
+        };
         let local_hour = t.with_timezone(&tz).hour();
         (t, local_hour)
     };
@@ -240,7 +284,11 @@ pub fn plan_notification(r: &NotificationRequest) -> NotificationPlan {
             continue;
         }
         // Urgent messages also prefer sooner slots.
-        let decay = if r.urgency == Urgency::High { 1.0 - 0.1 * k as f32 } else { 1.0 };
+        let decay = if r.urgency == Urgency::High {
+            1.0 - 0.1 * k as f32
+        } else {
+            1.0
+        };
         let s = r.scores[hour_of_week(t, &tz)] * decay;
         if t > window_end {
             // Nothing allowed inside the window: the first allowed slot after it.
@@ -296,7 +344,12 @@ mod tests {
             preferred_duration: TripDuration::Week,
             created_at: Utc::now(),
         };
-        let mut u = UserFeatures::from_history(&p, &UserHistory::default(), &Catalogue::new(builtin()), Utc::now());
+        let mut u = UserFeatures::from_history(
+            &p,
+            &UserHistory::default(),
+            &Catalogue::new(builtin()),
+            Utc::now(),
+        );
         if let Some((h, n)) = sessions_at_local_hour {
             for d in 0..5 {
                 u.activity[d * 24 + h] = n as f32;
@@ -307,7 +360,9 @@ mod tests {
     }
 
     fn flat_pop() -> PopulationActivity {
-        PopulationActivity { hour_of_week: vec![1.0 / 168.0; 168] }
+        PopulationActivity {
+            hour_of_week: vec![1.0 / 168.0; 168],
+        }
     }
 
     #[test]
@@ -347,10 +402,20 @@ mod tests {
             quiet: QuietHours::default(),
         });
         assert!(plan.send_at > now);
-        assert_eq!(plan.send_at.with_timezone(&parse_tz("Asia/Tokyo")).hour(), 14);
-        assert_eq!(plan.send_at, Utc.with_ymd_and_hms(2026, 7, 6, 5, 0, 0).unwrap());
+        assert_eq!(
+            plan.send_at.with_timezone(&parse_tz("Asia/Tokyo")).hour(),
+            14
+        );
+        assert_eq!(
+            plan.send_at,
+            Utc.with_ymd_and_hms(2026, 7, 6, 5, 0, 0).unwrap()
+        );
         assert_eq!(plan.reason, "User most active at 2-3pm on weekdays");
-        assert_ne!(plan.channel, Channel::Sms, "sms is kept for urgent notifications");
+        assert_ne!(
+            plan.channel,
+            Channel::Sms,
+            "sms is kept for urgent notifications"
+        );
     }
 
     #[test]
@@ -377,7 +442,13 @@ mod tests {
         let some = user("UTC", Some((9, 2)));
         let lots = user("UTC", Some((9, 40)));
         let c = |u: &UserFeatures| notification_confidence(u, 9);
-        assert!(c(&none) < c(&some) && c(&some) < c(&lots), "{} {} {}", c(&none), c(&some), c(&lots));
+        assert!(
+            c(&none) < c(&some) && c(&some) < c(&lots),
+            "{} {} {}",
+            c(&none),
+            c(&some),
+            c(&lots)
+        );
         assert!(activity_reason(&none, &flat_pop()).starts_with("Little activity"));
     }
 
@@ -385,7 +456,11 @@ mod tests {
     fn filters_admit_cheaper_places_and_matching_lengths() {
         let cat = builtin();
         let paris = cat.iter().find(|d| d.name == "Paris").unwrap();
-        assert!(passes_filters(paris, Some(Budget::High), Some(TripDuration::Weekend)));
+        assert!(passes_filters(
+            paris,
+            Some(Budget::High),
+            Some(TripDuration::Weekend)
+        ));
         assert!(!passes_filters(paris, Some(Budget::Low), None));
         assert!(!passes_filters(paris, None, Some(TripDuration::Month)));
     }

@@ -48,7 +48,9 @@ impl ModelKind {
         match self {
             ModelKind::TravelMatch => MATCH_FEATURES.iter().map(|f| f.0.to_string()).collect(),
             ModelKind::Recommendation => REC_FEATURES.iter().map(|f| f.to_string()).collect(),
-            ModelKind::NotificationTiming => TIMING_FEATURES.iter().map(|f| f.to_string()).collect(),
+            ModelKind::NotificationTiming => {
+                TIMING_FEATURES.iter().map(|f| f.to_string()).collect()
+            }
         }
     }
     /// Output heads: name and width.
@@ -127,13 +129,25 @@ impl<'a> TrainingData<'a> {
     pub fn new(data: &'a Dataset) -> Self {
         let mut histories: HashMap<Uuid, UserHistory> = HashMap::with_capacity(data.profiles.len());
         for i in &data.interactions {
-            histories.entry(i.user_id).or_default().interactions.push(i.clone());
+            histories
+                .entry(i.user_id)
+                .or_default()
+                .interactions
+                .push(i.clone());
         }
         for a in &data.activity {
-            histories.entry(a.user_id).or_default().activity.push(a.occurred_at);
+            histories
+                .entry(a.user_id)
+                .or_default()
+                .activity
+                .push(a.occurred_at);
         }
         for n in &data.notifications {
-            histories.entry(n.user_id).or_default().notifications.push(n.clone());
+            histories
+                .entry(n.user_id)
+                .or_default()
+                .notifications
+                .push(n.clone());
         }
         Self {
             data,
@@ -151,7 +165,10 @@ impl<'a> TrainingData<'a> {
             .iter()
             .map(|p| {
                 let h = self.histories.get(&p.id).unwrap_or(&empty);
-                (p.id, UserFeatures::from_history(p, h, &self.catalogue, as_of))
+                (
+                    p.id,
+                    UserFeatures::from_history(p, h, &self.catalogue, as_of),
+                )
             })
             .collect()
     }
@@ -161,7 +178,10 @@ impl<'a> TrainingData<'a> {
     }
 }
 
-fn span<I: Iterator<Item = DateTime<Utc>>>(it: I, what: &str) -> Result<(DateTime<Utc>, DateTime<Utc>), CoreError> {
+fn span<I: Iterator<Item = DateTime<Utc>>>(
+    it: I,
+    what: &str,
+) -> Result<(DateTime<Utc>, DateTime<Utc>), CoreError> {
     let mut lo: Option<DateTime<Utc>> = None;
     let mut hi: Option<DateTime<Utc>> = None;
     for t in it {
@@ -176,7 +196,9 @@ fn span<I: Iterator<Item = DateTime<Utc>>>(it: I, what: &str) -> Result<(DateTim
 
 fn take_reference(x: &[f32], cols: usize) -> Vec<Vec<f32>> {
     let rows = x.len() / cols;
-    (0..rows.min(8)).map(|i| x[i * cols..(i + 1) * cols].to_vec()).collect()
+    (0..rows.min(8))
+        .map(|i| x[i * cols..(i + 1) * cols].to_vec())
+        .collect()
 }
 
 /// A match example's context, from its outcome record.
@@ -193,7 +215,10 @@ pub fn match_context(cat: &Catalogue, m: &MatchOutcome) -> MatchContext {
 /// Train the match model: a network for the score, and one calibrated logistic
 /// sub-model per factor group for `factors`.
 pub fn train_match(td: &TrainingData, seed: u64) -> Result<ModelArtifact, CoreError> {
-    let (start, end) = span(td.data.matches.iter().map(|m| m.decided_at), "match outcomes")?;
+    let (start, end) = span(
+        td.data.matches.iter().map(|m| m.decided_at),
+        "match outcomes",
+    )?;
     let split = start + (end - start) * 3 / 4;
     let feats = td.user_features(split);
     let cols = MATCH_FEATURES.len();
@@ -239,7 +264,15 @@ pub fn train_match(td: &TrainingData, seed: u64) -> Result<ModelArtifact, CoreEr
             .chunks_exact(cols)
             .flat_map(|r| idx.iter().map(|&j| r[j]).collect::<Vec<_>>())
             .collect();
-        let sub = nn::train_binary(&xg, idx.len(), &ytr, &TrainConfig { hidden: vec![], ..cfg.clone() });
+        let sub = nn::train_binary(
+            &xg,
+            idx.len(),
+            &ytr,
+            &TrainConfig {
+                hidden: vec![],
+                ..cfg.clone()
+            },
+        );
         let l = &sub.layers[0];
         for (k, &j) in idx.iter().enumerate() {
             fw[j * MATCH_FACTORS.len() + g] = l.weights[k];
@@ -289,7 +322,12 @@ pub fn train_match(td: &TrainingData, seed: u64) -> Result<ModelArtifact, CoreEr
 /// `as_of`.
 pub fn destination_popularity(td: &TrainingData, as_of: DateTime<Utc>) -> Vec<f32> {
     let mut counts = vec![0f32; td.catalogue.len()];
-    for i in td.data.interactions.iter().filter(|i| i.occurred_at < as_of) {
+    for i in td
+        .data
+        .interactions
+        .iter()
+        .filter(|i| i.occurred_at < as_of)
+    {
         if let Some(d) = td.catalogue.index_of(&i.destination_id) {
             counts[d] += 1.0;
         }
@@ -312,7 +350,10 @@ fn positives_between(
         if i.occurred_at < from || i.occurred_at >= to {
             continue;
         }
-        let (Some(d), Some(u)) = (td.catalogue.index_of(&i.destination_id), feats.get(&i.user_id)) else {
+        let (Some(d), Some(u)) = (
+            td.catalogue.index_of(&i.destination_id),
+            feats.get(&i.user_id),
+        ) else {
             continue;
         };
         if !u.has_consumed(d) {
@@ -328,7 +369,9 @@ fn positives_between(
 
 /// Rank every destination the user has not consumed, best first.
 pub fn rank_destinations(u: &UserFeatures, cat: &Catalogue, scores: &[f32]) -> Vec<u32> {
-    let mut idx: Vec<u32> = (0..cat.len() as u32).filter(|&d| !u.has_consumed(d as usize)).collect();
+    let mut idx: Vec<u32> = (0..cat.len() as u32)
+        .filter(|&d| !u.has_consumed(d as usize))
+        .collect();
     idx.sort_by(|&a, &b| scores[b as usize].total_cmp(&scores[a as usize]));
     idx
 }
@@ -336,7 +379,10 @@ pub fn rank_destinations(u: &UserFeatures, cat: &Catalogue, scores: &[f32]) -> V
 /// Train the recommendation model: (user, destination) → probability the user
 /// engages with the destination in the next period.
 pub fn train_recommendation(td: &TrainingData, seed: u64) -> Result<ModelArtifact, CoreError> {
-    let (start, end) = span(td.data.interactions.iter().map(|i| i.occurred_at), "interactions")?;
+    let (start, end) = span(
+        td.data.interactions.iter().map(|i| i.occurred_at),
+        "interactions",
+    )?;
     let split = start + (end - start) * 3 / 4;
     let label_len = end - split;
     let train_at = split - label_len;
@@ -353,7 +399,12 @@ pub fn train_recommendation(td: &TrainingData, seed: u64) -> Result<ModelArtifac
         let u = &feats_tr[uid];
         let pos = &pos_tr[uid];
         for &d in pos {
-            x.extend_from_slice(&rec_features(u, &td.catalogue, d as usize, pop_tr[d as usize]));
+            x.extend_from_slice(&rec_features(
+                u,
+                &td.catalogue,
+                d as usize,
+                pop_tr[d as usize],
+            ));
             y.push(1.0);
         }
         for _ in 0..pos.len() * 6 {
@@ -366,7 +417,9 @@ pub fn train_recommendation(td: &TrainingData, seed: u64) -> Result<ModelArtifac
         }
     }
     if y.iter().filter(|v| **v > 0.5).count() < 20 {
-        return Err(CoreError::Training("too few interactions to train on".into()));
+        return Err(CoreError::Training(
+            "too few interactions to train on".into(),
+        ));
     }
     let net = nn::train_binary(
         &x,
@@ -407,15 +460,23 @@ pub fn train_recommendation(td: &TrainingData, seed: u64) -> Result<ModelArtifac
         n_users += 1;
     }
     if n_users == 0 {
-        return Err(CoreError::Training("no held-out interactions to evaluate on".into()));
+        return Err(CoreError::Training(
+            "no held-out interactions to evaluate on".into(),
+        ));
     }
     let n = n_users as f64;
     let pop_all = destination_popularity(td, end);
     Ok(ModelArtifact {
         kind: ModelKind::Recommendation,
         heads: vec![net],
-        metrics: BTreeMap::from([("recall_at_10".into(), r10 / n), ("ndcg_at_10".into(), n10 / n)]),
-        baseline: BTreeMap::from([("recall_at_10".into(), br10 / n), ("ndcg_at_10".into(), bn10 / n)]),
+        metrics: BTreeMap::from([
+            ("recall_at_10".into(), r10 / n),
+            ("ndcg_at_10".into(), n10 / n),
+        ]),
+        baseline: BTreeMap::from([
+            ("recall_at_10".into(), br10 / n),
+            ("ndcg_at_10".into(), bn10 / n),
+        ]),
         baseline_name: "most popular destinations".into(),
         params: ModelParams {
             destination_popularity: td
@@ -470,10 +531,18 @@ pub fn train_timing(td: &TrainingData, seed: u64) -> Result<ModelArtifact, CoreE
     let cols = TIMING_FEATURES.len();
     let labels_between = |from: DateTime<Utc>, to: DateTime<Utc>| {
         let mut out: HashMap<Uuid, Vec<f32>> = HashMap::new();
-        for a in td.data.activity.iter().filter(|a| a.occurred_at >= from && a.occurred_at < to) {
-            let Some(p) = td.profile(&a.user_id) else { continue };
+        for a in td
+            .data
+            .activity
+            .iter()
+            .filter(|a| a.occurred_at >= from && a.occurred_at < to)
+        {
+            let Some(p) = td.profile(&a.user_id) else {
+                continue;
+            };
             let h = hour_of_week(a.occurred_at, &parse_tz(&p.timezone));
-            out.entry(a.user_id).or_insert_with(|| vec![0.0; HOURS_PER_WEEK])[h] += 1.0;
+            out.entry(a.user_id)
+                .or_insert_with(|| vec![0.0; HOURS_PER_WEEK])[h] += 1.0;
         }
         out
     };
@@ -533,7 +602,9 @@ pub fn train_timing(td: &TrainingData, seed: u64) -> Result<ModelArtifact, CoreE
         all_y.extend(held.iter().map(|c| *c > 0.0));
     }
     if n_users == 0 {
-        return Err(CoreError::Training("no held-out activity to evaluate on".into()));
+        return Err(CoreError::Training(
+            "no held-out activity to evaluate on".into(),
+        ));
     }
     let n = n_users as f64;
     let feats_all = td.user_features(end);
@@ -591,17 +662,36 @@ mod tests {
         let m = train_match(&td, 1).unwrap();
         eprintln!("match {:?} baseline {:?}", m.metrics, m.baseline);
         let (auc, base) = (m.metrics["auc"], m.baseline["auc"]);
-        assert!(auc > base + 0.05, "match AUC {auc:.3} vs baseline {base:.3}");
+        assert!(
+            auc > base + 0.05,
+            "match AUC {auc:.3} vs baseline {base:.3}"
+        );
         assert!(m.metrics["ceiling_auc"] >= auc - 0.01);
 
         let r = train_recommendation(&td, 1).unwrap();
-        eprintln!("rec {:?} baseline {:?} users {} matches {} interactions {}", r.metrics, r.baseline, r.holdout_rows, d.matches.len(), d.interactions.len());
+        eprintln!(
+            "rec {:?} baseline {:?} users {} matches {} interactions {}",
+            r.metrics,
+            r.baseline,
+            r.holdout_rows,
+            d.matches.len(),
+            d.interactions.len()
+        );
         let (ndcg, base) = (r.metrics["ndcg_at_10"], r.baseline["ndcg_at_10"]);
-        assert!(ndcg > base * 1.2, "rec NDCG@10 {ndcg:.3} vs popularity {base:.3}");
+        assert!(
+            ndcg > base * 1.2,
+            "rec NDCG@10 {ndcg:.3} vs popularity {base:.3}"
+        );
 
         let t = train_timing(&td, 1).unwrap();
         eprintln!("timing {:?} baseline {:?}", t.metrics, t.baseline);
-        let (hit, base) = (t.metrics["share_in_predicted_hour"], t.baseline["share_in_predicted_hour"]);
-        assert!(hit > base * 1.3, "timing share {hit:.3} vs population hour {base:.3}");
+        let (hit, base) = (
+            t.metrics["share_in_predicted_hour"],
+            t.baseline["share_in_predicted_hour"],
+        );
+        assert!(
+            hit > base * 1.3,
+            "timing share {hit:.3} vs population hour {base:.3}"
+        );
     }
 }

@@ -11,7 +11,10 @@ use std::sync::Arc;
 use uuid::Uuid;
 
 /// Migrations, in order. Each runs once; the applied versions are recorded.
-pub const MIGRATIONS: [(u32, &str); 1] = [(1, include_str!("../../../migrations/sqlite/0001_app_data.sql"))];
+pub const MIGRATIONS: [(u32, &str); 1] = [(
+    1,
+    include_str!("../../../migrations/sqlite/0001_app_data.sql"),
+)];
 
 /// The SQLite store.
 #[derive(Clone)]
@@ -22,7 +25,9 @@ pub struct SqliteStore {
 
 impl std::fmt::Debug for SqliteStore {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("SqliteStore").field("path", &self.path).finish()
+        f.debug_struct("SqliteStore")
+            .field("path", &self.path)
+            .finish()
     }
 }
 
@@ -74,7 +79,8 @@ impl SqliteStore {
     pub fn open(path: impl Into<PathBuf>, connections: usize) -> Result<Self, DataError> {
         let path = path.into();
         if let Some(dir) = path.parent() {
-            std::fs::create_dir_all(dir).map_err(|e| DataError::Unavailable(format!("{}: {e}", dir.display())))?;
+            std::fs::create_dir_all(dir)
+                .map_err(|e| DataError::Unavailable(format!("{}: {e}", dir.display())))?;
         }
         let first = open(&path)?;
         migrate(&first)?;
@@ -100,7 +106,10 @@ impl SqliteStore {
     ) -> Result<T, DataError> {
         let pool = Arc::clone(&self.pool);
         tokio::task::spawn_blocking(move || {
-            let mut c = pool.rx.recv().map_err(|e| DataError::Unavailable(e.to_string()))?;
+            let mut c = pool
+                .rx
+                .recv()
+                .map_err(|e| DataError::Unavailable(e.to_string()))?;
             let r = f(&mut c);
             pool.tx.send(c).ok();
             r
@@ -110,8 +119,15 @@ impl SqliteStore {
     }
 
     /// Run `f` with a pooled connection on the current thread (CLI and start-up).
-    pub fn with_blocking<T>(&self, f: impl FnOnce(&mut Connection) -> Result<T, DataError>) -> Result<T, DataError> {
-        let mut c = self.pool.rx.recv().map_err(|e| DataError::Unavailable(e.to_string()))?;
+    pub fn with_blocking<T>(
+        &self,
+        f: impl FnOnce(&mut Connection) -> Result<T, DataError>,
+    ) -> Result<T, DataError> {
+        let mut c = self
+            .pool
+            .rx
+            .recv()
+            .map_err(|e| DataError::Unavailable(e.to_string()))?;
         let r = f(&mut c);
         self.pool.tx.send(c).ok();
         r
@@ -119,7 +135,9 @@ impl SqliteStore {
 
     /// Number of user profiles stored.
     pub fn count_profiles(&self) -> Result<u64, DataError> {
-        self.with_blocking(|c| Ok(c.query_row("SELECT count(*) FROM profiles", [], |r| r.get::<_, i64>(0))? as u64))
+        self.with_blocking(|c| {
+            Ok(c.query_row("SELECT count(*) FROM profiles", [], |r| r.get::<_, i64>(0))? as u64)
+        })
     }
 
     /// Write a whole dataset in one transaction (all or nothing).
@@ -143,19 +161,26 @@ pub fn migrate(c: &Connection) -> Result<(), DataError> {
     c.execute_batch("CREATE TABLE IF NOT EXISTS schema_migrations (version INTEGER PRIMARY KEY, applied_at INTEGER NOT NULL)")?;
     for (version, sql) in MIGRATIONS {
         let done: Option<i64> = c
-            .query_row("SELECT version FROM schema_migrations WHERE version = ?1", [version], |r| r.get(0))
+            .query_row(
+                "SELECT version FROM schema_migrations WHERE version = ?1",
+                [version],
+                |r| r.get(0),
+            )
             .optional()?;
         if done.is_some() {
             continue;
         }
-        c.execute_batch(&format!("BEGIN; {sql}; INSERT INTO schema_migrations VALUES ({version}, {}); COMMIT;", ms(Utc::now())))
-            .map_err(|e| {
-                let _ = c.execute_batch("ROLLBACK");
-                DataError::Migration {
-                    version,
-                    reason: e.to_string(),
-                }
-            })?;
+        c.execute_batch(&format!(
+            "BEGIN; {sql}; INSERT INTO schema_migrations VALUES ({version}, {}); COMMIT;",
+            ms(Utc::now())
+        ))
+        .map_err(|e| {
+            let _ = c.execute_batch("ROLLBACK");
+            DataError::Migration {
+                version,
+                reason: e.to_string(),
+            }
+        })?;
     }
     Ok(())
 }
@@ -234,7 +259,8 @@ fn write_dataset(c: &mut Connection, d: &Dataset) -> Result<(), DataError> {
                 m.true_probability
             ])?;
         }
-        let mut s = tx.prepare("INSERT INTO activity_events (user_id, occurred_at) VALUES (?1, ?2)")?;
+        let mut s =
+            tx.prepare("INSERT INTO activity_events (user_id, occurred_at) VALUES (?1, ?2)")?;
         for a in &d.activity {
             s.execute(params![a.user_id.to_string(), ms(a.occurred_at)])?;
         }
@@ -326,11 +352,15 @@ fn destinations(c: &Connection) -> Result<Vec<Destination>, DataError> {
     Ok(out)
 }
 
-fn interaction_row(r: &rusqlite::Row) -> rusqlite::Result<(String, String, String, Option<f64>, i64)> {
+fn interaction_row(
+    r: &rusqlite::Row,
+) -> rusqlite::Result<(String, String, String, Option<f64>, i64)> {
     Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?))
 }
 
-fn to_interaction(row: (String, String, String, Option<f64>, i64)) -> Result<Interaction, DataError> {
+fn to_interaction(
+    row: (String, String, String, Option<f64>, i64),
+) -> Result<Interaction, DataError> {
     const T: &str = "interactions";
     Ok(Interaction {
         user_id: uuid(T, &row.0)?,
@@ -341,11 +371,15 @@ fn to_interaction(row: (String, String, String, Option<f64>, i64)) -> Result<Int
     })
 }
 
-fn notification_row(r: &rusqlite::Row) -> rusqlite::Result<(String, String, String, i64, Option<i64>)> {
+fn notification_row(
+    r: &rusqlite::Row,
+) -> rusqlite::Result<(String, String, String, i64, Option<i64>)> {
     Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?))
 }
 
-fn to_notification(row: (String, String, String, i64, Option<i64>)) -> Result<NotificationRecord, DataError> {
+fn to_notification(
+    row: (String, String, String, i64, Option<i64>),
+) -> Result<NotificationRecord, DataError> {
     const T: &str = "notification_log";
     Ok(NotificationRecord {
         user_id: uuid(T, &row.0)?,
@@ -358,7 +392,9 @@ fn to_notification(row: (String, String, String, i64, Option<i64>)) -> Result<No
 
 fn user_history(c: &Connection, id: Uuid) -> Result<Option<UserHistory>, DataError> {
     let key = id.to_string();
-    let mut s = c.prepare_cached(&format!("SELECT {PROFILE_COLUMNS} FROM profiles WHERE id = ?1"))?;
+    let mut s = c.prepare_cached(&format!(
+        "SELECT {PROFILE_COLUMNS} FROM profiles WHERE id = ?1"
+    ))?;
     let Some(profile) = s.query_row([&key], profile_row).optional()? else {
         return Ok(None);
     };
@@ -370,7 +406,9 @@ fn user_history(c: &Connection, id: Uuid) -> Result<Option<UserHistory>, DataErr
         .query_map([&key], interaction_row)?
         .map(|r| to_interaction(r?))
         .collect::<Result<Vec<_>, _>>()?;
-    let mut s = c.prepare_cached("SELECT occurred_at FROM activity_events WHERE user_id = ?1 ORDER BY occurred_at")?;
+    let mut s = c.prepare_cached(
+        "SELECT occurred_at FROM activity_events WHERE user_id = ?1 ORDER BY occurred_at",
+    )?;
     let activity = s
         .query_map([&key], |r| r.get::<_, i64>(0))?
         .map(|r| r.map(at))
@@ -395,11 +433,15 @@ fn load_dataset(c: &Connection) -> Result<Dataset, DataError> {
         destinations: destinations(c)?,
         ..Default::default()
     };
-    let mut s = c.prepare(&format!("SELECT {PROFILE_COLUMNS} FROM profiles ORDER BY id"))?;
+    let mut s = c.prepare(&format!(
+        "SELECT {PROFILE_COLUMNS} FROM profiles ORDER BY id"
+    ))?;
     for p in s.query_map([], profile_row)? {
         d.profiles.push(p??);
     }
-    let mut s = c.prepare("SELECT user_id, destination_id, kind, rating, occurred_at FROM interactions ORDER BY id")?;
+    let mut s = c.prepare(
+        "SELECT user_id, destination_id, kind, rating, occurred_at FROM interactions ORDER BY id",
+    )?;
     for r in s.query_map([], interaction_row)? {
         d.interactions.push(to_interaction(r?)?);
     }
@@ -460,8 +502,11 @@ impl DataSource for SqliteStore {
     }
 
     async fn ping(&self) -> Result<(), DataError> {
-        self.with(|c| Ok(c.query_row("SELECT 1", [], |r| r.get::<_, i64>(0)).map(|_| ())?))
-            .await
+        self.with(|c| {
+            Ok(c.query_row("SELECT 1", [], |r| r.get::<_, i64>(0))
+                .map(|_| ())?)
+        })
+        .await
     }
 
     fn describe(&self) -> String {
@@ -498,7 +543,10 @@ mod tests {
         let u = &d.profiles[0];
         let h = store.user_history(u.id).await.unwrap().unwrap();
         assert_eq!(h.profile.as_ref(), Some(u));
-        assert_eq!(h.activity.len(), d.activity.iter().filter(|a| a.user_id == u.id).count());
+        assert_eq!(
+            h.activity.len(),
+            d.activity.iter().filter(|a| a.user_id == u.id).count()
+        );
         assert!(store.user_history(Uuid::nil()).await.unwrap().is_none());
     }
 
@@ -515,6 +563,10 @@ mod tests {
         });
         d.profiles[4].age = 7; // violates the age CHECK
         assert!(store.write_dataset(&d).is_err());
-        assert_eq!(store.count_profiles().unwrap(), 0, "nothing is half-written");
+        assert_eq!(
+            store.count_profiles().unwrap(),
+            0,
+            "nothing is half-written"
+        );
     }
 }

@@ -38,7 +38,10 @@ pub struct MatchContextBody {
 
 fn check_len(field: &str, s: &str) -> Result<(), ServiceError> {
     if s.chars().count() > MAX_STRING {
-        return Err(ServiceError::invalid(field, format!("longer than {MAX_STRING} characters")));
+        return Err(ServiceError::invalid(
+            field,
+            format!("longer than {MAX_STRING} characters"),
+        ));
     }
     Ok(())
 }
@@ -51,9 +54,14 @@ fn parse_date(field: &str, s: &str) -> Result<chrono::NaiveDate, ServiceError> {
 impl MatchRequest {
     pub fn validate(&self) -> Result<(), ServiceError> {
         if self.user_a_id == self.user_b_id {
-            return Err(ServiceError::invalid("user_b_id", "must differ from user_a_id"));
+            return Err(ServiceError::invalid(
+                "user_b_id",
+                "must differ from user_a_id",
+            ));
         }
-        let Some(c) = &self.context else { return Ok(()) };
+        let Some(c) = &self.context else {
+            return Ok(());
+        };
         if let Some(d) = &c.destination {
             check_len("context.destination", d)?;
         }
@@ -61,9 +69,15 @@ impl MatchRequest {
             check_len("context.dates", d)?;
             match d.split_once('/') {
                 Some((a, b)) => {
-                    let (a, b) = (parse_date("context.dates", a)?, parse_date("context.dates", b)?);
+                    let (a, b) = (
+                        parse_date("context.dates", a)?,
+                        parse_date("context.dates", b)?,
+                    );
                     if b < a {
-                        return Err(ServiceError::invalid("context.dates", "range ends before it starts"));
+                        return Err(ServiceError::invalid(
+                            "context.dates",
+                            "range ends before it starts",
+                        ));
                     }
                 }
                 None => {
@@ -73,7 +87,10 @@ impl MatchRequest {
         }
         if let Some(i) = &c.interests {
             if i.len() > MAX_INTERESTS {
-                return Err(ServiceError::invalid("context.interests", format!("more than {MAX_INTERESTS} items")));
+                return Err(ServiceError::invalid(
+                    "context.interests",
+                    format!("more than {MAX_INTERESTS} items"),
+                ));
             }
             for (k, s) in i.iter().enumerate() {
                 check_len(&format!("context.interests[{k}]"), s)?;
@@ -134,7 +151,11 @@ impl RecommendRequest {
         if !LIMIT_RANGE.contains(&self.limit) {
             return Err(ServiceError::invalid(
                 "limit",
-                format!("must be between {} and {}", LIMIT_RANGE.start(), LIMIT_RANGE.end()),
+                format!(
+                    "must be between {} and {}",
+                    LIMIT_RANGE.start(),
+                    LIMIT_RANGE.end()
+                ),
             ));
         }
         Ok(())

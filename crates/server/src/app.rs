@@ -33,7 +33,9 @@ pub fn open_store(settings: &Settings) -> anyhow::Result<SqliteStore> {
             seed: settings.demo_seed,
             ..Default::default()
         });
-        store.write_dataset(&d).context("writing the demo dataset")?;
+        store
+            .write_dataset(&d)
+            .context("writing the demo dataset")?;
         tracing::info!(
             users = d.profiles.len(),
             interactions = d.interactions.len(),
@@ -49,7 +51,11 @@ pub fn open_store(settings: &Settings) -> anyhow::Result<SqliteStore> {
 }
 
 /// Train and write version 1 of every model the repository lacks.
-pub fn train_missing(store: &SqliteStore, repo: &dyn ModelRepository, backend: &dyn InferenceBackend) -> anyhow::Result<()> {
+pub fn train_missing(
+    store: &SqliteStore,
+    repo: &dyn ModelRepository,
+    backend: &dyn InferenceBackend,
+) -> anyhow::Result<()> {
     let mut missing = vec![];
     for k in ModelKind::ALL {
         if repo.latest(k)?.is_none() {
@@ -61,18 +67,26 @@ pub fn train_missing(store: &SqliteStore, repo: &dyn ModelRepository, backend: &
     }
     let t0 = Instant::now();
     tracing::info!(models = ?missing.iter().map(|k| k.as_str()).collect::<Vec<_>>(), repository = %repo.describe(), "no trained models found: training them now");
-    let data = store.load_dataset().context("loading the app data for training")?;
+    let data = store
+        .load_dataset()
+        .context("loading the app data for training")?;
     let td = TrainingData::new(&data);
     for k in missing {
         train_and_publish(k, &td, 1, repo, backend)?;
     }
-    tracing::info!(seconds = format!("{:.2}", t0.elapsed().as_secs_f64()), "training finished");
+    tracing::info!(
+        seconds = format!("{:.2}", t0.elapsed().as_secs_f64()),
+        "training finished"
+    );
     Ok(())
 }
 
 /// Load the newest version of each model that loads and passes its smoke test;
 /// a corrupt newest version falls back to the one before it.
-pub fn load_models(repo: &dyn ModelRepository, backend: &dyn InferenceBackend) -> HashMap<ModelKind, ServedModel> {
+pub fn load_models(
+    repo: &dyn ModelRepository,
+    backend: &dyn InferenceBackend,
+) -> HashMap<ModelKind, ServedModel> {
     let mut out = HashMap::new();
     for k in ModelKind::ALL {
         let versions = repo.versions(k).unwrap_or_else(|e| {
@@ -81,13 +95,18 @@ pub fn load_models(repo: &dyn ModelRepository, backend: &dyn InferenceBackend) -
         });
         for v in versions.into_iter().rev() {
             let t0 = Instant::now();
-            match repo.read(k, v).and_then(|(bytes, meta)| Ok((backend.load(&bytes, &meta)?, meta))) {
+            match repo
+                .read(k, v)
+                .and_then(|(bytes, meta)| Ok((backend.load(&bytes, &meta)?, meta)))
+            {
                 Ok((model, meta)) => {
                     tracing::info!(model = %k, version = v, ms = format!("{:.1}", t0.elapsed().as_secs_f64() * 1e3), "model loaded");
                     out.insert(k, ServedModel { meta, model });
                     break;
                 }
-                Err(e) => tracing::error!(model = %k, version = v, error = %e, "model version unusable; trying an older one"),
+                Err(e) => {
+                    tracing::error!(model = %k, version = v, error = %e, "model version unusable; trying an older one")
+                }
             }
         }
         if !out.contains_key(&k) {
@@ -105,7 +124,11 @@ pub fn prepare(settings: &Settings) -> anyhow::Result<Arc<Predictor>> {
     let backend = TractBackend;
     train_missing(&store, &repo, &backend)?;
     let models = load_models(&repo, &backend);
-    let catalogue = Catalogue::new(store.load_destinations().context("reading the destination catalogue")?);
+    let catalogue = Catalogue::new(
+        store
+            .load_destinations()
+            .context("reading the destination catalogue")?,
+    );
     anyhow::ensure!(!catalogue.is_empty(), "the destination catalogue is empty");
     let data: Arc<dyn DataSource> = Arc::new(store);
     let pool = InferencePool::new(settings.inference_threads(), settings.inference_queue);
@@ -117,7 +140,14 @@ pub fn prepare(settings: &Settings) -> anyhow::Result<Arc<Predictor>> {
         inference_threads = settings.inference_threads(),
         "ready"
     );
-    Ok(Arc::new(Predictor::new(data, catalogue, models, pool, settings.quiet_hours, backend.gpu())))
+    Ok(Arc::new(Predictor::new(
+        data,
+        catalogue,
+        models,
+        pool,
+        settings.quiet_hours,
+        backend.gpu(),
+    )))
 }
 
 /// Serve the API on `listener` until `shutdown` completes, then drain in-flight requests.
@@ -128,7 +158,9 @@ pub async fn run(
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
     let app = routes::router(predictor, max_body);
-    axum::serve(listener, app).with_graceful_shutdown(shutdown).await
+    axum::serve(listener, app)
+        .with_graceful_shutdown(shutdown)
+        .await
 }
 
 /// Completes on Ctrl-C or SIGTERM.

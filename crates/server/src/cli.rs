@@ -11,8 +11,12 @@ use ml_core::train::{ModelKind, TrainingData};
 use std::time::Instant;
 
 fn init_tracing(level: &str) {
-    let filter = tracing_subscriber::EnvFilter::try_new(level).unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    let _ = tracing_subscriber::fmt().with_env_filter(filter).with_target(false).try_init();
+    let filter = tracing_subscriber::EnvFilter::try_new(level)
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_target(false)
+        .try_init();
 }
 
 /// Run one command.
@@ -24,7 +28,10 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
             let kinds: Vec<ModelKind> = if t.models.is_empty() {
                 ModelKind::ALL.to_vec()
             } else {
-                t.models.iter().filter_map(|m| ModelKind::parse(m)).collect()
+                t.models
+                    .iter()
+                    .filter_map(|m| ModelKind::parse(m))
+                    .collect()
             };
             let store = app::open_store(&t.settings)?;
             let data = store.load_dataset()?;
@@ -32,8 +39,16 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
             let repo = LocalRepository::new(&t.settings.model_path);
             for k in kinds {
                 let meta = train_and_publish(k, &td, t.seed, &repo, &TractBackend)?;
-                let baseline = meta.evaluation.as_ref().map(|e| e.baseline.clone()).unwrap_or_default();
-                println!("{k} v{}: {} — baseline: {baseline}", meta.version, summary(&meta));
+                let baseline = meta
+                    .evaluation
+                    .as_ref()
+                    .map(|e| e.baseline.clone())
+                    .unwrap_or_default();
+                println!(
+                    "{k} v{}: {} — baseline: {baseline}",
+                    meta.version,
+                    summary(&meta)
+                );
             }
             Ok(())
         }
@@ -49,7 +64,11 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
                 let s = &d.settings;
                 let store = ml_data::SqliteStore::open(&s.sqlite_path, 1)?;
                 if store.count_profiles()? > 0 {
-                    anyhow::ensure!(d.replace, "{} already holds data; pass --replace to overwrite it", s.sqlite_path.display());
+                    anyhow::ensure!(
+                        d.replace,
+                        "{} already holds data; pass --replace to overwrite it",
+                        s.sqlite_path.display()
+                    );
                     drop(store);
                     std::fs::remove_file(&s.sqlite_path).context("removing the old database")?;
                     for ext in ["-wal", "-shm"] {
@@ -86,7 +105,11 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
             for k in ModelKind::ALL {
                 for v in repo.versions(k)? {
                     match repo.read(k, v) {
-                        Ok((_, meta)) => println!("{k} v{v} ({}): {}", meta.created_at.format("%Y-%m-%d %H:%M"), summary(&meta)),
+                        Ok((_, meta)) => println!(
+                            "{k} v{v} ({}): {}",
+                            meta.created_at.format("%Y-%m-%d %H:%M"),
+                            summary(&meta)
+                        ),
                         Err(e) => println!("{k} v{v}: unreadable ({e})"),
                     }
                 }
@@ -98,14 +121,24 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
 
 fn serve(settings: Settings) -> anyhow::Result<()> {
     init_tracing(&settings.log_level);
-    let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?;
     rt.block_on(async move {
         let s = settings.clone();
         let predictor = tokio::task::spawn_blocking(move || app::prepare(&s)).await??;
         let addr = std::net::SocketAddr::new(settings.host, settings.port);
-        let listener = tokio::net::TcpListener::bind(addr).await.with_context(|| format!("binding {addr}"))?;
+        let listener = tokio::net::TcpListener::bind(addr)
+            .await
+            .with_context(|| format!("binding {addr}"))?;
         tracing::info!(%addr, "listening");
-        app::run(listener, predictor, settings.max_body_bytes, app::shutdown_signal()).await?;
+        app::run(
+            listener,
+            predictor,
+            settings.max_body_bytes,
+            app::shutdown_signal(),
+        )
+        .await?;
         Ok(())
     })
 }

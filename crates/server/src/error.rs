@@ -65,11 +65,15 @@ impl ServiceError {
         match self {
             ServiceError::MalformedJson { .. } => (StatusCode::BAD_REQUEST, "malformed_json"),
             ServiceError::Invalid { .. } => (StatusCode::UNPROCESSABLE_ENTITY, "invalid_field"),
-            ServiceError::UnsupportedMediaType(_) => (StatusCode::UNSUPPORTED_MEDIA_TYPE, "unsupported_media_type"),
+            ServiceError::UnsupportedMediaType(_) => {
+                (StatusCode::UNSUPPORTED_MEDIA_TYPE, "unsupported_media_type")
+            }
             ServiceError::TooLarge { .. } => (StatusCode::PAYLOAD_TOO_LARGE, "payload_too_large"),
             ServiceError::NoRoute(_) => (StatusCode::NOT_FOUND, "not_found"),
             ServiceError::UnknownUser { .. } => (StatusCode::NOT_FOUND, "unknown_user"),
-            ServiceError::ModelUnavailable(_) => (StatusCode::SERVICE_UNAVAILABLE, "model_unavailable"),
+            ServiceError::ModelUnavailable(_) => {
+                (StatusCode::SERVICE_UNAVAILABLE, "model_unavailable")
+            }
             ServiceError::Overloaded => (StatusCode::SERVICE_UNAVAILABLE, "overloaded"),
             ServiceError::Data(_) => (StatusCode::SERVICE_UNAVAILABLE, "data_unavailable"),
             ServiceError::Inference(_) => (StatusCode::SERVICE_UNAVAILABLE, "inference_failed"),
@@ -78,7 +82,9 @@ impl ServiceError {
 
     fn field(&self) -> Option<String> {
         match self {
-            ServiceError::Invalid { field, .. } | ServiceError::UnknownUser { field, .. } => Some(field.clone()),
+            ServiceError::Invalid { field, .. } | ServiceError::UnknownUser { field, .. } => {
+                Some(field.clone())
+            }
             _ => None,
         }
     }
@@ -117,7 +123,8 @@ impl IntoResponse for ServiceError {
         };
         let mut resp = (status, axum::Json(body)).into_response();
         if status == StatusCode::SERVICE_UNAVAILABLE {
-            resp.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
+            resp.headers_mut()
+                .insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
         }
         resp
     }

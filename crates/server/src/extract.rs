@@ -12,7 +12,12 @@ use serde::de::DeserializeOwned;
 pub struct ApiJson<T>(pub T);
 
 fn is_json(ct: &str) -> bool {
-    let mime = ct.split(';').next().unwrap_or("").trim().to_ascii_lowercase();
+    let mime = ct
+        .split(';')
+        .next()
+        .unwrap_or("")
+        .trim()
+        .to_ascii_lowercase();
     mime == "application/json" || (mime.starts_with("application/") && mime.ends_with("+json"))
 }
 
@@ -23,10 +28,16 @@ pub fn parse_json<T: DeserializeOwned>(body: &[u8]) -> Result<T, ServiceError> {
         let path = e.path().to_string();
         let inner = e.into_inner();
         match inner.classify() {
+            serde_json::error::Category::Data if !body.trim_ascii_start().starts_with(b"{") => {
+                ServiceError::invalid("body", "expected a JSON object")
+            }
             serde_json::error::Category::Data => {
                 let msg = inner.to_string();
                 // serde reports a missing field at its parent; name the field itself.
-                let field = match msg.strip_prefix("missing field `").and_then(|r| r.split('`').next()) {
+                let field = match msg
+                    .strip_prefix("missing field `")
+                    .and_then(|r| r.split('`').next())
+                {
                     Some(f) if path == "." => f.to_string(),
                     Some(f) => format!("{path}.{f}"),
                     None if path == "." => "body".to_string(),
@@ -63,12 +74,18 @@ where
                 format!("{ct}; send application/json")
             }));
         }
-        let limit = req.extensions().get::<BodyLimit>().map(|l| l.0).unwrap_or(usize::MAX);
+        let limit = req
+            .extensions()
+            .get::<BodyLimit>()
+            .map(|l| l.0)
+            .unwrap_or(usize::MAX);
         let bytes = Bytes::from_request(req, state).await.map_err(|e| {
             if e.status() == axum::http::StatusCode::PAYLOAD_TOO_LARGE {
                 ServiceError::TooLarge { limit }
             } else {
-                ServiceError::MalformedJson { reason: e.body_text() }
+                ServiceError::MalformedJson {
+                    reason: e.body_text(),
+                }
             }
         })?;
         parse_json(&bytes).map(ApiJson)
@@ -108,9 +125,18 @@ mod tests {
         assert_eq!(field_of("{}"), "user_id");
         assert_eq!(field_of(r#"{"user_id":"nope"}"#), "user_id");
         let u = uuid::Uuid::nil();
-        assert_eq!(field_of(&format!(r#"{{"user_id":"{u}","inner":{{"limit":-1}}}}"#)), "inner.limit");
-        assert_eq!(field_of(&format!(r#"{{"user_id":"{u}","inner":{{}}}}"#)), "inner.limit");
-        assert!(matches!(parse_json::<Req>(b"{not json"), Err(ServiceError::MalformedJson { .. })));
+        assert_eq!(
+            field_of(&format!(r#"{{"user_id":"{u}","inner":{{"limit":-1}}}}"#)),
+            "inner.limit"
+        );
+        assert_eq!(
+            field_of(&format!(r#"{{"user_id":"{u}","inner":{{}}}}"#)),
+            "inner.limit"
+        );
+        assert!(matches!(
+            parse_json::<Req>(b"{not json"),
+            Err(ServiceError::MalformedJson { .. })
+        ));
     }
 
     #[test]

@@ -20,7 +20,8 @@ impl<T: serde::Serialize> IntoResponse for Versioned<T> {
     fn into_response(self) -> Response {
         let mut r = Json(self.body).into_response();
         if let Ok(v) = HeaderValue::from_str(&format!("{}/{}", self.model, self.version)) {
-            r.headers_mut().insert(HeaderName::from_static(MODEL_VERSION_HEADER), v);
+            r.headers_mut()
+                .insert(HeaderName::from_static(MODEL_VERSION_HEADER), v);
         }
         r
     }
@@ -33,7 +34,10 @@ type AppState = Arc<Predictor>;
     responses((status = 200, body = MatchResponse, headers(("x-model-version" = String, description = "model/version"))),
         (status = 400, body = ErrorBody), (status = 404, body = ErrorBody), (status = 413, body = ErrorBody),
         (status = 415, body = ErrorBody), (status = 422, body = ErrorBody), (status = 503, body = ErrorBody)))]
-async fn match_score(State(p): State<AppState>, ApiJson(req): ApiJson<MatchRequest>) -> Result<Versioned<MatchResponse>, ServiceError> {
+async fn match_score(
+    State(p): State<AppState>,
+    ApiJson(req): ApiJson<MatchRequest>,
+) -> Result<Versioned<MatchResponse>, ServiceError> {
     p.score_match(&req).await
 }
 
@@ -42,7 +46,10 @@ async fn match_score(State(p): State<AppState>, ApiJson(req): ApiJson<MatchReque
     responses((status = 200, body = RecommendResponse, headers(("x-model-version" = String, description = "model/version"))),
         (status = 400, body = ErrorBody), (status = 404, body = ErrorBody), (status = 413, body = ErrorBody),
         (status = 415, body = ErrorBody), (status = 422, body = ErrorBody), (status = 503, body = ErrorBody)))]
-async fn recommend(State(p): State<AppState>, ApiJson(req): ApiJson<RecommendRequest>) -> Result<Versioned<RecommendResponse>, ServiceError> {
+async fn recommend(
+    State(p): State<AppState>,
+    ApiJson(req): ApiJson<RecommendRequest>,
+) -> Result<Versioned<RecommendResponse>, ServiceError> {
     p.recommend(&req).await
 }
 
@@ -51,7 +58,10 @@ async fn recommend(State(p): State<AppState>, ApiJson(req): ApiJson<RecommendReq
     responses((status = 200, body = NotifyResponse, headers(("x-model-version" = String, description = "model/version"))),
         (status = 400, body = ErrorBody), (status = 404, body = ErrorBody), (status = 413, body = ErrorBody),
         (status = 415, body = ErrorBody), (status = 422, body = ErrorBody), (status = 503, body = ErrorBody)))]
-async fn notify(State(p): State<AppState>, ApiJson(req): ApiJson<NotifyRequest>) -> Result<Versioned<NotifyResponse>, ServiceError> {
+async fn notify(
+    State(p): State<AppState>,
+    ApiJson(req): ApiJson<NotifyRequest>,
+) -> Result<Versioned<NotifyResponse>, ServiceError> {
     p.optimize_notification(&req).await
 }
 
@@ -63,7 +73,10 @@ async fn health(State(p): State<AppState>) -> Json<HealthResponse> {
 
 #[derive(OpenApi)]
 #[openapi(
-    info(title = "ml-service", description = "Match scoring, destination recommendations and notification timing."),
+    info(
+        title = "ml-service",
+        description = "Match scoring, destination recommendations and notification timing."
+    ),
     paths(match_score, recommend, notify, health),
     components(schemas(ErrorBody))
 )]

@@ -54,13 +54,21 @@ impl Predictor {
         quiet_hours: post::QuietHours,
         gpu: bool,
     ) -> Self {
-        let rec = models.get(&ModelKind::Recommendation).map(|m| &m.meta.params);
+        let rec = models
+            .get(&ModelKind::Recommendation)
+            .map(|m| &m.meta.params);
         let popularity = catalogue
             .destinations
             .iter()
-            .map(|d| rec.and_then(|p| p.destination_popularity.get(&d.id)).copied().unwrap_or(0.0))
+            .map(|d| {
+                rec.and_then(|p| p.destination_popularity.get(&d.id))
+                    .copied()
+                    .unwrap_or(0.0)
+            })
             .collect();
-        let timing = models.get(&ModelKind::NotificationTiming).map(|m| &m.meta.params);
+        let timing = models
+            .get(&ModelKind::NotificationTiming)
+            .map(|m| &m.meta.params);
         let population = timing
             .and_then(|p| p.population_activity.clone())
             .unwrap_or_else(|| PopulationActivity {
@@ -85,7 +93,9 @@ impl Predictor {
     }
 
     fn model(&self, kind: ModelKind) -> Result<&ServedModel, ServiceError> {
-        self.models.get(&kind).ok_or(ServiceError::ModelUnavailable(kind.as_str()))
+        self.models
+            .get(&kind)
+            .ok_or(ServiceError::ModelUnavailable(kind.as_str()))
     }
 
     /// Features of a user, as of now.
@@ -96,21 +106,41 @@ impl Predictor {
         };
         let h = self.data.user_history(id).await?.ok_or_else(unknown)?;
         let p = h.profile.as_ref().ok_or_else(unknown)?;
-        Ok(UserFeatures::from_history(p, &h, &self.catalogue, Utc::now()))
+        Ok(UserFeatures::from_history(
+            p,
+            &h,
+            &self.catalogue,
+            Utc::now(),
+        ))
     }
 
-    async fn run(&self, m: &ServedModel, input: Vec<f32>, rows: usize) -> Result<Vec<Vec<f32>>, ServiceError> {
+    async fn run(
+        &self,
+        m: &ServedModel,
+        input: Vec<f32>,
+        rows: usize,
+    ) -> Result<Vec<Vec<f32>>, ServiceError> {
         Ok(self.pool.run(Arc::clone(&m.model), input, rows).await?)
     }
 
-    pub async fn score_match(&self, req: &MatchRequest) -> Result<Versioned<MatchResponse>, ServiceError> {
+    pub async fn score_match(
+        &self,
+        req: &MatchRequest,
+    ) -> Result<Versioned<MatchResponse>, ServiceError> {
         let t0 = Instant::now();
         req.validate()?;
         let m = self.model(ModelKind::TravelMatch)?;
-        let (a, b) = tokio::join!(self.user("user_a_id", req.user_a_id), self.user("user_b_id", req.user_b_id));
+        let (a, b) = tokio::join!(
+            self.user("user_a_id", req.user_a_id),
+            self.user("user_b_id", req.user_b_id)
+        );
         let (a, b) = (a?, b?);
         let ctx = req.context.clone().unwrap_or_default();
-        let ctx = post::match_context(&self.catalogue, ctx.destination.as_deref(), ctx.interests.as_deref().unwrap_or(&[]));
+        let ctx = post::match_context(
+            &self.catalogue,
+            ctx.destination.as_deref(),
+            ctx.interests.as_deref().unwrap_or(&[]),
+        );
         let x = features::match_features(&a, &b, &ctx);
         let out = self.run(m, x.to_vec(), 1).await?;
         let score = out[0][0];
@@ -132,14 +162,23 @@ impl Predictor {
         })
     }
 
-    pub async fn recommend(&self, req: &RecommendRequest) -> Result<Versioned<RecommendResponse>, ServiceError> {
+    pub async fn recommend(
+        &self,
+        req: &RecommendRequest,
+    ) -> Result<Versioned<RecommendResponse>, ServiceError> {
         req.validate()?;
         let m = self.model(ModelKind::Recommendation)?;
         let u = self.user("user_id", req.user_id).await?;
         let filters = req.filters.clone().unwrap_or_default();
         let candidates: Vec<usize> = (0..self.catalogue.len())
             .filter(|&d| !u.has_consumed(d))
-            .filter(|&d| post::passes_filters(&self.catalogue.destinations[d], filters.budget, filters.duration))
+            .filter(|&d| {
+                post::passes_filters(
+                    &self.catalogue.destinations[d],
+                    filters.budget,
+                    filters.duration,
+                )
+            })
             .collect();
         let mut recommendations = vec![];
         if !candidates.is_empty() {
@@ -172,7 +211,10 @@ impl Predictor {
         })
     }
 
-    pub async fn optimize_notification(&self, req: &NotifyRequest) -> Result<Versioned<NotifyResponse>, ServiceError> {
+    pub async fn optimize_notification(
+        &self,
+        req: &NotifyRequest,
+    ) -> Result<Versioned<NotifyResponse>, ServiceError> {
         let m = self.model(ModelKind::NotificationTiming)?;
         let u = self.user("user_id", req.user_id).await?;
         let x = features::timing_features(&u, &self.population);
@@ -203,7 +245,12 @@ impl Predictor {
         let models_loaded = self.models_loaded();
         let data_ok = self.data.ping().await.is_ok();
         HealthResponse {
-            status: if models_loaded && data_ok { "healthy" } else { "degraded" }.into(),
+            status: if models_loaded && data_ok {
+                "healthy"
+            } else {
+                "degraded"
+            }
+            .into(),
             models_loaded,
             // No Redis is configured in the embedded mode: the fact is "not connected".
             redis_connected: false,

@@ -115,7 +115,10 @@ pub fn parse_quiet_hours(s: &str) -> Result<ml_core::post::QuietHours, String> {
             .filter(|h| *h < 24)
             .ok_or(format!("{x:?} is not an hour 0-23"))
     };
-    Ok(ml_core::post::QuietHours { start: h(a)?, end: h(b)? })
+    Ok(ml_core::post::QuietHours {
+        start: h(a)?,
+        end: h(b)?,
+    })
 }
 
 impl Settings {
@@ -133,7 +136,9 @@ impl Settings {
         if self.workers > 0 {
             self.workers
         } else {
-            std::thread::available_parallelism().map(|n| n.get()).unwrap_or(2)
+            std::thread::available_parallelism()
+                .map(|n| n.get())
+                .unwrap_or(2)
         }
     }
 }
@@ -154,8 +159,17 @@ mod tests {
     fn the_cli_parses() {
         use clap::CommandFactory;
         Cli::command().debug_assert();
-        let c = Cli::parse_from(["ml-service", "serve", "--port", "9001", "--quiet-hours", "21-9"]);
-        let Command::Serve(s) = c.command else { panic!("not serve") };
+        let c = Cli::parse_from([
+            "ml-service",
+            "serve",
+            "--port",
+            "9001",
+            "--quiet-hours",
+            "21-9",
+        ]);
+        let Command::Serve(s) = c.command else {
+            panic!("not serve")
+        };
         assert_eq!(s.port, 9001);
         assert_eq!(s.quiet_hours.start, 21);
     }

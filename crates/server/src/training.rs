@@ -11,8 +11,15 @@ use std::time::Instant;
 const PARITY_TOLERANCE: f32 = 1e-4;
 
 /// Check that the exported graph computes what the trainer computes.
-pub fn check_parity(art: &ModelArtifact, onnx: &[u8], meta: &ModelMeta, backend: &dyn InferenceBackend) -> anyhow::Result<()> {
-    let model = backend.load(onnx, meta).context("loading the exported graph")?;
+pub fn check_parity(
+    art: &ModelArtifact,
+    onnx: &[u8],
+    meta: &ModelMeta,
+    backend: &dyn InferenceBackend,
+) -> anyhow::Result<()> {
+    let model = backend
+        .load(onnx, meta)
+        .context("loading the exported graph")?;
     let rows = art.reference_inputs.len();
     let out = model.run(&art.reference_inputs.concat(), rows)?;
     for (r, x) in art.reference_inputs.iter().enumerate() {
@@ -41,7 +48,9 @@ pub fn train_and_publish(
     let onnx = export::to_onnx(&art);
     let meta = ModelMeta::from_artifact(&art, 0);
     check_parity(&art, &onnx, &meta, backend)?;
-    let meta = repo.write(&onnx, meta).with_context(|| format!("writing {kind} to {}", repo.describe()))?;
+    let meta = repo
+        .write(&onnx, meta)
+        .with_context(|| format!("writing {kind} to {}", repo.describe()))?;
     tracing::info!(
         model = %kind,
         version = meta.version,
@@ -54,7 +63,9 @@ pub fn train_and_publish(
 
 /// "metric value (baseline value)" for each held-out metric.
 pub fn summary(meta: &ModelMeta) -> String {
-    let Some(e) = &meta.evaluation else { return "no evaluation".into() };
+    let Some(e) = &meta.evaluation else {
+        return "no evaluation".into();
+    };
     e.metrics
         .iter()
         .map(|(k, v)| match e.baseline_metrics.get(k) {

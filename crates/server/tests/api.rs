@@ -1,0 +1,686 @@
+//! Integration tests: the real server on a port chosen by the OS, called over
+//! HTTP, on a small generated dataset with models trained for the test run.
+
+use chrono::{DateTime, Datelike, Timelike, Utc};
+use ml_backend::{export, LocalRepository, ModelMeta, ModelRepository};
+use ml_core::catalogue::Catalogue;
+use ml_core::features::{match_features, parse_tz, UserFeatures};
+use ml_core::post::match_context;
+use ml_core::train::{train, ModelKind, TrainingData};
+use ml_core::types::{Budget, InteractionKind, TripDuration};
+use ml_data::{DataSource, SqliteStore};
+use ml_server::app;
+use ml_server::settings::Settings;
+use serde_json::{json, Value};
+use std::path::PathBuf;
+use std::sync::OnceLock;
+
+/// A data store and model repository shared by the tests (built once).
+struct Fixture {
+    _dir: tempfile::TempDir,
+    settings: Settings,
+}
+
+fn fixture() -> &'static Fixture {
+    static F: OnceLock<Fixture> = OnceLock::new();
+    F.get_or_init(|| {
+        let dir = tempfile::tempdir().unwrap();
+        let settings = settings_in(dir.path().join("data/app.db"), dir.path().join("models"));
+        let store = app::open_store(&settings).unwrap();
+        let repo = LocalRepository::new(&settings.model_path);
+        app::train_missing(&store, &repo, &ml_backend::tract::TractBackend).unwrap();
+        Fixture {
+            _dir: dir,
+            settings,
+        }
+    })
+}
+
+fn settings_in(sqlite: PathBuf, models: PathBuf) -> Settings {
+    let mut s = Settings::from_env();
+    s.sqlite_path = sqlite;
+    s.model_path = models;
+    s.demo_users = 800;
+    s.demo_seed = 5;
+    s.workers = 2;
+    s.max_body_bytes = 64 * 1024;
+    s
+}
+
+struct TestApp {
+    base: String,
+    client: reqwest::Client,
+    store: SqliteStore,
+}
+
+impl TestApp {
+    async fn post(&self, path: &str, body: Value) -> reqwest::Response {
+        self.client
+            .post(format!("{}{path}", self.base))
+            .json(&body)
+            .send()
+            .await
+            .unwrap()
+    }
+    async fn post_raw(&self, path: &str, ct: &str, body: Vec<u8>) -> reqwest::Response {
+        self.client
+            .post(format!("{}{path}", self.base))
+            .header("content-type", ct)
+            .body(body)
+            .send()
+            .await
+            .unwrap()
+    }
+    async fn get(&self, path: &str) -> reqwest::Response {
+        self.client
+            .get(format!("{}{path}", self.base))
+            .send()
+            .await
+            .unwrap()
+    }
+    /// Ids of users in the store, in a stable order.
+    fn users(&self, n: usize) -> Vec<String> {
+        self.store
+            .with_blocking(|c| {
+                let mut s = c
+                    .prepare("SELECT id FROM profiles ORDER BY id LIMIT ?1")
+                    .unwrap();
+                let rows = s.query_map([n as i64], |r| r.get::<_, String>(0)).unwrap();
+                Ok(rows.map(|r| r.unwrap()).collect())
+            })
+            .unwrap()
+    }
+}
+
+async fn spawn_with(settings: Settings) -> TestApp {
+    let s = settings.clone();
+    let predictor = tokio::task::spawn_blocking(move || app::prepare(&s))
+        .await
+        .unwrap()
+        .unwrap();
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(app::run(
+        listener,
+        predictor,
+        settings.max_body_bytes,
+        std::future::pending(),
+    ));
+    TestApp {
+        base: format!("http://{addr}"),
+        client: reqwest::Client::new(),
+        store: SqliteStore::open(&settings.sqlite_path, 1).unwrap(),
+    }
+}
+
+async fn spawn_app() -> TestApp {
+    spawn_with(fixture().settings.clone()).await
+}
+
+async fn error_of(r: reqwest::Response) -> (u16, String, Option<String>) {
+    let status = r.status().as_u16();
+    let v: Value = r.json().await.unwrap();
+    let e = &v["error"];
+    (
+        status,
+        e["code"].as_str().unwrap().to_string(),
+        e["field"].as_str().map(str::to_string),
+    )
+}
+
+#[tokio::test]
+async fn health_tells_the_truth() {
+    let app = spawn_app().await;
+    let r = app.get("/health").await;
+    assert_eq!(r.status(), 200);
+    let v: Value = r.json().await.unwrap();
+    assert_eq!(
+        v,
+        json!({"status": "healthy", "models_loaded": true, "redis_connected": false, "gpu_available": false})
+    );
+}
+
+#[tokio::test]
+async fn match_score_has_the_spec_shape_and_a_model_version() {
+    let app = spawn_app().await;
+    let u = app.users(2);
+    let r = app
+        .post(
+            "/match/score",
+            json!({"user_a_id": u[0], "user_b_id": u[1], "context": {"destination": "Paris", "dates": "2024-07-15", "interests": ["art", "food"]}}),
+        )
+        .await;
+    assert_eq!(r.status(), 200);
+    assert_eq!(r.headers()["x-model-version"], "travel_match/1");
+    let v: Value = r.json().await.unwrap();
+    let keys: Vec<&String> = v.as_object().unwrap().keys().collect();
+    assert_eq!(keys, ["confidence", "factors", "latency_ms", "score"]);
+    let f: Vec<&String> = v["factors"].as_object().unwrap().keys().collect();
+    assert_eq!(f, ["interest_overlap", "personality", "travel_style"]);
+    for x in [
+        &v["score"],
+        &v["confidence"],
+        &v["factors"]["interest_overlap"],
+        &v["factors"]["travel_style"],
+        &v["factors"]["personality"],
+    ] {
+        let x = x.as_f64().unwrap();
+        assert!((0.0..=1.0).contains(&x), "{x}");
+    }
+    assert!(v["latency_ms"].as_f64().unwrap() > 0.0);
+    // Symmetric: swapping the users gives the same score.
+    let w: Value = app
+        .post(
+            "/match/score",
+            json!({"user_a_id": u[1], "user_b_id": u[0], "context": {"destination": "Paris", "dates": "2024-07-15", "interests": ["art", "food"]}}),
+        )
+        .await
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(v["score"], w["score"]);
+}
+
+#[tokio::test]
+async fn scores_differ_between_pairs() {
+    // A model that ignored its inputs would give every pair the same score.
+    let app = spawn_app().await;
+    let u = app.users(12);
+    let mut scores = std::collections::HashSet::new();
+    for w in u.windows(2) {
+        let v: Value = app
+            .post(
+                "/match/score",
+                json!({"user_a_id": w[0], "user_b_id": w[1]}),
+            )
+            .await
+            .json()
+            .await
+            .unwrap();
+        scores.insert(v["score"].to_string());
+    }
+    assert!(scores.len() >= 8, "{scores:?}");
+}
+
+#[tokio::test]
+async fn recommendations_honour_limit_and_filters_and_skip_visited_places() {
+    let app = spawn_app().await;
+    let cat = Catalogue::new(app.store.load_destinations().unwrap());
+    let data = app.store.load_dataset().unwrap();
+    // The user with the most booked or visited places.
+    let mut consumed: std::collections::HashMap<_, std::collections::HashSet<_>> =
+        Default::default();
+    for i in &data.interactions {
+        if matches!(
+            i.kind,
+            InteractionKind::Booked | InteractionKind::Visited | InteractionKind::Rated
+        ) {
+            consumed
+                .entry(i.user_id)
+                .or_default()
+                .insert(i.destination_id);
+        }
+    }
+    let (user, places) = consumed.iter().max_by_key(|(_, s)| s.len()).unwrap();
+    assert!(!places.is_empty());
+
+    let r = app
+        .post(
+            "/recommend/destinations",
+            json!({"user_id": user, "limit": 100}),
+        )
+        .await;
+    assert_eq!(r.status(), 200);
+    assert_eq!(r.headers()["x-model-version"], "recommendation/1");
+    let v: Value = r.json().await.unwrap();
+    let recs = v["recommendations"].as_array().unwrap();
+    assert_eq!(recs.len(), 100);
+    let mut last = f64::INFINITY;
+    for rec in recs {
+        let d = &cat.destinations[cat
+            .find_by_name(rec["destination"].as_str().unwrap())
+            .unwrap()];
+        assert!(
+            !places.contains(&d.id),
+            "recommended {} which the user already visited",
+            d.name
+        );
+        let s = rec["score"].as_f64().unwrap();
+        assert!(s <= last, "not sorted by score");
+        last = s;
+        assert!(!rec["reason"].as_str().unwrap().is_empty());
+    }
+
+    let v: Value = app
+        .post("/recommend/destinations", json!({"user_id": user, "limit": 7, "filters": {"budget": "low", "duration": "weekend"}}))
+        .await
+        .json()
+        .await
+        .unwrap();
+    let recs = v["recommendations"].as_array().unwrap();
+    assert!(!recs.is_empty() && recs.len() <= 7);
+    for rec in recs {
+        let d = &cat.destinations[cat
+            .find_by_name(rec["destination"].as_str().unwrap())
+            .unwrap()];
+        assert_eq!(d.cost_level, Budget::Low, "{}", d.name);
+        assert!(
+            d.trip_lengths.contains(&TripDuration::Weekend),
+            "{}",
+            d.name
+        );
+    }
+    // Default limit is 10.
+    let v: Value = app
+        .post("/recommend/destinations", json!({"user_id": user}))
+        .await
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(v["recommendations"].as_array().unwrap().len(), 10);
+}
+
+/// The reason the service should give, computed here from the raw events.
+fn expected_reason(activity: &[DateTime<Utc>], tz: &str) -> String {
+    let tz = parse_tz(tz);
+    let mut wd = [0f32; 24];
+    let mut we = [0f32; 24];
+    for t in activity {
+        let l = t.with_timezone(&tz);
+        if l.weekday().number_from_monday() >= 6 {
+            we[l.hour() as usize] += 1.0 / 2.0;
+        } else {
+            wd[l.hour() as usize] += 1.0 / 5.0;
+        }
+    }
+    let best = |a: &[f32; 24]| {
+        (0..24)
+            .map(|h| (h, a[h]))
+            .max_by(|x, y| x.1.total_cmp(&y.1))
+            .unwrap()
+    };
+    let ((wh, wv), (eh, ev)) = (best(&wd), best(&we));
+    let (h, when) = if wv >= ev {
+        (wh, "weekdays")
+    } else {
+        (eh, "weekends")
+    };
+    format!(
+        "User most active at {} on {when}",
+        ml_core::post::hour_span(h)
+    )
+}
+
+#[tokio::test]
+async fn notification_plans_are_in_the_future_outside_quiet_hours_and_explain_the_users_pattern() {
+    let app = spawn_app().await;
+    let data = app.store.load_dataset().unwrap();
+    let mut checked = 0;
+    for p in data.profiles.iter().take(40) {
+        let activity: Vec<_> = data
+            .activity
+            .iter()
+            .filter(|a| a.user_id == p.id)
+            .map(|a| a.occurred_at)
+            .collect();
+        let before = Utc::now();
+        let r = app
+            .post(
+                "/notifications/optimize",
+                json!({"user_id": p.id, "notification_type": "match_found", "urgency": "medium"}),
+            )
+            .await;
+        assert_eq!(r.status(), 200);
+        assert_eq!(r.headers()["x-model-version"], "notification_timing/1");
+        let v: Value = r.json().await.unwrap();
+        let send_at = v["send_at"].as_str().unwrap();
+        assert!(send_at.ends_with('Z'), "{send_at}");
+        let t = DateTime::parse_from_rfc3339(send_at)
+            .unwrap()
+            .with_timezone(&Utc);
+        assert!(
+            t > before && t <= before + chrono::Duration::hours(25),
+            "{t}"
+        );
+        let local = t.with_timezone(&parse_tz(&p.timezone)).hour();
+        assert!(
+            (8..22).contains(&local),
+            "{send_at} is {local}h local in {}",
+            p.timezone
+        );
+        assert!(["push", "email", "sms"].contains(&v["channel"].as_str().unwrap()));
+        let c = v["confidence"].as_f64().unwrap();
+        assert!((0.0..=1.0).contains(&c));
+        if activity.len() >= 10 {
+            assert_eq!(
+                v["reason"].as_str().unwrap(),
+                expected_reason(&activity, &p.timezone)
+            );
+            checked += 1;
+        }
+    }
+    assert!(checked >= 5, "too few users with history were checked");
+}
+
+#[tokio::test]
+async fn bad_input_gets_a_clear_error_and_the_service_keeps_serving() {
+    let app = spawn_app().await;
+    let u = app.users(2);
+    let (a, b) = (&u[0], &u[1]);
+    let cases: Vec<(&str, Value, u16, &str, Option<&str>)> = vec![
+        (
+            "/match/score",
+            json!({"user_a_id": a}),
+            422,
+            "invalid_field",
+            Some("user_b_id"),
+        ),
+        (
+            "/match/score",
+            json!({"user_a_id": "not-a-uuid", "user_b_id": b}),
+            422,
+            "invalid_field",
+            Some("user_a_id"),
+        ),
+        (
+            "/match/score",
+            json!({"user_a_id": a, "user_b_id": a}),
+            422,
+            "invalid_field",
+            Some("user_b_id"),
+        ),
+        (
+            "/match/score",
+            json!({"user_a_id": a, "user_b_id": "00000000-0000-4000-8000-000000000000"}),
+            404,
+            "unknown_user",
+            Some("user_b_id"),
+        ),
+        (
+            "/match/score",
+            json!({"user_a_id": a, "user_b_id": b, "context": {"dates": "July"}}),
+            422,
+            "invalid_field",
+            Some("context.dates"),
+        ),
+        (
+            "/match/score",
+            json!({"user_a_id": a, "user_b_id": b, "context": {"interests": "art"}}),
+            422,
+            "invalid_field",
+            Some("context.interests"),
+        ),
+        (
+            "/match/score",
+            json!({"user_a_id": a, "user_b_id": b, "extra": 1}),
+            422,
+            "invalid_field",
+            Some("extra"),
+        ),
+        (
+            "/recommend/destinations",
+            json!({"user_id": a, "limit": 0}),
+            422,
+            "invalid_field",
+            Some("limit"),
+        ),
+        (
+            "/recommend/destinations",
+            json!({"user_id": a, "limit": 101}),
+            422,
+            "invalid_field",
+            Some("limit"),
+        ),
+        (
+            "/recommend/destinations",
+            json!({"user_id": a, "limit": "ten"}),
+            422,
+            "invalid_field",
+            Some("limit"),
+        ),
+        (
+            "/recommend/destinations",
+            json!({"user_id": a, "filters": {"budget": "huge"}}),
+            422,
+            "invalid_field",
+            Some("filters.budget"),
+        ),
+        (
+            "/recommend/destinations",
+            json!({"user_id": a, "filters": {"duration": "year"}}),
+            422,
+            "invalid_field",
+            Some("filters.duration"),
+        ),
+        (
+            "/recommend/destinations",
+            json!({"user_id": 42}),
+            422,
+            "invalid_field",
+            Some("user_id"),
+        ),
+        (
+            "/recommend/destinations",
+            json!({"user_id": "00000000-0000-4000-8000-000000000000"}),
+            404,
+            "unknown_user",
+            Some("user_id"),
+        ),
+        (
+            "/notifications/optimize",
+            json!({"user_id": a}),
+            422,
+            "invalid_field",
+            Some("notification_type"),
+        ),
+        (
+            "/notifications/optimize",
+            json!({"user_id": a, "notification_type": "spam"}),
+            422,
+            "invalid_field",
+            Some("notification_type"),
+        ),
+        (
+            "/notifications/optimize",
+            json!({"user_id": a, "notification_type": "message", "urgency": "now"}),
+            422,
+            "invalid_field",
+            Some("urgency"),
+        ),
+        (
+            "/notifications/optimize",
+            json!([1, 2]),
+            422,
+            "invalid_field",
+            Some("body"),
+        ),
+    ];
+    for (path, body, status, code, field) in cases {
+        let got = error_of(app.post(path, body.clone()).await).await;
+        assert_eq!(
+            got,
+            (status, code.to_string(), field.map(str::to_string)),
+            "{path} {body}"
+        );
+    }
+    let malformed = app
+        .post_raw(
+            "/match/score",
+            "application/json",
+            b"{\"user_a_id\": ".to_vec(),
+        )
+        .await;
+    assert_eq!(error_of(malformed).await.0, 400);
+    let wrong_type = app
+        .post_raw("/match/score", "text/plain", b"{}".to_vec())
+        .await;
+    assert_eq!(error_of(wrong_type).await.0, 415);
+    let no_type = app
+        .client
+        .post(format!("{}/match/score", app.base))
+        .body("{}")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(error_of(no_type).await.0, 415);
+    let big = format!(
+        "{{\"user_a_id\": \"{a}\", \"pad\": \"{}\"}}",
+        "x".repeat(70 * 1024)
+    );
+    let too_large = app
+        .post_raw("/match/score", "application/json", big.into_bytes())
+        .await;
+    assert_eq!(
+        error_of(too_large).await,
+        (413, "payload_too_large".into(), None)
+    );
+    let long = app
+        .post(
+            "/match/score",
+            json!({"user_a_id": a, "user_b_id": b, "context": {"destination": "x".repeat(300)}}),
+        )
+        .await;
+    assert_eq!(
+        error_of(long).await.2.as_deref(),
+        Some("context.destination")
+    );
+    assert_eq!(error_of(app.get("/no/such/path").await).await.0, 404);
+    // Still serving.
+    assert_eq!(app.get("/health").await.status(), 200);
+    let ok = app
+        .post("/match/score", json!({"user_a_id": a, "user_b_id": b}))
+        .await;
+    assert_eq!(ok.status(), 200);
+}
+
+#[tokio::test]
+async fn the_openapi_document_matches_what_the_server_accepts() {
+    let app = spawn_app().await;
+    let doc: Value = app.get("/openapi.json").await.json().await.unwrap();
+    let paths: Vec<&String> = doc["paths"].as_object().unwrap().keys().collect();
+    assert_eq!(
+        paths,
+        [
+            "/health",
+            "/match/score",
+            "/notifications/optimize",
+            "/recommend/destinations"
+        ]
+    );
+    assert_eq!(app.get("/health").await.status(), 200);
+    let schemas = &doc["components"]["schemas"];
+    for path in [
+        "/match/score",
+        "/recommend/destinations",
+        "/notifications/optimize",
+    ] {
+        let reference = doc["paths"][path]["post"]["requestBody"]["content"]["application/json"]
+            ["schema"]["$ref"]
+            .as_str()
+            .unwrap();
+        let schema = &schemas[reference.rsplit('/').next().unwrap()];
+        let required: Vec<String> = schema["required"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|v| v.as_str().unwrap().to_string())
+            .collect();
+        assert!(!required.is_empty());
+        // An empty body is refused for the first required field, and every
+        // required field is reported when it alone is missing.
+        let (status, _, field) = error_of(app.post(path, json!({})).await).await;
+        assert_eq!(status, 422);
+        assert!(required.contains(&field.unwrap()), "{path}");
+        let props = schema["properties"].as_object().unwrap();
+        let full: serde_json::Map<String, Value> = props
+            .keys()
+            .filter(|k| required.contains(k))
+            .map(|k| {
+                let v = match k.as_str() {
+                    "user_a_id" | "user_id" => json!(app.users(2)[0]),
+                    "user_b_id" => json!(app.users(2)[1]),
+                    "notification_type" => json!("message"),
+                    other => panic!("no sample value for required field {other}"),
+                };
+                (k.clone(), v)
+            })
+            .collect();
+        assert_eq!(
+            app.post(path, Value::Object(full.clone())).await.status(),
+            200,
+            "{path}: required fields alone are enough"
+        );
+        for k in &required {
+            let mut partial = full.clone();
+            partial.remove(k);
+            assert_eq!(
+                error_of(app.post(path, Value::Object(partial)).await)
+                    .await
+                    .2
+                    .as_deref(),
+                Some(k.as_str())
+            );
+        }
+        // Unknown fields are refused, as the schema says.
+        assert_eq!(schema["additionalProperties"], json!(false), "{path}");
+    }
+    let budget = &schemas["Budget"]["enum"];
+    assert_eq!(budget, &json!(["low", "medium", "high"]));
+}
+
+#[tokio::test]
+async fn the_served_model_is_the_trained_file_and_gives_the_trainers_outputs() {
+    let f = fixture();
+    let models = tempfile::tempdir().unwrap();
+    let settings = settings_in(f.settings.sqlite_path.clone(), models.path().to_path_buf());
+    let store = SqliteStore::open(&settings.sqlite_path, 1).unwrap();
+    let data = store.load_dataset().unwrap();
+    let td = TrainingData::new(&data);
+    let art = train(ModelKind::TravelMatch, &td, 9).unwrap();
+    let onnx = export::to_onnx(&art);
+    let repo = LocalRepository::new(models.path());
+    repo.write(&onnx, ModelMeta::from_artifact(&art, 0))
+        .unwrap();
+    assert_eq!(
+        std::fs::read(models.path().join("travel_match/1/model.onnx")).unwrap(),
+        onnx
+    );
+
+    let app = spawn_with(settings).await;
+    let cat = Catalogue::new(store.load_destinations().unwrap());
+    let u = app.users(6);
+    for w in u.chunks(2) {
+        let r = app
+            .post("/match/score", json!({"user_a_id": w[0], "user_b_id": w[1], "context": {"destination": "Kyoto", "interests": ["food"]}}))
+            .await;
+        assert_eq!(r.headers()["x-model-version"], "travel_match/1");
+        let v: Value = r.json().await.unwrap();
+        let mut feats = vec![];
+        for id in w {
+            let h = store
+                .user_history(id.parse().unwrap())
+                .await
+                .unwrap()
+                .unwrap();
+            feats.push(UserFeatures::from_history(
+                h.profile.as_ref().unwrap(),
+                &h,
+                &cat,
+                Utc::now(),
+            ));
+        }
+        let x = match_features(
+            &feats[0],
+            &feats[1],
+            &match_context(&cat, Some("Kyoto"), &["food".into()]),
+        );
+        let expected = art.predict(&x);
+        assert!(
+            (v["score"].as_f64().unwrap() - expected[0][0] as f64).abs() < 1e-3,
+            "{v} vs {expected:?}"
+        );
+        assert!(
+            (v["factors"]["personality"].as_f64().unwrap() - expected[1][2] as f64).abs() < 1e-3
+        );
+    }
+}
