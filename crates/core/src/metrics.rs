@@ -106,6 +106,20 @@ pub fn ndcg_at_k(ranked: &[u32], relevant: &[u32], k: usize) -> f64 {
     }
 }
 
+/// Accuracy of the yes/no calls (`p ≥ 0.5`) in the more confident half of the
+/// examples and in the other half: a confidence that means something gives the
+/// first a higher accuracy.
+pub fn accuracy_by_confidence(p: &[f32], confidence: &[f32], labels: &[bool]) -> (f64, f64) {
+    let mut idx: Vec<usize> = (0..p.len()).collect();
+    idx.sort_by(|&a, &b| confidence[b].total_cmp(&confidence[a]));
+    let acc = |ix: &[usize]| {
+        let right = ix.iter().filter(|&&i| (p[i] >= 0.5) == labels[i]).count();
+        right as f64 / ix.len().max(1) as f64
+    };
+    let (hi, lo) = idx.split_at(idx.len() / 2);
+    (acc(hi), acc(lo))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -129,6 +143,14 @@ mod tests {
         assert!((brier(&p, &y) - 0.01).abs() < 1e-6);
         assert!((ece(&p, &y, 10) - 0.1).abs() < 1e-6);
         assert!((log_loss(&p, &y) - (-(0.9f64).ln())).abs() < 1e-6);
+    }
+
+    #[test]
+    fn accuracy_by_confidence_splits_in_halves() {
+        let p = [0.9f32, 0.9, 0.6, 0.6];
+        let conf = [0.9f32, 0.9, 0.6, 0.6];
+        let y = [true, true, false, true];
+        assert_eq!(accuracy_by_confidence(&p, &conf, &y), (1.0, 0.5));
     }
 
     #[test]

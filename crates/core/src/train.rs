@@ -224,6 +224,7 @@ pub fn train_match(td: &TrainingData, seed: u64) -> Result<ModelArtifact, CoreEr
     let cols = MATCH_FEATURES.len();
     let (mut xtr, mut ytr, mut xte, mut yte, mut pte_true, mut jac_te) =
         (vec![], vec![], vec![], vec![], vec![], vec![]);
+    let mut completeness_te = vec![];
     for m in &td.data.matches {
         let (Some(a), Some(b)) = (feats.get(&m.user_a), feats.get(&m.user_b)) else {
             continue;
@@ -237,6 +238,7 @@ pub fn train_match(td: &TrainingData, seed: u64) -> Result<ModelArtifact, CoreEr
             yte.push(m.matched);
             pte_true.push(m.true_probability);
             jac_te.push(f[0]);
+            completeness_te.push(crate::post::match_completeness(a, b));
         }
     }
     if ytr.len() < 50 || yte.len() < 20 {
@@ -298,6 +300,16 @@ pub fn train_match(td: &TrainingData, seed: u64) -> Result<ModelArtifact, CoreEr
         let t: Vec<f32> = pte_true.iter().map(|v| v.unwrap_or(0.5)).collect();
         m.insert("ceiling_auc".into(), metrics::auc(&t, &yte));
     }
+    // Confidence must track accuracy: the more confident half of the held-out
+    // calls is right more often than the less confident half.
+    let conf: Vec<f32> = p
+        .iter()
+        .zip(&completeness_te)
+        .map(|(p, c)| crate::post::match_confidence(*p, *c))
+        .collect();
+    let (hi, lo) = metrics::accuracy_by_confidence(&p, &conf, &yte);
+    m.insert("accuracy_confident_half".into(), hi);
+    m.insert("accuracy_other_half".into(), lo);
     let mut base = BTreeMap::new();
     base.insert("auc".into(), metrics::auc(&jac_te, &yte));
     Ok(ModelArtifact {
@@ -667,6 +679,14 @@ mod tests {
             "match AUC {auc:.3} vs baseline {base:.3}"
         );
         assert!(m.metrics["ceiling_auc"] >= auc - 0.01);
+        let (hi, lo) = (
+            m.metrics["accuracy_confident_half"],
+            m.metrics["accuracy_other_half"],
+        );
+        assert!(
+            hi > lo + 0.05,
+            "confidence does not track accuracy: {hi:.3} vs {lo:.3}"
+        );
 
         let r = train_recommendation(&td, 1).unwrap();
         eprintln!(

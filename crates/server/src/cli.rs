@@ -78,8 +78,8 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
                 let store = ml_data::SqliteStore::open(&s.sqlite_path, 1)?;
                 let t0 = Instant::now();
                 let data = generate(&GeneratorConfig {
-                    users: s.demo_users,
-                    seed: s.demo_seed,
+                    users: d.users.unwrap_or(s.demo_users),
+                    seed: d.seed.unwrap_or(s.demo_seed),
                     ..Default::default()
                 });
                 let generated = t0.elapsed();

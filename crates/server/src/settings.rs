@@ -60,6 +60,12 @@ pub struct TrainArgs {
 
 #[derive(Debug, Args)]
 pub struct DemoArgs {
+    /// Users to generate (default: DEMO_USERS).
+    #[arg(long)]
+    pub users: Option<usize>,
+    /// Seed of the generator (default: DEMO_SEED).
+    #[arg(long)]
+    pub seed: Option<u64>,
     /// Replace any data already in the store.
     #[arg(long)]
     pub replace: bool,
@@ -172,5 +178,13 @@ mod tests {
         };
         assert_eq!(s.port, 9001);
         assert_eq!(s.quiet_hours.start, 21);
+        let c = Cli::parse_from(["ml-service", "data", "demo", "--users", "10", "--seed", "3"]);
+        let Command::Data {
+            command: DataCommand::Demo(d),
+        } = c.command
+        else {
+            panic!("not data demo")
+        };
+        assert_eq!((d.users, d.seed), (Some(10), Some(3)));
     }
 }
