@@ -2,6 +2,7 @@
 //! head, each head a chain of MatMul → Add → activation (opset 13). Dense graphs
 //! like these run in microseconds in tract and in ONNX Runtime alike.
 
+use crate::{BackendError, InferenceBackend, ModelMeta};
 use ml_core::nn::{Activation, Mlp};
 use ml_core::train::ModelArtifact;
 use prost::Message;
@@ -124,4 +125,36 @@ pub fn to_onnx(a: &ModelArtifact) -> Vec<u8> {
         ..Default::default()
     };
     model.encode_to_vec()
+}
+
+/// Largest difference allowed between the trainer's and the served model's outputs.
+pub const PARITY_TOLERANCE: f32 = 1e-4;
+
+/// Check that an exported graph, loaded by `backend`, computes what the trainer
+/// computes on the artifact's reference rows.
+pub fn check_parity(
+    art: &ModelArtifact,
+    onnx: &[u8],
+    meta: &ModelMeta,
+    backend: &dyn InferenceBackend,
+) -> Result<(), BackendError> {
+    let model = backend.load(onnx, meta)?;
+    let rows = art.reference_inputs.len();
+    let out = model.run(&art.reference_inputs.concat(), rows)?;
+    for (r, x) in art.reference_inputs.iter().enumerate() {
+        for (h, expected) in art.predict(x).iter().enumerate() {
+            let w = expected.len();
+            for (g, e) in out[h][r * w..(r + 1) * w].iter().zip(expected) {
+                if (g - e).abs() > PARITY_TOLERANCE {
+                    return Err(BackendError::InvalidModel {
+                        model: art.kind.to_string(),
+                        reason: format!(
+                            "served output {g} differs from the trainer's {e} (row {r}, output {h})"
+                        ),
+                    });
+                }
+            }
+        }
+    }
+    Ok(())
 }

@@ -2,38 +2,11 @@
 //! of `serve` share. A model is written only after its ONNX graph, loaded by the
 //! serving backend, reproduces the trainer's own outputs.
 
-use anyhow::{bail, Context};
-use ml_backend::{export, InferenceBackend, ModelMeta, ModelRepository};
-use ml_core::train::{train, ModelArtifact, ModelKind, TrainingData};
+use anyhow::Context;
+use ml_backend::export::{self, check_parity};
+use ml_backend::{InferenceBackend, ModelMeta, ModelRepository};
+use ml_core::train::{train, ModelKind, TrainingData};
 use std::time::Instant;
-
-/// Largest difference allowed between the trainer's and the served model's outputs.
-const PARITY_TOLERANCE: f32 = 1e-4;
-
-/// Check that the exported graph computes what the trainer computes.
-pub fn check_parity(
-    art: &ModelArtifact,
-    onnx: &[u8],
-    meta: &ModelMeta,
-    backend: &dyn InferenceBackend,
-) -> anyhow::Result<()> {
-    let model = backend
-        .load(onnx, meta)
-        .context("loading the exported graph")?;
-    let rows = art.reference_inputs.len();
-    let out = model.run(&art.reference_inputs.concat(), rows)?;
-    for (r, x) in art.reference_inputs.iter().enumerate() {
-        for (h, expected) in art.predict(x).iter().enumerate() {
-            let w = expected.len();
-            for (g, e) in out[h][r * w..(r + 1) * w].iter().zip(expected) {
-                if (g - e).abs() > PARITY_TOLERANCE {
-                    bail!("{}: served output {g} differs from the trainer's {e} (row {r}, output {h})", art.kind);
-                }
-            }
-        }
-    }
-    Ok(())
-}
 
 /// Train `kind`, verify the export, and write it as the next version.
 pub fn train_and_publish(
@@ -47,7 +20,8 @@ pub fn train_and_publish(
     let art = train(kind, td, seed).with_context(|| format!("training {kind}"))?;
     let onnx = export::to_onnx(&art);
     let meta = ModelMeta::from_artifact(&art, 0);
-    check_parity(&art, &onnx, &meta, backend)?;
+    check_parity(&art, &onnx, &meta, backend)
+        .with_context(|| format!("checking the exported {kind}"))?;
     let meta = repo
         .write(&onnx, meta)
         .with_context(|| format!("writing {kind} to {}", repo.describe()))?;
