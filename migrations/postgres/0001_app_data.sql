@@ -50,6 +50,7 @@ CREATE TABLE IF NOT EXISTS match_outcomes (
     user_b           uuid NOT NULL REFERENCES profiles(id),
     destination_id   uuid REFERENCES destinations(id),
     trip_start       date,
+    trip_interests   text[] NOT NULL DEFAULT '{}',
     matched          boolean NOT NULL,
     decided_at       timestamptz NOT NULL,
     true_probability real,

@@ -49,6 +49,7 @@ CREATE TABLE IF NOT EXISTS match_outcomes (
     user_b           TEXT NOT NULL REFERENCES profiles(id),
     destination_id   TEXT REFERENCES destinations(id),
     trip_start       TEXT,
+    trip_interests   TEXT NOT NULL DEFAULT '[]',
     matched          INTEGER NOT NULL CHECK (matched IN (0, 1)),
     decided_at       INTEGER NOT NULL,
     true_probability REAL,

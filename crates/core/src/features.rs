@@ -159,6 +159,24 @@ impl UserFeatures {
         self.engaged.binary_search(&(dest as u32)).is_ok()
     }
 
+    /// A unit-length estimate of the user's taste over tags: declared interests
+    /// and behaviour, weighted equally when both are known.
+    pub fn taste_estimate(&self) -> [f32; TAGS.len()] {
+        let mut t = [0f32; TAGS.len()];
+        let k = self.interests.len().max(1) as f32;
+        for (i, v) in t.iter_mut().enumerate() {
+            if self.interests.contains(i) {
+                *v += 1.0 / k.sqrt();
+            }
+            *v += self.tag_affinity[i];
+        }
+        let n = t.iter().map(|x| x * x).sum::<f32>().sqrt();
+        if n > 0.0 {
+            t.iter_mut().for_each(|x| *x /= n);
+        }
+        t
+    }
+
     /// Cosine between the user's tag affinity and a tag set (0 without history).
     pub fn affinity_to(&self, tags: &TagSet) -> f32 {
         if tags.is_empty() {
@@ -186,15 +204,19 @@ pub const MATCH_FACTORS: [&str; 3] = ["interest_overlap", "travel_style", "perso
 
 /// Names of the match features, in model-input order, with the factor group
 /// (index into [`MATCH_FACTORS`]) each belongs to.
-pub const MATCH_FEATURES: [(&str, usize); 27] = [
+pub const MATCH_FEATURES: [(&str, usize); 31] = [
     ("interest_jaccard", 0),
     ("interest_shared_count", 0),
+    ("interest_cosine", 0),
     ("affinity_cosine", 0),
+    ("cross_affinity", 0),
+    ("taste_estimate_cosine", 0),
     ("both_have_history", 0),
-    ("context_destination_interest_fit", 0),
-    ("context_destination_affinity_fit", 0),
-    ("context_interests_shared", 0),
-    ("has_context_destination", 0),
+    ("context_interest_fit", 0),
+    ("context_affinity_fit", 0),
+    ("context_shared_interests", 0),
+    ("has_context", 0),
+    ("context_names_interests", 0),
     ("style_pace_diff", 1),
     ("style_comfort_diff", 1),
     ("style_spontaneity_diff", 1),
@@ -216,8 +238,17 @@ pub const MATCH_FEATURES: [(&str, usize); 27] = [
     ("neuroticism_mean", 2),
 ];
 
+/// Cosine similarity of two tag sets as 0/1 vectors; 0 when either is empty.
+fn cosine(a: &TagSet, b: &TagSet) -> f32 {
+    if a.is_empty() || b.is_empty() {
+        0.0
+    } else {
+        a.intersection(b).len() as f32 / ((a.len() * b.len()) as f32).sqrt()
+    }
+}
+
 /// Match features of a pair. Symmetric: swapping the users gives the same vector.
-pub fn match_features(a: &UserFeatures, b: &UserFeatures, ctx: &MatchContext) -> [f32; 27] {
+pub fn match_features(a: &UserFeatures, b: &UserFeatures, ctx: &MatchContext) -> [f32; 31] {
     let shared = a.interests.intersection(&b.interests);
     let affinity_cos = if a.has_history() && b.has_history() {
         a.tag_affinity
@@ -228,46 +259,56 @@ pub fn match_features(a: &UserFeatures, b: &UserFeatures, ctx: &MatchContext) ->
     } else {
         0.0
     };
-    let (dest_interest, dest_affinity, has_dest) = match &ctx.destination_tags {
+    // What the trip is about: the interests the request names, else the
+    // destination's tags.
+    let about = if ctx.interests.is_empty() {
+        ctx.destination_tags
+    } else {
+        Some(ctx.interests)
+    };
+    let (ctx_fit, ctx_affinity, ctx_shared, has_ctx) = match about {
         Some(t) if !t.is_empty() => {
-            let fit = |u: &UserFeatures| u.interests.intersection(t).len() as f32 / t.len() as f32;
+            let fit = |u: &UserFeatures| cosine(&u.interests, &t);
             (
                 (fit(a) + fit(b)) / 2.0,
-                (a.affinity_to(t) + b.affinity_to(t)) / 2.0,
+                (a.affinity_to(&t) + b.affinity_to(&t)) / 2.0,
+                t.intersection(&shared).len() as f32 / t.len() as f32,
                 1.0,
             )
         }
-        _ => (0.0, 0.0, 0.0),
-    };
-    let ctx_shared = if ctx.interests.is_empty() {
-        0.0
-    } else {
-        ctx.interests.intersection(&shared).len() as f32 / ctx.interests.len() as f32
+        _ => (0.0, 0.0, 0.0, 0.0),
     };
     let sd: Vec<f32> = (0..3)
         .map(|i| (a.style_vector[i] - b.style_vector[i]).abs())
         .collect();
     let style_dist = (sd.iter().map(|d| d * d).sum::<f32>() / 3.0).sqrt();
     let shared_lang = a.languages.iter().any(|l| b.languages.contains(l));
-    let mut f = [0f32; 27];
+    let interest_cos = cosine(&a.interests, &b.interests);
+    let ta = a.taste_estimate();
+    let tb = b.taste_estimate();
+    let mut f = [0f32; 31];
     f[0] = a.interests.jaccard(&b.interests);
     f[1] = (shared.len() as f32 / 5.0).min(1.0);
-    f[2] = affinity_cos;
-    f[3] = (a.has_history() && b.has_history()) as u8 as f32;
-    f[4] = dest_interest;
-    f[5] = dest_affinity;
-    f[6] = ctx_shared;
-    f[7] = has_dest;
-    f[8..11].copy_from_slice(&sd);
-    f[11] = style_dist;
-    f[12] = (a.travel_style == b.travel_style) as u8 as f32;
-    f[13] = (a.budget.index() as f32 - b.budget.index() as f32).abs() / 2.0;
-    f[14] = (a.preferred_duration == b.preferred_duration) as u8 as f32;
-    f[15] = shared_lang as u8 as f32;
-    f[16] = ((a.age as f32 - b.age as f32).abs() / 50.0).min(1.0);
+    f[2] = interest_cos;
+    f[3] = affinity_cos;
+    f[4] = (a.affinity_to(&b.interests) + b.affinity_to(&a.interests)) / 2.0;
+    f[5] = ta.iter().zip(&tb).map(|(x, y)| x * y).sum();
+    f[6] = (a.has_history() && b.has_history()) as u8 as f32;
+    f[7] = ctx_fit;
+    f[8] = ctx_affinity;
+    f[9] = ctx_shared;
+    f[10] = has_ctx;
+    f[11] = (!ctx.interests.is_empty()) as u8 as f32;
+    f[12..15].copy_from_slice(&sd);
+    f[15] = style_dist;
+    f[16] = (a.travel_style == b.travel_style) as u8 as f32;
+    f[17] = (a.budget.index() as f32 - b.budget.index() as f32).abs() / 2.0;
+    f[18] = (a.preferred_duration == b.preferred_duration) as u8 as f32;
+    f[19] = shared_lang as u8 as f32;
+    f[20] = ((a.age as f32 - b.age as f32).abs() / 50.0).min(1.0);
     for i in 0..5 {
-        f[17 + i] = (a.personality[i] - b.personality[i]).abs();
-        f[22 + i] = (a.personality[i] + b.personality[i]) / 2.0;
+        f[21 + i] = (a.personality[i] - b.personality[i]).abs();
+        f[26 + i] = (a.personality[i] + b.personality[i]) / 2.0;
     }
     f
 }

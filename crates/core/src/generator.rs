@@ -6,13 +6,15 @@
 //! Every user has hidden traits; the app only sees what a real app would (the
 //! profile, and behaviour sampled from the traits with noise):
 //!
-//! * **Taste**: a weight per tag, `w_t = exp(N(0, 1))`. Declared interests are 3–7
-//!   tags drawn without replacement with probability ∝ `w_t²`: a noisy view of the
-//!   taste, which behaviour (interactions) reveals further.
+//! * **Taste**: 3–7 core interests (uniform over the tags) weigh `1 + exp(N(0, ¼²))`,
+//!   every other tag `0.1·exp(N(0, ¼²))`. Declared interests are each core interest
+//!   with probability 0.95 (at least one), plus, 10 % of the time, one non-core tag:
+//!   a noisy view of the taste, which behaviour (interactions) reveals further.
 //! * **Style**: pace, comfort and spontaneity in 0..1 (Beta draws, mixed by
 //!   [`GeneratorConfig::style_mix`]); the profile's `travel_style` is the nearest
 //!   of six prototypes. Budget follows comfort, with noise.
-//! * **Personality**: Big Five traits, each Beta(2, 2).
+//! * **Personality**: Big Five traits, each Beta(2, 2) by default
+//!   ([`GeneratorConfig::personality_mix`]).
 //! * **Rhythm**: a time zone (weighted list of 16), a main and a second peak hour
 //!   of app use in local time, a weekend shift and level, and a daily rate
 //!   (log-normal, so many users have little history).
@@ -28,7 +30,9 @@
 //!   saves to bookings, bookings to visits and visits to ratings with logistic
 //!   probabilities of the same utility.
 //! * **Matches**: pairs are proposed (half within the same time zone), with a
-//!   context destination, and match with probability
+//!   context destination (and, half the time, one or two of its tags the trip is
+//!   about, which then replace the destination's tags as the context), and match
+//!   with probability
 //!
 //!   ```text
 //!   P = σ(−0.2 + 4.8·(cos(taste_a, taste_b) − 0.6) + 3.6·(0.5 − style distance)
@@ -99,6 +103,8 @@ pub struct GeneratorConfig {
     /// Beta parameters (a, b) of pace, comfort and spontaneity: changing them
     /// changes the mix of travel styles.
     pub style_mix: [(f64, f64); 3],
+    /// Beta parameters (a, b) of each Big Five trait: the mix of personalities.
+    pub personality_mix: (f64, f64),
 }
 
 impl Default for GeneratorConfig {
@@ -112,11 +118,47 @@ impl Default for GeneratorConfig {
             views_per_user: 30.0,
             notifications_per_user: 25.0,
             style_mix: [(2.0, 2.0), (2.0, 2.0), (2.0, 2.0)],
+            personality_mix: (2.0, 2.0),
         }
     }
 }
 
 impl GeneratorConfig {
+    /// The settings the match model's robustness is reported on: the default, a
+    /// different seed with other mixes of travel styles and personalities, and
+    /// ten times the users (`scale` shrinks the user counts for quick runs).
+    pub fn robustness_settings(scale: f64) -> Vec<(String, GeneratorConfig)> {
+        let users = |n: f64| ((n * scale) as usize).max(200);
+        vec![
+            (
+                "default (seed 42)".into(),
+                GeneratorConfig {
+                    users: users(5_000.0),
+                    seed: 42,
+                    ..Default::default()
+                },
+            ),
+            (
+                "seed 7, fast-paced budget travellers, extravert-leaning personalities".into(),
+                GeneratorConfig {
+                    users: users(5_000.0),
+                    seed: 7,
+                    style_mix: [(5.0, 2.0), (2.0, 5.0), (1.0, 1.0)],
+                    personality_mix: (4.0, 2.0),
+                    ..Default::default()
+                },
+            ),
+            (
+                "seed 11, 10x users".into(),
+                GeneratorConfig {
+                    users: users(50_000.0),
+                    seed: 11,
+                    ..Default::default()
+                },
+            ),
+        ]
+    }
+
     pub fn end(&self) -> DateTime<Utc> {
         self.start + Duration::days(self.days as i64)
     }
@@ -153,6 +195,12 @@ pub fn style_of(v: &[f32; 3]) -> TravelStyle {
 
 /// Generate a dataset. Same config, same dataset, on any machine.
 pub fn generate(cfg: &GeneratorConfig) -> Dataset {
+    generate_with_truth(cfg).0
+}
+
+/// Generate a dataset and, for each match outcome (same order), the generator's
+/// logit components: the ground truth offline evaluation checks factors against.
+pub fn generate_with_truth(cfg: &GeneratorConfig) -> (Dataset, Vec<MatchComponents>) {
     let mut rng = ChaCha8Rng::seed_from_u64(cfg.seed);
     let destinations = catalogue::builtin();
     let dest_tags: Vec<TagSet> = destinations
@@ -182,44 +230,49 @@ pub fn generate(cfg: &GeneratorConfig) -> Dataset {
         gen_interactions(cfg, &mut rng, p, l, &dest_tags, &popularity, &mut ds);
         gen_notifications(cfg, &mut rng, p.id, l, &mut ds.notifications);
     }
-    gen_matches(cfg, &mut rng, &profiles, &latents, &dest_tags, &mut ds);
+    let truth = gen_matches(cfg, &mut rng, &profiles, &latents, &dest_tags, &mut ds);
     ds.profiles = profiles;
-    ds
+    (ds, truth)
 }
 
 fn gen_user(cfg: &GeneratorConfig, rng: &mut ChaCha8Rng) -> (Profile, Latent) {
     let normal = Normal::new(0.0f64, 1.0).unwrap();
     let id = random_uuid(rng);
+    // Taste: a few core interests with strong weights, faint weights elsewhere.
+    let mut order: Vec<usize> = (0..TAGS.len()).collect();
+    order.shuffle(rng);
+    let core = &order[..rng.gen_range(3..=7)];
     let mut taste = [0f32; TAGS.len()];
-    for t in taste.iter_mut() {
-        *t = normal.sample(rng).exp() as f32;
+    for (t, w) in taste.iter_mut().enumerate() {
+        let jitter = (0.25 * normal.sample(rng)).exp() as f32;
+        *w = if core.contains(&t) {
+            1.0 + jitter
+        } else {
+            0.1 * jitter
+        };
     }
     let taste_norm = taste.iter().map(|x| x * x).sum::<f32>().sqrt();
-    // Declared interests: 3-7 tags, drawn without replacement with p ∝ w².
-    let k = rng.gen_range(3..=7);
-    let mut pool: Vec<usize> = (0..TAGS.len()).collect();
-    let mut interests = Vec::with_capacity(k);
-    for _ in 0..k {
-        let total: f32 = pool.iter().map(|&i| taste[i] * taste[i]).sum();
-        let mut x = rng.gen::<f32>() * total;
-        let mut pick = pool.len() - 1;
-        for (j, &i) in pool.iter().enumerate() {
-            x -= taste[i] * taste[i];
-            if x <= 0.0 {
-                pick = j;
-                break;
-            }
-        }
-        interests.push(TAGS[pool.swap_remove(pick)].to_string());
+    // Declared interests: each core interest with probability 0.85 (at least one),
+    // and sometimes a tag the user only thinks they like.
+    let mut interests: Vec<String> = core
+        .iter()
+        .filter(|_| rng.gen_bool(0.95))
+        .map(|&t| TAGS[t].to_string())
+        .collect();
+    if interests.is_empty() {
+        interests.push(TAGS[core[0]].to_string());
+    }
+    if rng.gen_bool(0.1) {
+        interests.push(TAGS[order[TAGS.len() - 1]].to_string());
     }
     let mut style_vector = [0f32; 3];
     for (v, (a, b)) in style_vector.iter_mut().zip(cfg.style_mix) {
         *v = Beta::new(a, b).unwrap().sample(rng) as f32;
     }
     let mut personality = [0f32; 5];
-    let beta22 = Beta::new(2.0, 2.0).unwrap();
+    let traits = Beta::new(cfg.personality_mix.0, cfg.personality_mix.1).unwrap();
     for p in personality.iter_mut() {
-        *p = beta22.sample(rng) as f32;
+        *p = traits.sample(rng) as f32;
     }
     let comfort = style_vector[1] + 0.15 * normal.sample(rng) as f32;
     let budget = if comfort < 0.35 {
@@ -504,14 +557,35 @@ fn gen_notifications(
     }
 }
 
-/// The generator's true match probability of two users and a context.
-fn true_match_probability(
+/// The generator's logit of a match, split into the three factor groups
+/// (interests incl. the context destination; travel style incl. budget,
+/// language and age; personality). Demo data only: offline evaluation uses it to
+/// check the model's factors mean what they say.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct MatchComponents {
+    pub interest: f32,
+    pub travel_style: f32,
+    pub personality: f32,
+}
+
+/// The match logit's constant term.
+const MATCH_BIAS: f32 = -0.2;
+
+impl MatchComponents {
+    /// The true match probability.
+    pub fn probability(&self) -> f32 {
+        sigmoid(MATCH_BIAS + self.interest + self.travel_style + self.personality)
+    }
+}
+
+/// The generator's match components of two users and a context.
+fn match_components(
     pa: &Profile,
     la: &Latent,
     pb: &Profile,
     lb: &Latent,
     ctx: Option<&TagSet>,
-) -> f32 {
+) -> MatchComponents {
     let cos_taste: f32 = la
         .taste
         .iter()
@@ -519,8 +593,6 @@ fn true_match_probability(
         .map(|(a, b)| a * b)
         .sum::<f32>()
         / (la.taste_norm * lb.taste_norm);
-    // Taste cosines of positive log-normal weights sit around 0.4-0.9: centre them.
-    let taste = (cos_taste - 0.6) * 4.0;
     let style_dist = pa
         .style_vector
         .iter()
@@ -537,14 +609,11 @@ fn true_match_probability(
         .map(|t| (taste_affinity(la, t) + taste_affinity(lb, t)) / 2.0 - 0.5)
         .unwrap_or(0.0);
     let dage = (pa.age as f32 - pb.age as f32).abs();
-    let logit = -0.2 + 1.2 * taste + 3.6 * (0.5 - style_dist) - 2.2 * dp(1) - 1.0 * dp(0)
-        + 1.2 * (mp(3) - 0.5)
-        - 0.8 * (mp(4) - 0.5)
-        + 0.6 * shared_lang
-        - 0.5 * dbudget
-        + 3.2 * ctx_taste
-        - 0.02 * dage;
-    sigmoid(logit)
+    MatchComponents {
+        interest: 4.8 * (cos_taste - 0.15) + 3.2 * ctx_taste,
+        travel_style: 3.6 * (0.5 - style_dist) + 0.6 * shared_lang - 0.5 * dbudget - 0.02 * dage,
+        personality: -2.2 * dp(1) - 1.0 * dp(0) + 1.2 * (mp(3) - 0.5) - 0.8 * (mp(4) - 0.5),
+    }
 }
 
 fn gen_matches(
@@ -554,9 +623,10 @@ fn gen_matches(
     latents: &[Latent],
     dest_tags: &[TagSet],
     ds: &mut Dataset,
-) {
+) -> Vec<MatchComponents> {
+    let mut truth = vec![];
     if profiles.len() < 2 {
-        return;
+        return truth;
     }
     let mut by_tz: std::collections::HashMap<&str, Vec<usize>> = Default::default();
     for (i, p) in profiles.iter().enumerate() {
@@ -577,9 +647,26 @@ fn gen_matches(
             }
             let with_ctx = rng.gen_bool(0.8);
             let di = rng.gen_range(0..ds.destinations.len());
-            let ctx = with_ctx.then_some(&dest_tags[di]);
-            let p =
-                true_match_probability(&profiles[a], &latents[a], &profiles[b], &latents[b], ctx);
+            // Half the proposals with a destination also name what the trip is
+            // about: one or two of the destination's tags; the trip is then about
+            // those rather than everything the place offers.
+            let trip: Vec<&str> = if with_ctx && rng.gen_bool(0.5) {
+                let mut t = dest_tags[di].names();
+                t.shuffle(rng);
+                t.truncate(rng.gen_range(1..=2));
+                t
+            } else {
+                vec![]
+            };
+            let trip_tags = TagSet::from_names(&trip);
+            let ctx = match (with_ctx, trip.is_empty()) {
+                (false, _) => None,
+                (true, true) => Some(&dest_tags[di]),
+                (true, false) => Some(&trip_tags),
+            };
+            let c = match_components(&profiles[a], &latents[a], &profiles[b], &latents[b], ctx);
+            let p = c.probability();
+            truth.push(c);
             let decided_at = random_time(cfg, rng);
             let trip_start: Option<NaiveDate> =
                 with_ctx.then(|| (decided_at + Duration::days(rng.gen_range(14..90))).date_naive());
@@ -588,12 +675,14 @@ fn gen_matches(
                 user_b: profiles[b].id,
                 destination_id: with_ctx.then_some(ds.destinations[di].id),
                 trip_start,
+                trip_interests: trip.iter().map(|t| t.to_string()).collect(),
                 matched: rng.gen::<f32>() < p,
                 decided_at,
                 true_probability: Some(p),
             });
         }
     }
+    truth
 }
 
 #[cfg(test)]

@@ -8,6 +8,7 @@
 
 pub mod catalogue;
 pub mod error;
+pub mod eval;
 pub mod features;
 pub mod generator;
 pub mod metrics;

@@ -173,7 +173,7 @@ pub fn column_stats(x: &[f32], cols: usize) -> (Vec<f32>, Vec<f32>) {
     let std = sq
         .iter()
         .zip(&mean)
-        .map(|(s, m)| ((s / rows - (*m as f64) * (*m as f64)).max(0.0).sqrt() as f32).max(1e-3))
+        .map(|(s, m)| ((s / rows - (*m as f64) * (*m as f64)).max(0.0).sqrt() as f32).max(MIN_STD))
         .collect();
     (mean, std)
 }
@@ -228,9 +228,20 @@ pub fn train_binary(x: &[f32], cols: usize, y: &[f32], cfg: &TrainConfig) -> Mlp
             adam.step(&mut net, &grads, scale, cfg.l2);
         }
     }
+    // A column that never varied in training taught the network nothing: make
+    // sure serving-time values there cannot move the output.
+    let first = &mut net.layers[0];
+    for (i, s) in std.iter().enumerate() {
+        if *s <= MIN_STD {
+            first.weights[i * first.output..(i + 1) * first.output].fill(0.0);
+        }
+    }
     net.fold_standardisation(&mean, &std);
     net
 }
+
+/// Standard deviations are floored here; a column at the floor was constant.
+const MIN_STD: f32 = 1e-3;
 
 type Grads = Vec<(Vec<f32>, Vec<f32>)>;
 

@@ -209,6 +209,9 @@ pub struct MatchOutcome {
     pub user_b: Uuid,
     pub destination_id: Option<Uuid>,
     pub trip_start: Option<NaiveDate>,
+    /// Interests the trip is about, as proposed (may be empty).
+    #[serde(default)]
+    pub trip_interests: Vec<String>,
     /// Both accepted and travelled together.
     pub matched: bool,
     pub decided_at: DateTime<Utc>,

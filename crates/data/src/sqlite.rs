@@ -245,8 +245,9 @@ fn write_dataset(c: &mut Connection, d: &Dataset) -> Result<(), DataError> {
             ])?;
         }
         let mut s = tx.prepare(
-            "INSERT INTO match_outcomes (user_a, user_b, destination_id, trip_start, matched, decided_at, true_probability)
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
+            "INSERT INTO match_outcomes (user_a, user_b, destination_id, trip_start, trip_interests, matched,
+               decided_at, true_probability)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
         )?;
         for m in &d.matches {
             s.execute(params![
@@ -254,6 +255,7 @@ fn write_dataset(c: &mut Connection, d: &Dataset) -> Result<(), DataError> {
                 m.user_b.to_string(),
                 m.destination_id.map(|d| d.to_string()),
                 m.trip_start.map(|d| d.to_string()),
+                json_list(&m.trip_interests),
                 m.matched,
                 ms(m.decided_at),
                 m.true_probability
@@ -446,7 +448,8 @@ fn load_dataset(c: &Connection) -> Result<Dataset, DataError> {
         d.interactions.push(to_interaction(r?)?);
     }
     let mut s = c.prepare(
-        "SELECT user_a, user_b, destination_id, trip_start, matched, decided_at, true_probability FROM match_outcomes ORDER BY id",
+        "SELECT user_a, user_b, destination_id, trip_start, matched, decided_at, true_probability, trip_interests
+         FROM match_outcomes ORDER BY id",
     )?;
     const M: &str = "match_outcomes";
     let rows = s.query_map([], |r| {
@@ -458,15 +461,17 @@ fn load_dataset(c: &Connection) -> Result<Dataset, DataError> {
             r.get::<_, bool>(4)?,
             r.get::<_, i64>(5)?,
             r.get::<_, Option<f64>>(6)?,
+            r.get::<_, String>(7)?,
         ))
     })?;
     for r in rows {
-        let (a, b, dest, start, matched, decided, p) = r?;
+        let (a, b, dest, start, matched, decided, p, trip) = r?;
         d.matches.push(MatchOutcome {
             user_a: uuid(M, &a)?,
             user_b: uuid(M, &b)?,
             destination_id: dest.map(|x| uuid(M, &x)).transpose()?,
             trip_start: start.map(|x| parse::<NaiveDate>(M, &x)).transpose()?,
+            trip_interests: list(M, &trip)?,
             matched,
             decided_at: at(decided),
             true_probability: p.map(|v| v as f32),
