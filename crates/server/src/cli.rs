@@ -1,11 +1,12 @@
 //! The subcommands: `serve`, `train`, `data migrate|demo`, `models list`.
 
 use crate::app;
-use crate::settings::{Cli, Command, DataCommand, ModelsCommand, Settings};
+use crate::report::{self, RobustnessRow};
+use crate::settings::{Cli, Command, DataCommand, EvalArgs, ModelsCommand, Settings};
 use crate::training::{summary, train_and_publish};
 use anyhow::Context;
 use ml_backend::tract::TractBackend;
-use ml_backend::{LocalRepository, ModelRepository as _};
+use ml_backend::{InferenceBackend as _, LocalRepository, ModelMeta, ModelRepository as _};
 use ml_core::generator::{generate, GeneratorConfig};
 use ml_core::train::{ModelKind, TrainingData};
 use std::time::Instant;
@@ -52,6 +53,7 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
             }
             Ok(())
         }
+        Command::Eval(e) => eval(e),
         Command::Data { command } => match command {
             DataCommand::Migrate(s) => {
                 init_tracing(&s.log_level);
@@ -117,6 +119,86 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
             Ok(())
         }
     }
+}
+
+/// A predictor over a loaded ONNX model, for the evaluation code.
+fn onnx_predictor(
+    model: std::sync::Arc<dyn ml_backend::LoadedModel>,
+) -> impl FnMut(&[f32], usize) -> Result<Vec<Vec<f32>>, ml_core::CoreError> {
+    move |x, n| {
+        model
+            .run(x, n)
+            .map_err(|e| ml_core::CoreError::ModelMismatch(e.to_string()))
+    }
+}
+
+fn eval(e: EvalArgs) -> anyhow::Result<()> {
+    init_tracing(&e.settings.log_level);
+    let kind = ModelKind::parse(&e.model).context("unknown model")?;
+    let repo = LocalRepository::new(&e.settings.model_path);
+    let version = repo
+        .latest(kind)?
+        .with_context(|| format!("no {kind} model in {}", repo.describe()))?;
+    let (bytes, meta) = repo.read(kind, version)?;
+    if kind != ModelKind::TravelMatch {
+        // The recommendation and timing evaluations live in model.json for now.
+        println!("{kind} v{version}: {}", summary(&meta));
+        return Ok(());
+    }
+    let window = meta
+        .training_window
+        .clone()
+        .context("model.json has no training window")?;
+    let model = TractBackend.load(&bytes, &meta)?;
+    let store = app::open_store(&e.settings)?;
+    let data = store.load_dataset()?;
+    let td = TrainingData::new(&data);
+    let mut predict = onnx_predictor(model);
+    let ev = ml_core::eval::evaluate_match(&td, window.holdout_from, &mut predict, None)?;
+    println!(
+        "{kind} v{version} on {} held-out pairs (from {}):",
+        ev.holdout_rows, window.holdout_from
+    );
+    println!("{}", report::metrics_table(&ev));
+    let mut rows = vec![];
+    if e.robustness {
+        for (setting, cfg) in GeneratorConfig::robustness_settings(e.robustness_scale) {
+            let t0 = Instant::now();
+            let (d, truth) = ml_core::generator::generate_with_truth(&cfg);
+            let td = TrainingData::new(&d);
+            let art = ml_core::train::train_match(&td, 1)?;
+            let m = ModelMeta::from_artifact(&art, 1);
+            let model = TractBackend.load(&ml_backend::export::to_onnx(&art), &m)?;
+            let mut predict = onnx_predictor(model);
+            let evaluation = ml_core::eval::evaluate_match(
+                &td,
+                art.window.holdout_from,
+                &mut predict,
+                Some(&truth),
+            )?;
+            tracing::info!(setting = %setting, seconds = format!("{:.1}", t0.elapsed().as_secs_f64()), "robustness setting evaluated");
+            rows.push(RobustnessRow {
+                setting,
+                users: cfg.users,
+                evaluation,
+            });
+        }
+        println!("{}", report::robustness_table(&rows));
+    }
+    if let Some(dir) = &e.report {
+        let source = format!(
+            "{} ({} users), {kind} v{version}",
+            e.settings.sqlite_path.display(),
+            data.profiles.len()
+        );
+        report::write_match_report(dir, &source, &ev, &rows)
+            .with_context(|| format!("writing the report to {}", dir.display()))?;
+        println!(
+            "report written to {}",
+            dir.join("travel_match.md").display()
+        );
+    }
+    Ok(())
 }
 
 fn serve(settings: Settings) -> anyhow::Result<()> {

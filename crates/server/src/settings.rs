@@ -20,6 +20,9 @@ pub enum Command {
     Serve(Settings),
     /// Train models on the app data and write new versions to the repository.
     Train(TrainArgs),
+    /// Offline metrics of the served model version on its held-out period,
+    /// against the ceiling and baselines; optionally a report with plots.
+    Eval(EvalArgs),
     /// Manage the app data: schema and demo dataset.
     Data {
         #[command(subcommand)]
@@ -54,6 +57,24 @@ pub struct TrainArgs {
     /// Seed of the training run.
     #[arg(long, env = "TRAIN_SEED", default_value_t = 1)]
     pub seed: u64,
+    #[command(flatten)]
+    pub settings: Settings,
+}
+
+#[derive(Debug, Args)]
+pub struct EvalArgs {
+    /// The model to evaluate.
+    #[arg(default_value = "travel_match", value_parser = ["travel_match", "recommendation", "notification_timing"])]
+    pub model: String,
+    /// Write a Markdown report with SVG plots into this folder.
+    #[arg(long)]
+    pub report: Option<std::path::PathBuf>,
+    /// Also train and evaluate on several generator settings (travel_match).
+    #[arg(long)]
+    pub robustness: bool,
+    /// Scale of the robustness datasets' user counts (1 = 5,000 / 5,000 / 50,000 users).
+    #[arg(long, default_value_t = 1.0)]
+    pub robustness_scale: f64,
     #[command(flatten)]
     pub settings: Settings,
 }

@@ -684,3 +684,58 @@ async fn the_served_model_is_the_trained_file_and_gives_the_trainers_outputs() {
         );
     }
 }
+
+#[tokio::test]
+async fn eval_reports_the_served_model_against_ceiling_and_baselines() {
+    use clap::Parser;
+    let f = fixture();
+    let out = tempfile::tempdir().unwrap();
+    let s = &f.settings;
+    let args = [
+        "ml-service".to_string(),
+        "eval".into(),
+        "travel_match".into(),
+        "--report".into(),
+        out.path().display().to_string(),
+        "--robustness".into(),
+        "--robustness-scale".into(),
+        "0.06".into(),
+        "--sqlite-path".into(),
+        s.sqlite_path.display().to_string(),
+        "--model-path".into(),
+        s.model_path.display().to_string(),
+        "--log-level".into(),
+        "warn".into(),
+    ];
+    let cli = ml_server::settings::Cli::parse_from(args);
+    tokio::task::spawn_blocking(move || ml_server::cli::run(cli))
+        .await
+        .unwrap()
+        .unwrap();
+    let md = std::fs::read_to_string(out.path().join("travel_match.md")).unwrap();
+    for needle in [
+        "| served model |",
+        "| generator's true probability (ceiling) |",
+        "| interest overlap alone",
+        "| logistic regression on the same features |",
+        "## Accuracy by confidence decile",
+        "## Robustness across generator settings",
+        "seed 11, 10x users",
+    ] {
+        assert!(md.contains(needle), "report lacks {needle:?}:\n{md}");
+    }
+    // The served model's AUC in the report is a number between the baselines' and 1.
+    let line = md
+        .lines()
+        .find(|l| l.starts_with("| served model |"))
+        .unwrap();
+    let auc: f64 = line.split('|').nth(2).unwrap().trim().parse().unwrap();
+    assert!(auc > 0.6 && auc < 1.0, "{line}");
+    for svg in ["roc.svg", "calibration.svg", "confidence.svg"] {
+        let text = std::fs::read_to_string(out.path().join(svg)).unwrap();
+        assert!(
+            text.starts_with("<svg") && text.contains("<polyline"),
+            "{svg}"
+        );
+    }
+}
