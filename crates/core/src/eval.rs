@@ -348,8 +348,17 @@ mod tests {
                 destination_tags: None,
                 interests: neither,
             });
+            // So does a destination whose tags both like, over one neither does.
+            let good_place = score(&MatchContext {
+                destination_tags: Some(shared),
+                interests: TagSet::default(),
+            });
+            let bad_place = score(&MatchContext {
+                destination_tags: Some(neither),
+                interests: TagSet::default(),
+            });
             pairs += 1;
-            up += (good > bad) as usize;
+            up += (good > bad && good_place > bad_place) as usize;
         }
         assert!(
             pairs > 50 && up as f64 / pairs as f64 > 0.95,
