@@ -277,7 +277,13 @@ mod tests {
             }
             Ok(out)
         };
-        evaluate_match(&td, art.window.holdout_from, &mut predict, Some(&truth)).unwrap()
+        evaluate_match(
+            &td,
+            art.window.holdout_from,
+            &mut predict,
+            Some(&truth.matches),
+        )
+        .unwrap()
     }
 
     #[test]

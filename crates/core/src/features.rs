@@ -147,6 +147,36 @@ impl UserFeatures {
         }
     }
 
+    /// Features of a user known only by their sessions (e.g. a public activity
+    /// log): no profile, no interactions, no notifications.
+    pub fn from_activity(user_id: Uuid, timezone: &str, sessions: &[DateTime<Utc>]) -> Self {
+        let tz = parse_tz(timezone);
+        let mut activity = vec![0f32; HOURS_PER_WEEK];
+        for at in sessions {
+            activity[hour_of_week(*at, &tz)] += 1.0;
+        }
+        Self {
+            user_id,
+            interests: TagSet::default(),
+            style_vector: [0.5; 3],
+            travel_style: TravelStyle::Comfort,
+            personality: [0.5; 5],
+            languages: vec![],
+            budget: Budget::Medium,
+            preferred_duration: TripDuration::Week,
+            age: 30,
+            timezone: timezone.to_string(),
+            tag_affinity: [0.0; TAGS.len()],
+            n_interactions: 0,
+            consumed: vec![],
+            engaged: vec![],
+            activity,
+            n_activity: sessions.len() as u32,
+            channel_sent: [0; 3],
+            channel_opened: [0; 3],
+        }
+    }
+
     pub fn has_history(&self) -> bool {
         self.n_interactions > 0
     }

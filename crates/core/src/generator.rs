@@ -164,16 +164,69 @@ impl GeneratorConfig {
     }
 }
 
+/// A user's true daily rhythm and channel habits (demo data only): the ground
+/// truth the notification-timing evaluation compares against.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Rhythm {
+    pub timezone: chrono_tz::Tz,
+    /// Relative chance of a session starting at each local hour, weekdays [0]
+    /// and weekends [1].
+    pub hour_weights: [[f32; 24]; 2],
+    /// Weekend activity relative to weekdays.
+    pub weekend_level: f64,
+    /// Open propensity per channel (push, email, sms).
+    pub channel_propensity: [f32; 3],
+}
+
+impl Rhythm {
+    /// The true share of the user's sessions per local hour of week (Monday 00:00 = 0).
+    pub fn activity_distribution(&self) -> Vec<f32> {
+        let mut out = Vec::with_capacity(168);
+        for day in 0..7 {
+            let weekend = day >= 5;
+            let w = &self.hour_weights[weekend as usize];
+            let total: f32 = w.iter().sum();
+            let level = if weekend {
+                self.weekend_level as f32
+            } else {
+                1.0
+            };
+            out.extend(w.iter().map(|x| level * x / total));
+        }
+        let sum: f32 = out.iter().sum();
+        out.iter_mut().for_each(|x| *x /= sum);
+        out
+    }
+
+    /// The true probability that a notification sent at `at` on `channel` is opened.
+    pub fn open_probability(&self, channel: Channel, at: DateTime<Utc>) -> f32 {
+        let peak = self
+            .hour_weights
+            .iter()
+            .flatten()
+            .cloned()
+            .fold(0f32, f32::max);
+        let local = at.with_timezone(&self.timezone);
+        let weekend = local.weekday().number_from_monday() >= 6;
+        let act = self.hour_weights[weekend as usize][local.hour() as usize] / peak;
+        self.channel_propensity[channel.index()] * (0.15 + 0.85 * act)
+    }
+}
+
+/// What the generator knows and the app does not: per match outcome (in the
+/// order of `Dataset::matches`) the logit components, per user the rhythm.
+#[derive(Debug, Clone, Default)]
+pub struct Truth {
+    pub matches: Vec<MatchComponents>,
+    pub rhythms: std::collections::HashMap<Uuid, Rhythm>,
+}
+
 /// The hidden traits of one user (kept only inside the generator).
 struct Latent {
     taste: [f32; TAGS.len()],
     taste_norm: f32,
-    tz: chrono_tz::Tz,
-    /// Probability of a session starting at each local hour, weekday and weekend.
-    hour_weights: [[f32; 24]; 2],
+    rhythm: Rhythm,
     rate_per_day: f64,
-    weekend_level: f64,
-    channel_propensity: [f32; 3],
 }
 
 fn random_uuid(rng: &mut ChaCha8Rng) -> Uuid {
@@ -198,9 +251,9 @@ pub fn generate(cfg: &GeneratorConfig) -> Dataset {
     generate_with_truth(cfg).0
 }
 
-/// Generate a dataset and, for each match outcome (same order), the generator's
-/// logit components: the ground truth offline evaluation checks factors against.
-pub fn generate_with_truth(cfg: &GeneratorConfig) -> (Dataset, Vec<MatchComponents>) {
+/// Generate a dataset and the generator's ground truth (match components, user
+/// rhythms), which offline evaluation checks models against.
+pub fn generate_with_truth(cfg: &GeneratorConfig) -> (Dataset, Truth) {
     let mut rng = ChaCha8Rng::seed_from_u64(cfg.seed);
     let destinations = catalogue::builtin();
     let dest_tags: Vec<TagSet> = destinations
@@ -230,9 +283,14 @@ pub fn generate_with_truth(cfg: &GeneratorConfig) -> (Dataset, Vec<MatchComponen
         gen_interactions(cfg, &mut rng, p, l, &dest_tags, &popularity, &mut ds);
         gen_notifications(cfg, &mut rng, p.id, l, &mut ds.notifications);
     }
-    let truth = gen_matches(cfg, &mut rng, &profiles, &latents, &dest_tags, &mut ds);
+    let matches = gen_matches(cfg, &mut rng, &profiles, &latents, &dest_tags, &mut ds);
+    let rhythms = profiles
+        .iter()
+        .zip(latents)
+        .map(|(p, l)| (p.id, l.rhythm))
+        .collect();
     ds.profiles = profiles;
-    (ds, truth)
+    (ds, Truth { matches, rhythms })
 }
 
 fn gen_user(cfg: &GeneratorConfig, rng: &mut ChaCha8Rng) -> (Profile, Latent) {
@@ -353,11 +411,13 @@ fn gen_user(cfg: &GeneratorConfig, rng: &mut ChaCha8Rng) -> (Profile, Latent) {
     let latent = Latent {
         taste,
         taste_norm,
-        tz,
-        hour_weights,
+        rhythm: Rhythm {
+            timezone: tz,
+            hour_weights,
+            weekend_level,
+            channel_propensity,
+        },
         rate_per_day,
-        weekend_level,
-        channel_propensity,
     };
     (profile, latent)
 }
@@ -397,13 +457,17 @@ fn gen_activity(
     for day in 0..cfg.days {
         let date = first_day + Duration::days(day as i64);
         let noon = date.and_hms_opt(12, 0, 0).unwrap().and_utc();
-        let offset = l.tz.offset_from_utc_datetime(&noon.naive_utc()).fix();
+        let offset = l
+            .rhythm
+            .timezone
+            .offset_from_utc_datetime(&noon.naive_utc())
+            .fix();
         let local_date = (noon + Duration::seconds(offset.local_minus_utc() as i64)).date_naive();
         let weekend = local_date.weekday().number_from_monday() >= 6;
-        let lambda = l.rate_per_day * if weekend { l.weekend_level } else { 1.0 };
+        let lambda = l.rate_per_day * if weekend { l.rhythm.weekend_level } else { 1.0 };
         let n = Poisson::new(lambda).unwrap().sample(rng) as u32;
         for _ in 0..n {
-            let h = pick_weighted(rng, &l.hour_weights[weekend as usize]);
+            let h = pick_weighted(rng, &l.rhythm.hour_weights[weekend as usize]);
             let local =
                 local_date.and_hms_opt(h as u32, rng.gen_range(0..60), rng.gen_range(0..60));
             let Some(local) = local else { continue };
@@ -519,12 +583,6 @@ fn gen_notifications(
     let n = Poisson::new(cfg.notifications_per_user)
         .unwrap()
         .sample(rng) as usize;
-    let peak = l
-        .hour_weights
-        .iter()
-        .flatten()
-        .cloned()
-        .fold(0f32, f32::max);
     for _ in 0..n {
         let sent_at = random_time(cfg, rng);
         let channel = *[Channel::Push, Channel::Email, Channel::Sms]
@@ -535,10 +593,7 @@ fn gen_notifications(
             })
             .unwrap();
         let notification_type = NotificationType::ALL[rng.gen_range(0..3)];
-        let local = sent_at.with_timezone(&l.tz);
-        let weekend = local.weekday().number_from_monday() >= 6;
-        let act = l.hour_weights[weekend as usize][local.hour() as usize] / peak;
-        let p_open = l.channel_propensity[channel.index()] * (0.15 + 0.85 * act);
+        let p_open = l.rhythm.open_probability(channel, sent_at);
         let opened_at = (rng.gen::<f32>() < p_open).then(|| {
             let mean_min = match channel {
                 Channel::Push => 20.0,

@@ -12,8 +12,10 @@ pub mod eval;
 pub mod features;
 pub mod generator;
 pub mod metrics;
+pub mod movielens;
 pub mod nn;
 pub mod post;
+pub mod timing_eval;
 pub mod train;
 pub mod types;
 

@@ -562,6 +562,40 @@ pub fn best_hour_of_day(scores: &[f32]) -> usize {
         .unwrap_or(0)
 }
 
+/// Fit the timing network on examples of (a user's features from their past,
+/// their sessions per local hour of week in the period that followed).
+pub fn fit_timing<'a>(
+    examples: impl Iterator<Item = (&'a UserFeatures, &'a [f32])>,
+    pop: &PopulationActivity,
+    seed: u64,
+) -> Mlp {
+    let (mut x, mut y) = (vec![], vec![]);
+    for (u, next) in examples {
+        // The label is the share of the following sessions in each hour, so the
+        // network learns the user's weekly distribution (users with no later
+        // sessions teach nothing about where their sessions fall).
+        let total: f32 = next.iter().sum();
+        if total <= 0.0 {
+            continue;
+        }
+        x.extend(timing_features(u, pop));
+        y.extend(next.iter().map(|c| c / total));
+    }
+    nn::train_binary(
+        &x,
+        TIMING_FEATURES.len(),
+        &y,
+        &TrainConfig {
+            hidden: vec![8],
+            epochs: 4,
+            learning_rate: 0.005,
+            batch_size: 512,
+            seed,
+            ..Default::default()
+        },
+    )
+}
+
 /// Train the timing model: (user, local hour of week) → probability the user
 /// opens the app in that hour during the next four weeks.
 pub fn train_timing(td: &TrainingData, seed: u64) -> Result<ModelArtifact, CoreError> {
@@ -596,25 +630,14 @@ pub fn train_timing(td: &TrainingData, seed: u64) -> Result<ModelArtifact, CoreE
     users.shuffle(&mut rng);
     users.truncate(3000);
     let zero = vec![0f32; HOURS_PER_WEEK];
-    let (mut x, mut y) = (vec![], vec![]);
-    for uid in users {
-        x.extend(timing_features(&feats_tr[uid], &pop_tr));
-        let l = lab_tr.get(uid).unwrap_or(&zero);
-        y.extend(l.iter().map(|c| (*c > 0.0) as u8 as f32));
-    }
-    let net = nn::train_binary(
-        &x,
-        cols,
-        &y,
-        &TrainConfig {
-            hidden: vec![8],
-            epochs: 4,
-            learning_rate: 0.005,
-            batch_size: 512,
-            seed,
-            ..Default::default()
-        },
-    );
+    let train_rows = users.len() * HOURS_PER_WEEK;
+    let examples = users.into_iter().map(|uid| {
+        (
+            &feats_tr[uid],
+            lab_tr.get(uid).map(Vec::as_slice).unwrap_or(&zero),
+        )
+    });
+    let net = fit_timing(examples, &pop_tr, seed);
     let feats_te = td.user_features(split);
     let pop_te = PopulationActivity::from_users(feats_te.values());
     let lab_te = labels_between(split, end);
@@ -668,7 +691,7 @@ pub fn train_timing(td: &TrainingData, seed: u64) -> Result<ModelArtifact, CoreE
             data_end: end,
             holdout_from: split,
         },
-        train_rows: y.len(),
+        train_rows,
         holdout_rows: n_users,
         reference_inputs: reference,
     })

@@ -174,7 +174,7 @@ fn eval(e: EvalArgs) -> anyhow::Result<()> {
                 &td,
                 art.window.holdout_from,
                 &mut predict,
-                Some(&truth),
+                Some(&truth.matches),
             )?;
             tracing::info!(setting = %setting, seconds = format!("{:.1}", t0.elapsed().as_secs_f64()), "robustness setting evaluated");
             rows.push(RobustnessRow {
