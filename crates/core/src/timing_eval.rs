@@ -209,7 +209,7 @@ pub fn demo_holdout(
 fn next_local_hour(now: DateTime<Utc>, tz: &chrono_tz::Tz, hour: u32) -> DateTime<Utc> {
     let mut t = now;
     for _ in 0..48 {
-        t = t + Duration::hours(1);
+        t += Duration::hours(1);
         let l = t.with_timezone(tz);
         if l.hour() == hour {
             return tz
@@ -286,7 +286,7 @@ pub fn movielens_sessions(
     zips: &HashMap<String, String>,
     min_days: usize,
     train_share: f64,
-) -> Vec<(Uuid, String, Vec<DateTime<Utc>>, Vec<DateTime<Utc>>)> {
+) -> Vec<SessionLog> {
     let mut by_user: HashMap<&str, Vec<i64>> = HashMap::new();
     for r in ratings {
         by_user
