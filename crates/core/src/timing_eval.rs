@@ -278,6 +278,15 @@ pub fn open_rates(
     }
 }
 
+/// One user's sessions from an activity log, split in time order.
+#[derive(Debug, Clone)]
+pub struct SessionLog {
+    pub id: Uuid,
+    pub timezone: String,
+    pub past: Vec<DateTime<Utc>>,
+    pub held_out: Vec<DateTime<Utc>>,
+}
+
 /// MovieLens ratings as app sessions: at most one session per user and hour,
 /// users active on at least `min_days` distinct days, each user's sessions
 /// split in time order (the first `train_share` for features, the rest held out).
@@ -314,12 +323,12 @@ pub fn movielens_sessions(
         let cut = ((times.len() as f64) * train_share).round() as usize;
         let cut = cut.clamp(1, times.len() - 1);
         let id = Uuid::new_v5(&Uuid::NAMESPACE_OID, u.as_bytes());
-        out.push((
+        out.push(SessionLog {
             id,
-            tz.to_string(),
-            times[..cut].to_vec(),
-            times[cut..].to_vec(),
-        ));
+            timezone: tz.to_string(),
+            past: times[..cut].to_vec(),
+            held_out: times[cut..].to_vec(),
+        });
     }
     out
 }
