@@ -383,8 +383,9 @@ pub fn rec_features(
 }
 
 /// Names of the timing features, in model-input order.
-pub const TIMING_FEATURES: [&str; 9] = [
+pub const TIMING_FEATURES: [&str; 10] = [
     "user_share_hour_of_week",
+    "user_share_week_window",
     "user_share_hour_of_day",
     "user_share_neighbour_hours",
     "user_share_same_day_type",
@@ -443,8 +444,12 @@ pub fn timing_features(u: &UserFeatures, pop: &PopulationActivity) -> Vec<f32> {
             (0..5).map(|d| u.activity[d * 24 + hd]).sum()
         };
         let nb = hod[(hd + 23) % 24] + hod[(hd + 1) % 24];
+        let window = u.activity[(h + HOURS_PER_WEEK - 1) % HOURS_PER_WEEK]
+            + u.activity[h]
+            + u.activity[(h + 1) % HOURS_PER_WEEK];
         out.extend_from_slice(&[
             share(u.activity[h], n),
+            share(window, n),
             share(hod[hd], n),
             share(nb, n),
             share(
@@ -578,7 +583,7 @@ mod tests {
             prop_assert_eq!(f.len(), 168 * TIMING_FEATURES.len());
             prop_assert!(f.iter().all(|v| v.is_finite()));
             let own: f32 = f.chunks(TIMING_FEATURES.len()).map(|r| r[0]).sum();
-            let shrunk: f32 = f.chunks(TIMING_FEATURES.len()).map(|r| r[4]).sum();
+            let shrunk: f32 = f.chunks(TIMING_FEATURES.len()).map(|r| r[5]).sum();
             if u.n_activity > 0 { prop_assert!((own - 1.0).abs() < 1e-3); }
             prop_assert!((shrunk - 1.0).abs() < 1e-3);
         }

@@ -436,6 +436,161 @@ mod tests {
         assert!(plan.send_at > now && plan.send_at <= now + Duration::hours(1));
     }
 
+    /// Scores that peak at one local hour every day, in `tz`.
+    fn peak_at(hour: usize) -> Vec<f32> {
+        (0..168)
+            .map(|h| if h % 24 == hour { 0.9 } else { 0.01 })
+            .collect()
+    }
+
+    fn plan(
+        tz: &str,
+        scores: &[f32],
+        now: DateTime<Utc>,
+        urgency: Urgency,
+        kind: NotificationType,
+        quiet: QuietHours,
+    ) -> NotificationPlan {
+        let u = user(tz, Some((9, 3)));
+        plan_notification(&NotificationRequest {
+            user: &u,
+            scores,
+            population: &flat_pop(),
+            channel_prior: [0.5, 0.2, 0.4],
+            kind,
+            urgency,
+            now,
+            quiet,
+        })
+    }
+
+    #[test]
+    fn daylight_saving_changes_are_followed() {
+        // Paris springs forward on 2026-03-29: 09:00 local is 08:00 UTC the day
+        // before and 07:00 UTC that Sunday.
+        let now = Utc.with_ymd_and_hms(2026, 3, 28, 20, 30, 0).unwrap();
+        let p = plan(
+            "Europe/Paris",
+            &peak_at(9),
+            now,
+            Urgency::Medium,
+            NotificationType::MatchFound,
+            QuietHours::default(),
+        );
+        assert_eq!(
+            p.send_at,
+            Utc.with_ymd_and_hms(2026, 3, 29, 7, 0, 0).unwrap()
+        );
+        // New York falls back on 2026-11-01: 08:00 local is 13:00 UTC that day.
+        let now = Utc.with_ymd_and_hms(2026, 10, 31, 23, 0, 0).unwrap();
+        let p = plan(
+            "America/New_York",
+            &peak_at(8),
+            now,
+            Urgency::Medium,
+            NotificationType::MatchFound,
+            QuietHours::default(),
+        );
+        assert_eq!(
+            p.send_at,
+            Utc.with_ymd_and_hms(2026, 11, 1, 13, 0, 0).unwrap()
+        );
+        // A half-hour zone: 14:xx local in Kolkata (UTC+05:30) is 09:00 UTC.
+        let now = Utc.with_ymd_and_hms(2026, 7, 6, 0, 0, 0).unwrap();
+        let p = plan(
+            "Asia/Kolkata",
+            &peak_at(14),
+            now,
+            Urgency::Medium,
+            NotificationType::MatchFound,
+            QuietHours::default(),
+        );
+        assert_eq!(
+            p.send_at,
+            Utc.with_ymd_and_hms(2026, 7, 6, 9, 0, 0).unwrap()
+        );
+        assert_eq!(
+            p.send_at.with_timezone(&parse_tz("Asia/Kolkata")).hour(),
+            14
+        );
+    }
+
+    #[test]
+    fn windows_follow_urgency_and_type() {
+        // The user's best hour is 15:00 UTC; now is 16:00 UTC, so the next one is 23 h away.
+        let now = Utc.with_ymd_and_hms(2026, 7, 6, 16, 0, 0).unwrap();
+        let scores = peak_at(15);
+        let q = QuietHours::default();
+        let medium = plan(
+            "UTC",
+            &scores,
+            now,
+            Urgency::Medium,
+            NotificationType::MatchFound,
+            q,
+        );
+        assert_eq!(
+            medium.send_at,
+            Utc.with_ymd_and_hms(2026, 7, 7, 15, 0, 0).unwrap()
+        );
+        // A message is more urgent: its medium window is 12 h, so it cannot wait for 15:00.
+        let message = plan(
+            "UTC",
+            &scores,
+            now,
+            Urgency::Medium,
+            NotificationType::Message,
+            q,
+        );
+        assert!(message.send_at <= now + Duration::hours(12) && message.send_at > now);
+        // High urgency: within two hours, whatever the pattern.
+        let high = plan(
+            "UTC",
+            &scores,
+            now,
+            Urgency::High,
+            NotificationType::MatchFound,
+            q,
+        );
+        assert!(high.send_at > now && high.send_at <= now + Duration::hours(2));
+        // Low urgency: the best slot within a week, here tomorrow's 15:00 too.
+        let low = plan(
+            "UTC",
+            &scores,
+            now,
+            Urgency::Low,
+            NotificationType::Reminder,
+            q,
+        );
+        assert_eq!(
+            low.send_at,
+            Utc.with_ymd_and_hms(2026, 7, 7, 15, 0, 0).unwrap()
+        );
+    }
+
+    #[test]
+    fn quiet_hours_are_configurable_and_respected_unless_urgent() {
+        let now = Utc.with_ymd_and_hms(2026, 7, 6, 12, 0, 0).unwrap();
+        let q = QuietHours { start: 20, end: 10 };
+        let scores = peak_at(21);
+        for urgency in [Urgency::Low, Urgency::Medium] {
+            let p = plan(
+                "UTC",
+                &scores,
+                now,
+                urgency,
+                NotificationType::MatchFound,
+                q,
+            );
+            assert!(
+                !q.contains(p.send_at.hour()),
+                "{urgency:?} sent at {}",
+                p.send_at
+            );
+            assert!(p.send_at > now);
+        }
+    }
+
     #[test]
     fn confidence_grows_with_history() {
         let none = user("UTC", None);

@@ -333,6 +333,52 @@ pub fn movielens_sessions(
     out
 }
 
+/// Train a timing network on activity logs alone (`train_logs`: each user's
+/// past split again in time order, features from the first three quarters,
+/// labels from the rest; held-out sessions are never used) and build the
+/// held-out set of `logs` (features from the whole past).
+pub fn fit_on_logs(
+    train_logs: &[SessionLog],
+    logs: &[SessionLog],
+    seed: u64,
+) -> (crate::nn::Mlp, Vec<HeldOut>, PopulationActivity) {
+    let mut train_users = vec![];
+    let mut labels = vec![];
+    for l in train_logs {
+        let cut = (l.past.len() * 3 / 4).clamp(1, l.past.len());
+        let tz = parse_tz(&l.timezone);
+        let mut next = vec![0f32; HOURS_PER_WEEK];
+        for t in &l.past[cut..] {
+            next[hour_of_week(*t, &tz)] += 1.0;
+        }
+        train_users.push(UserFeatures::from_activity(
+            l.id,
+            &l.timezone,
+            &l.past[..cut],
+        ));
+        labels.push(next);
+    }
+    let pop_train = PopulationActivity::from_users(train_users.iter());
+    let net = crate::train::fit_timing(
+        train_users.iter().zip(labels.iter().map(Vec::as_slice)),
+        &pop_train,
+        seed,
+    );
+    let held: Vec<HeldOut> = logs
+        .iter()
+        .map(|l| {
+            let tz = parse_tz(&l.timezone);
+            HeldOut {
+                user: UserFeatures::from_activity(l.id, &l.timezone, &l.past),
+                sessions: l.held_out.iter().map(|t| hour_of_week(*t, &tz)).collect(),
+                truth: None,
+            }
+        })
+        .collect();
+    let pop = PopulationActivity::from_users(held.iter().map(|h| &h.user));
+    (net, held, pop)
+}
+
 fn zip_tz(zip: &str) -> &'static str {
     crate::movielens::zip_timezone(zip)
 }

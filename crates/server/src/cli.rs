@@ -140,10 +140,14 @@ fn eval(e: EvalArgs) -> anyhow::Result<()> {
         .latest(kind)?
         .with_context(|| format!("no {kind} model in {}", repo.describe()))?;
     let (bytes, meta) = repo.read(kind, version)?;
-    if kind != ModelKind::TravelMatch {
-        // The recommendation and timing evaluations live in model.json for now.
-        println!("{kind} v{version}: {}", summary(&meta));
-        return Ok(());
+    match kind {
+        ModelKind::TravelMatch => {}
+        ModelKind::NotificationTiming => return eval_timing(&e),
+        ModelKind::Recommendation => {
+            // The recommendation evaluation lives in model.json for now.
+            println!("{kind} v{version}: {}", summary(&meta));
+            return Ok(());
+        }
     }
     let window = meta
         .training_window
@@ -196,6 +200,95 @@ fn eval(e: EvalArgs) -> anyhow::Result<()> {
         println!(
             "report written to {}",
             dir.join("travel_match.md").display()
+        );
+    }
+    Ok(())
+}
+
+/// Load a timing network as the served backend would (exported to ONNX, run by tract).
+fn served_timing(
+    net: ml_core::nn::Mlp,
+    window: ml_core::train::TrainingWindow,
+) -> anyhow::Result<std::sync::Arc<dyn ml_backend::LoadedModel>> {
+    let art = ml_core::train::ModelArtifact {
+        kind: ModelKind::NotificationTiming,
+        heads: vec![net],
+        metrics: Default::default(),
+        baseline: Default::default(),
+        baseline_name: String::new(),
+        params: Default::default(),
+        window,
+        train_rows: 0,
+        holdout_rows: 0,
+        reference_inputs: vec![],
+    };
+    let meta = ModelMeta::from_artifact(&art, 1);
+    Ok(TractBackend.load(&ml_backend::export::to_onnx(&art), &meta)?)
+}
+
+/// Timing quality on the demo generator (with its true rhythms) and on
+/// MovieLens-1M's timestamps (real activity), each through the ONNX path.
+fn eval_timing(e: &EvalArgs) -> anyhow::Result<()> {
+    use ml_core::timing_eval::*;
+    let mut results = vec![];
+    let cfg = GeneratorConfig {
+        users: e.settings.demo_users,
+        seed: e.settings.demo_seed,
+        ..Default::default()
+    };
+    let (d, truth) = ml_core::generator::generate_with_truth(&cfg);
+    let td = TrainingData::new(&d);
+    let art = ml_core::train::train_timing(&td, 1)?;
+    let split = art.window.holdout_from;
+    let feats = td.user_features(split);
+    let pop = ml_core::features::PopulationActivity::from_users(feats.values());
+    let held = demo_holdout(&d, &feats, split, Some(&truth));
+    let prior = art.params.channel_open_rate.unwrap_or([0.3; 3]);
+    let mut predict = onnx_predictor(served_timing(art.heads[0].clone(), art.window.clone())?);
+    let (mut demo, scores) = evaluate_slots(
+        &format!("demo generator ({} users, seed {})", cfg.users, cfg.seed),
+        &held,
+        &pop,
+        &mut predict,
+    )?;
+    demo.open_rates = Some(open_rates(&d, &feats, &scores, &pop, prior, &truth, split));
+    results.push(demo);
+
+    let inter = e.movielens.join("ml-1m.inter");
+    if inter.is_file() {
+        let t0 = Instant::now();
+        let ratings = ml_core::movielens::parse_inter(&std::fs::read_to_string(&inter)?)?;
+        let zips = ml_core::movielens::parse_user_zips(
+            &std::fs::read_to_string(e.movielens.join("ml-1m.user")).unwrap_or_default(),
+        );
+        // Evaluated: users active on 5+ days; trained on every user with 2+ days.
+        let logs = movielens_sessions(&ratings, &zips, 5, 0.8);
+        let train_logs = movielens_sessions(&ratings, &zips, 2, 0.8);
+        let (net, held, pop) = fit_on_logs(&train_logs, &logs, 1);
+        let window = art.window.clone();
+        let mut predict = onnx_predictor(served_timing(net, window)?);
+        let (ml, _) = evaluate_slots(
+            "MovieLens-1M ratings as sessions (users active on 5+ days, last 20 % held out)",
+            &held,
+            &pop,
+            &mut predict,
+        )?;
+        tracing::info!(
+            seconds = format!("{:.1}", t0.elapsed().as_secs_f64()),
+            "MovieLens-1M timing evaluated"
+        );
+        results.push(ml);
+    } else {
+        println!("MovieLens-1M not found at {} (run scripts/fetch-fixtures.sh): evaluated on the demo generator only", e.movielens.display());
+    }
+    let text = report::timing_report(&results);
+    println!("{text}");
+    if let Some(dir) = &e.report {
+        std::fs::create_dir_all(dir)?;
+        std::fs::write(dir.join("notification_timing.md"), &text)?;
+        println!(
+            "report written to {}",
+            dir.join("notification_timing.md").display()
         );
     }
     Ok(())

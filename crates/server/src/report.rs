@@ -330,6 +330,46 @@ pub fn write_match_report(
     std::fs::write(dir.join("travel_match.md"), md)
 }
 
+/// The notification-timing evaluation, in Markdown.
+pub fn timing_report(results: &[ml_core::timing_eval::TimingEvaluation]) -> String {
+    let mut s = String::from("# notification_timing: offline evaluation\n\n");
+    for e in results {
+        let _ = writeln!(
+            s,
+            "## {}\n\n{} users, {} held-out sessions.\n",
+            e.dataset, e.users, e.held_out_sessions
+        );
+        s.push_str("| predictor | held-out sessions within ±1 h of its best slot | log-likelihood per session (hour of week) |\n| --- | --- | --- |\n");
+        let rows = std::iter::once(&e.model)
+            .chain([&e.population, &e.raw_histogram])
+            .chain(e.ceiling.iter());
+        for r in rows {
+            let _ = writeln!(
+                s,
+                "| {} | {:.4} | {:.4} |",
+                r.name, r.share_within_1h, r.log_likelihood
+            );
+        }
+        let _ = writeln!(
+            s,
+            "\nModel vs. population: {:+.1} % within ±1 h, {:+.3} nats; vs. raw histogram: {:+.1} %, {:+.3} nats.",
+            (e.model.share_within_1h / e.population.share_within_1h - 1.0) * 100.0,
+            e.model.log_likelihood - e.population.log_likelihood,
+            (e.model.share_within_1h / e.raw_histogram.share_within_1h - 1.0) * 100.0,
+            e.model.log_likelihood - e.raw_histogram.log_likelihood
+        );
+        if let Some(o) = &e.open_rates {
+            let _ = writeln!(
+                s,
+                "\nTrue open probability of {} held-out notifications (medium urgency): policy {:.3}, immediately {:.3}, next 10:00 local {:.3}, as logged (random time and channel) {:.3}.",
+                o.notifications, o.policy, o.immediately, o.fixed_daily, o.as_logged
+            );
+        }
+        s.push('\n');
+    }
+    s
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

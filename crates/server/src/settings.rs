@@ -75,6 +75,10 @@ pub struct EvalArgs {
     /// Scale of the robustness datasets' user counts (1 = 5,000 / 5,000 / 50,000 users).
     #[arg(long, default_value_t = 1.0)]
     pub robustness_scale: f64,
+    /// Folder of MovieLens-1M in RecBole's format (`ml-1m.inter`, `ml-1m.user`),
+    /// fetched by scripts/fetch-fixtures.sh (notification_timing).
+    #[arg(long, env = "MOVIELENS_1M", default_value = ".fixtures/ml-1m")]
+    pub movielens: std::path::PathBuf,
     #[command(flatten)]
     pub settings: Settings,
 }

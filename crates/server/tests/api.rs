@@ -739,3 +739,91 @@ async fn eval_reports_the_served_model_against_ceiling_and_baselines() {
         );
     }
 }
+
+/// The repository's `.fixtures` folder (filled by scripts/fetch-fixtures.sh),
+/// or `None` with a loud skip; under `CI=true` a missing fixture fails.
+fn fixture_dir(name: &str) -> Option<PathBuf> {
+    let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("../../.fixtures")
+        .join(name);
+    if dir.join(".ok").is_file() {
+        return Some(dir);
+    }
+    if std::env::var("CI").as_deref() == Ok("true") {
+        panic!(
+            "CI=true but {} is missing: run scripts/fetch-fixtures.sh",
+            dir.display()
+        );
+    }
+    eprintln!("\n*** SKIPPED: {} is missing; run scripts/fetch-fixtures.sh. Under CI=true this fails. ***\n", dir.display());
+    None
+}
+
+/// The rows of a Markdown table section: predictor → (within ±1 h, log-likelihood).
+fn timing_rows(section: &str) -> std::collections::HashMap<String, (f64, f64)> {
+    section
+        .lines()
+        .filter(|l| l.starts_with("| ") && !l.starts_with("| predictor") && !l.starts_with("| ---"))
+        .map(|l| {
+            let c: Vec<&str> = l.split('|').map(str::trim).collect();
+            (
+                c[1].to_string(),
+                (c[2].parse().unwrap(), c[3].parse().unwrap()),
+            )
+        })
+        .collect()
+}
+
+#[tokio::test]
+async fn timing_beats_both_baselines_on_demo_and_on_movielens_activity() {
+    use clap::Parser;
+    let Some(ml) = fixture_dir("ml-1m") else {
+        return;
+    };
+    let out = tempfile::tempdir().unwrap();
+    let s = &fixture().settings;
+    let args = [
+        "ml-service".to_string(),
+        "eval".into(),
+        "notification_timing".into(),
+        "--report".into(),
+        out.path().display().to_string(),
+        "--movielens".into(),
+        ml.display().to_string(),
+        "--demo-users".into(),
+        "2000".into(),
+        "--model-path".into(),
+        s.model_path.display().to_string(),
+        "--sqlite-path".into(),
+        s.sqlite_path.display().to_string(),
+        "--log-level".into(),
+        "warn".into(),
+    ];
+    let cli = ml_server::settings::Cli::parse_from(args);
+    tokio::task::spawn_blocking(move || ml_server::cli::run(cli))
+        .await
+        .unwrap()
+        .unwrap();
+    let md = std::fs::read_to_string(out.path().join("notification_timing.md")).unwrap();
+    let sections: Vec<&str> = md.split("\n## ").skip(1).collect();
+    assert_eq!(sections.len(), 2, "{md}");
+    assert!(sections[1].starts_with("MovieLens-1M"), "{md}");
+    for section in &sections {
+        let rows = timing_rows(section);
+        let model = rows["served model"];
+        for baseline in [
+            "population's busiest hour / pattern",
+            "user's raw histogram",
+        ] {
+            let b = rows[baseline];
+            assert!(
+                model.0 > b.0 && model.1 > b.1,
+                "model {model:?} vs {baseline} {b:?} in\n{section}"
+            );
+        }
+        if let Some(c) = rows.get("true rhythm (ceiling)") {
+            assert!(c.1 > model.1, "the true rhythm is the ceiling");
+        }
+    }
+    assert!(sections[0].contains("True open probability"), "{md}");
+}
