@@ -54,25 +54,34 @@ pub struct ModelMeta {
 }
 
 impl ModelMeta {
-    /// The signature every model of `kind` must have.
-    pub fn signature_for(kind: ModelKind) -> Signature {
-        let n = kind.feature_names().len() as i64;
+    /// The signature of a model with `inputs` columns and these output widths.
+    pub fn signature(inputs: usize, outputs: &[(&str, usize)]) -> Signature {
         Signature {
             inputs: vec![TensorSpec {
                 name: "features".into(),
                 dtype: "float32".into(),
-                shape: vec![-1, n],
+                shape: vec![-1, inputs as i64],
             }],
-            outputs: kind
-                .outputs()
-                .into_iter()
+            outputs: outputs
+                .iter()
                 .map(|(name, w)| TensorSpec {
-                    name: name.into(),
+                    name: (*name).into(),
                     dtype: "float32".into(),
-                    shape: vec![-1, w as i64],
+                    shape: vec![-1, *w as i64],
                 })
                 .collect(),
         }
+    }
+
+    /// The signature every model of `kind` with these input names must have.
+    pub fn signature_for(kind: ModelKind, features: &[String]) -> Signature {
+        let items = features.iter().filter(|f| f.starts_with("item:")).count();
+        let outputs: Vec<(&str, usize)> = kind
+            .outputs()
+            .into_iter()
+            .map(|(n, w)| (n, if w == 0 { items } else { w }))
+            .collect();
+        Self::signature(features.len(), &outputs)
     }
 
     /// `model.json` for a freshly trained artifact.
@@ -83,8 +92,8 @@ impl ModelMeta {
             version,
             created_at: chrono::Utc::now(),
             producer: format!("ml-service {} trainer", env!("CARGO_PKG_VERSION")),
-            signature: Self::signature_for(a.kind),
-            features: a.kind.feature_names(),
+            signature: Self::signature_for(a.kind, &a.feature_names),
+            features: a.feature_names.clone(),
             evaluation: Some(Evaluation {
                 metrics: a.metrics.clone(),
                 baseline: a.baseline_name.clone(),
@@ -97,15 +106,37 @@ impl ModelMeta {
         }
     }
 
+    /// Destination ids of a recommendation model's columns, in order.
+    pub fn items(&self) -> Vec<String> {
+        self.features
+            .iter()
+            .filter_map(|f| f.strip_prefix("item:").map(str::to_string))
+            .collect()
+    }
+
     /// Check the metadata is what the service can serve for its model name.
     pub fn validate(&self) -> Result<(), String> {
         if self.format != META_FORMAT {
             return Err(format!("unsupported model.json format {}", self.format));
         }
-        if self.features != self.model.feature_names() {
-            return Err("feature names or order differ from this service's feature code".into());
+        match self.model {
+            ModelKind::Recommendation => {
+                let items = self.items();
+                if items.is_empty()
+                    || self.features[items.len()..] != ml_core::train::rec_profile_names()[..]
+                {
+                    return Err("feature names must be item:<destination id>… then the profile inputs (tag:…, budget:…, duration:…)".into());
+                }
+            }
+            kind => {
+                if self.features != kind.feature_names() {
+                    return Err(
+                        "feature names or order differ from this service's feature code".into(),
+                    );
+                }
+            }
         }
-        if self.signature != Self::signature_for(self.model) {
+        if self.signature != Self::signature_for(self.model, &self.features) {
             return Err("signature differs from the one the service calls".into());
         }
         Ok(())

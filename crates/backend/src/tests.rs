@@ -62,7 +62,10 @@ fn a_corrupt_or_mismatched_model_is_rejected_at_load() {
         version: 1,
         created_at: chrono::Utc::now(),
         producer: "test".into(),
-        signature: ModelMeta::signature_for(ModelKind::TravelMatch),
+        signature: ModelMeta::signature_for(
+            ModelKind::TravelMatch,
+            &ModelKind::TravelMatch.feature_names(),
+        ),
         features: ModelKind::TravelMatch.feature_names(),
         evaluation: None,
         training_window: None,

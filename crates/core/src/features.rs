@@ -343,45 +343,6 @@ pub fn match_features(a: &UserFeatures, b: &UserFeatures, ctx: &MatchContext) ->
     f
 }
 
-/// Names of the recommendation features, in model-input order.
-pub const REC_FEATURES: [&str; 9] = [
-    "interest_cosine",
-    "interest_overlap",
-    "affinity_cosine",
-    "has_history",
-    "budget_diff",
-    "budget_exact",
-    "duration_match",
-    "log_popularity",
-    "engaged_before",
-];
-
-/// Recommendation features of (user, destination). `log_popularity` is the
-/// destination's standardised log interaction count, a parameter of the model.
-pub fn rec_features(
-    u: &UserFeatures,
-    catalogue: &Catalogue,
-    dest: usize,
-    log_popularity: f32,
-) -> [f32; 9] {
-    let tags = &catalogue.tags[dest];
-    let d = &catalogue.destinations[dest];
-    let shared = u.interests.intersection(tags).len() as f32;
-    let denom = ((u.interests.len().max(1) * tags.len().max(1)) as f32).sqrt();
-    let bdiff = (u.budget.index() as f32 - d.cost_level.index() as f32).abs();
-    [
-        shared / denom,
-        shared / 3.0,
-        u.affinity_to(tags),
-        u.has_history() as u8 as f32,
-        bdiff / 2.0,
-        (bdiff == 0.0) as u8 as f32,
-        d.trip_lengths.contains(&u.preferred_duration) as u8 as f32,
-        log_popularity,
-        u.has_engaged(dest) as u8 as f32,
-    ]
-}
-
 /// Names of the timing features, in model-input order.
 pub const TIMING_FEATURES: [&str; 10] = [
     "user_share_hour_of_week",
@@ -588,10 +549,5 @@ mod tests {
             prop_assert!((shrunk - 1.0).abs() < 1e-3);
         }
 
-        #[test]
-        fn rec_features_are_finite(u in arb_user(), d in 0usize..200, pop in -3f32..3.0) {
-            let cat = Catalogue::new(builtin());
-            prop_assert!(rec_features(&u, &cat, d, pop).iter().all(|v| v.is_finite()));
-        }
     }
 }

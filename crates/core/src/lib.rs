@@ -7,6 +7,7 @@
 //! in `serve` and in tests.
 
 pub mod catalogue;
+pub mod ease;
 pub mod error;
 pub mod eval;
 pub mod features;
@@ -15,6 +16,7 @@ pub mod metrics;
 pub mod movielens;
 pub mod nn;
 pub mod post;
+pub mod rec_bench;
 pub mod timing_eval;
 pub mod train;
 pub mod types;

@@ -64,56 +64,46 @@ fn join_and(items: &[String]) -> String {
     }
 }
 
-/// Why a destination is recommended: the strongest real signal behind it.
-pub fn recommendation_reason(
-    u: &UserFeatures,
-    cat: &Catalogue,
-    dest: usize,
-    log_popularity: f32,
-) -> String {
-    let tags = &cat.tags[dest];
-    let shared: Vec<String> = u
-        .interests
-        .intersection(tags)
-        .names()
-        .iter()
-        .take(2)
-        .map(|t| human_tag(t))
-        .collect();
-    if !shared.is_empty() {
-        return format!("Based on your interest in {}", join_and(&shared));
-    }
-    if u.has_history() {
-        let mut liked: Vec<(usize, f32)> = (0..TAGS.len())
-            .filter(|&t| tags.contains(t) && u.tag_affinity[t] > 0.15)
-            .map(|t| (t, u.tag_affinity[t]))
-            .collect();
-        liked.sort_by(|a, b| b.1.total_cmp(&a.1));
-        if !liked.is_empty() {
-            let names: Vec<String> = liked
-                .iter()
-                .take(2)
-                .map(|(t, _)| human_tag(TAGS[*t]))
-                .collect();
-            return format!(
-                "Like the {} places you have been exploring",
+/// What drove a recommendation's score most (from the model's own attribution).
+#[derive(Debug, Clone, PartialEq)]
+pub enum RecDriver {
+    /// Destinations in the user's history, strongest first, and whether the
+    /// user went there (booked or visited) rather than only explored it.
+    History(Vec<(String, bool)>),
+    /// The user's profile: declared interests the destination offers (may be
+    /// none), their budget and preferred trip length.
+    Profile {
+        interests: Vec<&'static str>,
+        budget: Budget,
+        duration: TripDuration,
+    },
+    /// Popularity: what travellers engage with overall.
+    Popularity,
+}
+
+/// The reason shown with a recommendation.
+pub fn recommendation_reason(driver: &RecDriver) -> String {
+    match driver {
+        RecDriver::History(items) if !items.is_empty() => {
+            let went = items.iter().all(|(_, v)| *v);
+            let names: Vec<String> = items.iter().map(|(n, _)| n.clone()).collect();
+            format!(
+                "Because you {} {}",
+                if went { "visited" } else { "explored" },
                 join_and(&names)
-            );
+            )
         }
-    }
-    if log_popularity > 1.0 {
-        return "Popular with travellers right now".into();
-    }
-    let d = &cat.destinations[dest];
-    format!(
-        "Fits your {} budget and {} trips",
-        u.budget,
-        if d.trip_lengths.contains(&u.preferred_duration) {
-            u.preferred_duration.as_str()
-        } else {
-            d.trip_lengths[0].as_str()
+        RecDriver::Profile { interests, .. } if !interests.is_empty() => {
+            let names: Vec<String> = interests.iter().map(|t| human_tag(t)).collect();
+            format!("Matches your interest in {}", join_and(&names))
         }
-    )
+        RecDriver::Profile {
+            budget, duration, ..
+        } => {
+            format!("Fits your {budget} budget and {duration} trips")
+        }
+        _ => "Popular with travellers like you".into(),
+    }
 }
 
 /// Local hours during which only urgent notifications are sent: `[start, end)`,

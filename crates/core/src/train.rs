@@ -12,7 +12,7 @@ use crate::types::*;
 use crate::CoreError;
 use chrono::{DateTime, Duration, Utc};
 use rand::seq::SliceRandom;
-use rand::{Rng, SeedableRng};
+use rand::SeedableRng;
 use rand_chacha::ChaCha8Rng;
 use serde::{Deserialize, Serialize};
 use std::collections::{BTreeMap, HashMap};
@@ -44,20 +44,24 @@ impl ModelKind {
         Self::ALL.into_iter().find(|m| m.as_str() == s)
     }
     /// Names of the input features, in order.
+    /// (Empty for the recommendation model, whose inputs follow its catalogue:
+    /// see [`rec_feature_names`].)
     pub fn feature_names(&self) -> Vec<String> {
         match self {
             ModelKind::TravelMatch => MATCH_FEATURES.iter().map(|f| f.0.to_string()).collect(),
-            ModelKind::Recommendation => REC_FEATURES.iter().map(|f| f.to_string()).collect(),
+            ModelKind::Recommendation => vec![],
             ModelKind::NotificationTiming => {
                 TIMING_FEATURES.iter().map(|f| f.to_string()).collect()
             }
         }
     }
-    /// Output heads: name and width.
+    /// Output heads: name and width (the recommendation model's `score` has one
+    /// column per destination; its width here is 0).
     pub fn outputs(&self) -> Vec<(&'static str, usize)> {
         match self {
             ModelKind::TravelMatch => vec![("score", 1), ("factors", MATCH_FACTORS.len())],
-            _ => vec![("score", 1)],
+            ModelKind::Recommendation => vec![("score", 0)],
+            ModelKind::NotificationTiming => vec![("score", 1)],
         }
     }
 }
@@ -81,9 +85,9 @@ pub struct TrainingWindow {
 /// population's activity pattern the timing model shrinks towards).
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct ModelParams {
-    /// Recommendation: standardised log popularity per destination id.
-    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
-    pub destination_popularity: BTreeMap<Uuid, f32>,
+    /// Recommendation: the blend's hyper-parameters (its weights are in the graph).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub recommendation_blend: Option<RecBlend>,
     /// Timing: the population's share of sessions per local hour of week.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub population_activity: Option<PopulationActivity>,
@@ -96,6 +100,8 @@ pub struct ModelParams {
 #[derive(Debug, Clone)]
 pub struct ModelArtifact {
     pub kind: ModelKind,
+    /// Input names, in column order.
+    pub feature_names: Vec<String>,
     /// Output heads over the one `features` input, in [`ModelKind::outputs`] order.
     pub heads: Vec<Mlp>,
     pub metrics: BTreeMap<String, f64>,
@@ -343,6 +349,7 @@ pub fn train_match(td: &TrainingData, seed: u64) -> Result<ModelArtifact, CoreEr
     base.insert("auc".into(), metrics::auc(&jac_te, &yte));
     Ok(ModelArtifact {
         kind: ModelKind::TravelMatch,
+        feature_names: ModelKind::TravelMatch.feature_names(),
         reference_inputs: take_reference(&xte, cols),
         heads: vec![score, factors],
         metrics: m,
@@ -408,18 +415,192 @@ fn positives_between(
     out
 }
 
-/// Rank every destination the user has not consumed, best first.
-pub fn rank_destinations(u: &UserFeatures, cat: &Catalogue, scores: &[f32]) -> Vec<u32> {
-    let mut idx: Vec<u32> = (0..cat.len() as u32)
-        .filter(|&d| !u.has_consumed(d as usize))
-        .collect();
-    idx.sort_by(|&a, &b| scores[b as usize].total_cmp(&scores[a as usize]));
-    idx
+/// Hyper-parameters of the recommendation blend, picked on validation.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+pub struct RecBlend {
+    /// EASE's L2 weight.
+    pub lambda: f64,
+    /// EDLAE's dropout emphasis (0 = plain EASE).
+    pub dropout: f64,
+    /// Weight of the content score (cosine of interests and destination tags).
+    pub content: f32,
+    /// Weight of the standardised log popularity.
+    pub popularity: f32,
+    /// Weight of the budget fit (−|budget − cost| / 2).
+    pub budget: f32,
+    /// Weight of the trip-length fit (1 when the place suits the preferred length).
+    pub duration: f32,
+    /// Weight of the fit of the tags of the places the user engaged with.
+    #[serde(default)]
+    pub affinity: f32,
+    /// Weight of a place the user already engaged with (but has not booked or
+    /// visited): people return to places they are considering.
+    #[serde(default)]
+    pub repeat: f32,
 }
 
-/// Train the recommendation model: (user, destination) → probability the user
-/// engages with the destination in the next period.
+/// Each user's engaged destinations (catalogue indices) as of a time.
+fn histories(feats: &HashMap<Uuid, UserFeatures>) -> (Vec<&Uuid>, Vec<Vec<u32>>) {
+    let mut ids: Vec<&Uuid> = feats.keys().collect();
+    ids.sort();
+    let h = ids.iter().map(|id| feats[*id].engaged.clone()).collect();
+    (ids, h)
+}
+
+/// Scores of the blend for one user, in catalogue order.
+fn blend_scores(
+    b: &[f32],
+    profile: &ProfileMatrices,
+    pop: &[f32],
+    blend: &RecBlend,
+    u: &UserFeatures,
+) -> Vec<f32> {
+    let items = pop.len();
+    let mut s = crate::ease::scores(b, items, &u.engaged);
+    for &d in &u.engaged {
+        s[d as usize] += blend.repeat;
+    }
+    let x = interest_input(u);
+    for (i, o) in s.iter_mut().enumerate() {
+        let c: f32 = (0..TAGS.len())
+            .map(|t| x[t] * profile.tags[t * items + i])
+            .sum();
+        let a: f32 = (0..TAGS.len())
+            .map(|t| u.tag_affinity[t] * profile.tags[t * items + i])
+            .sum();
+        *o += blend.content * c
+            + blend.affinity * a
+            + blend.popularity * pop[i]
+            + blend.budget * profile.budget[u.budget.index() * items + i]
+            + blend.duration * profile.duration[u.preferred_duration.index() * items + i];
+    }
+    s
+}
+
+/// The profile side of the recommendation graph, one row per input.
+pub struct ProfileMatrices {
+    /// Per tag: 1/√(number of tags) where the destination has it.
+    pub tags: Vec<f32>,
+    /// Per budget level: −|budget − cost| / 2.
+    pub budget: Vec<f32>,
+    /// Per trip length: 1 where the destination suits it.
+    pub duration: Vec<f32>,
+}
+
+impl ProfileMatrices {
+    pub fn new(cat: &Catalogue) -> Self {
+        let items = cat.len();
+        let mut budget = vec![0f32; 3 * items];
+        let mut duration = vec![0f32; 3 * items];
+        for (i, d) in cat.destinations.iter().enumerate() {
+            for b in Budget::ALL {
+                budget[b.index() * items + i] =
+                    -(b.index() as f32 - d.cost_level.index() as f32).abs() / 2.0;
+            }
+            for t in &d.trip_lengths {
+                duration[t.index() * items + i] = 1.0;
+            }
+        }
+        Self {
+            tags: tag_matrix(cat),
+            budget,
+            duration,
+        }
+    }
+}
+
+/// Names of the profile inputs that follow the destination columns.
+pub fn rec_profile_names() -> Vec<String> {
+    TAGS.iter()
+        .map(|t| format!("tag:{t}"))
+        .chain(Budget::ALL.iter().map(|b| format!("budget:{b}")))
+        .chain(TripDuration::ALL.iter().map(|d| format!("duration:{d}")))
+        .chain(TAGS.iter().map(|t| format!("affinity:{t}")))
+        .collect()
+}
+
+/// The profile inputs of a user: interests (1/√k each), budget and preferred
+/// trip length (one-hot), and the tag profile of the places they engaged with.
+pub fn rec_profile_input(u: &UserFeatures) -> Vec<f32> {
+    let mut x = interest_input(u).to_vec();
+    x.extend(Budget::ALL.iter().map(|b| (*b == u.budget) as u8 as f32));
+    x.extend(
+        TripDuration::ALL
+            .iter()
+            .map(|d| (*d == u.preferred_duration) as u8 as f32),
+    );
+    x.extend(u.tag_affinity);
+    x
+}
+
+/// The user's interests as the model reads them: 1/√k on each of k declared tags.
+pub fn interest_input(u: &UserFeatures) -> [f32; TAGS.len()] {
+    let k = u.interests.len().max(1) as f32;
+    std::array::from_fn(|t| {
+        if u.interests.contains(t) {
+            1.0 / k.sqrt()
+        } else {
+            0.0
+        }
+    })
+}
+
+/// Tag-to-destination weights: 1/√(number of tags) where the destination has the
+/// tag, so `interests · T` is the cosine of interests and tags.
+pub fn tag_matrix(cat: &Catalogue) -> Vec<f32> {
+    let items = cat.len();
+    let mut m = vec![0f32; TAGS.len() * items];
+    for (i, tags) in cat.tags.iter().enumerate() {
+        let w = 1.0 / (tags.len().max(1) as f32).sqrt();
+        for t in 0..TAGS.len() {
+            if tags.contains(t) {
+                m[t * items + i] = w;
+            }
+        }
+    }
+    m
+}
+
+/// The model input of one user: engagement per destination (catalogue order),
+/// then the profile inputs.
+pub fn rec_input(u: &UserFeatures, items: usize) -> Vec<f32> {
+    let mut x = vec![0f32; items];
+    for &d in &u.engaged {
+        if (d as usize) < items {
+            x[d as usize] = 1.0;
+        }
+    }
+    x.extend(rec_profile_input(u));
+    x
+}
+
+/// NDCG@10 and recall@10 of a scorer over users with positives.
+fn rank_quality(
+    feats: &HashMap<Uuid, UserFeatures>,
+    positives: &HashMap<Uuid, Vec<u32>>,
+    mut score: impl FnMut(&UserFeatures) -> Vec<f32>,
+) -> (f64, f64, usize) {
+    let mut users: Vec<&Uuid> = positives.keys().collect();
+    users.sort();
+    let (mut ndcg, mut recall) = (0.0, 0.0);
+    for uid in &users {
+        let u = &feats[*uid];
+        let s = score(u);
+        let ranked = crate::rec_bench::top_k(&s, 10, |i| u.has_consumed(i as usize));
+        ndcg += metrics::ndcg_at_k(&ranked, &positives[*uid], 10);
+        recall += metrics::recall_at_k(&ranked, &positives[*uid], 10);
+    }
+    let n = users.len().max(1) as f64;
+    (ndcg / n, recall / n, users.len())
+}
+
+/// Train the recommendation model: EASE over the users' engaged destinations,
+/// blended with the fit of their profile (interests against tags, budget
+/// against cost, preferred trip length) and with popularity — which carry users
+/// without history — as one linear ONNX graph:
+/// `score = [engaged, profile] · [[B], [w·profile matrices]] + w_pop·pop`.
 pub fn train_recommendation(td: &TrainingData, seed: u64) -> Result<ModelArtifact, CoreError> {
+    let _ = seed; // EASE has a closed form; nothing is random.
     let (start, end) = span(
         td.data.interactions.iter().map(|i| i.occurred_at),
         "interactions",
@@ -427,106 +608,154 @@ pub fn train_recommendation(td: &TrainingData, seed: u64) -> Result<ModelArtifac
     let split = start + (end - start) * 3 / 4;
     let label_len = end - split;
     let train_at = split - label_len;
-    let cols = REC_FEATURES.len();
-    let mut rng = ChaCha8Rng::seed_from_u64(seed);
-    // Training set: features as of `train_at`, labels in [train_at, split).
-    let feats_tr = td.user_features(train_at);
-    let pop_tr = destination_popularity(td, train_at);
-    let pos_tr = positives_between(td, &feats_tr, train_at, split);
-    let (mut x, mut y) = (vec![], vec![]);
-    let mut users: Vec<&Uuid> = pos_tr.keys().collect();
-    users.sort();
-    for uid in users {
-        let u = &feats_tr[uid];
-        let pos = &pos_tr[uid];
-        for &d in pos {
-            x.extend_from_slice(&rec_features(
-                u,
-                &td.catalogue,
-                d as usize,
-                pop_tr[d as usize],
-            ));
-            y.push(1.0);
-        }
-        for _ in 0..pos.len() * 6 {
-            let d = rng.gen_range(0..td.catalogue.len());
-            if pos.binary_search(&(d as u32)).is_ok() || u.has_consumed(d) {
-                continue;
-            }
-            x.extend_from_slice(&rec_features(u, &td.catalogue, d, pop_tr[d]));
-            y.push(0.0);
-        }
-    }
-    if y.iter().filter(|v| **v > 0.5).count() < 20 {
+    let items = td.catalogue.len();
+    let profile = ProfileMatrices::new(&td.catalogue);
+
+    // Validation: histories before `train_at`, engagement in [train_at, split).
+    let feats_v = td.user_features(train_at);
+    let (_, hist_v) = histories(&feats_v);
+    let pop_v = destination_popularity(td, train_at);
+    let pos_v = positives_between(td, &feats_v, train_at, split);
+    if pos_v.values().map(Vec::len).sum::<usize>() < 20 {
         return Err(CoreError::Training(
             "too few interactions to train on".into(),
         ));
     }
-    let net = nn::train_binary(
-        &x,
-        cols,
-        &y,
-        &TrainConfig {
-            hidden: vec![16],
-            epochs: 10,
-            learning_rate: 0.005,
-            seed,
-            ..Default::default()
-        },
-    );
-    // Holdout: features as of `split`, labels in [split, end).
+    // Coordinate search on validation NDCG@10: EASE's own parameters first,
+    // then each blend weight in turn, twice round.
+    let mut fits: Vec<((f64, f64), Vec<f32>)> = vec![];
+    for lambda in [20.0, 80.0, 300.0, 1000.0] {
+        for dropout in [0.0, 0.25] {
+            fits.push((
+                (lambda, dropout),
+                crate::ease::fit_with_dropout(items, &hist_v, lambda, dropout),
+            ));
+        }
+    }
+    let eval = |blend: &RecBlend, b: &[f32]| {
+        rank_quality(&feats_v, &pos_v, |u| {
+            blend_scores(b, &profile, &pop_v, blend, u)
+        })
+        .0
+    };
+    let mut blend = RecBlend {
+        lambda: 20.0,
+        dropout: 0.0,
+        content: 0.15,
+        popularity: 0.03,
+        budget: 0.0,
+        duration: 0.0,
+        affinity: 0.0,
+        repeat: 0.0,
+    };
+    let mut best = f64::MIN;
+    for _round in 0..3 {
+        for ((lambda, dropout), b) in &fits {
+            let cand = RecBlend {
+                lambda: *lambda,
+                dropout: *dropout,
+                ..blend
+            };
+            let n = eval(&cand, b);
+            if n > best {
+                (best, blend) = (n, cand);
+            }
+        }
+        let b = &fits
+            .iter()
+            .find(|f| f.0 == (blend.lambda, blend.dropout))
+            .expect("fitted")
+            .1;
+        for field in 0..6 {
+            for w in [0.0, 0.02, 0.05, 0.1, 0.15, 0.2, 0.3, 0.4, 0.6, 0.8, 1.6] {
+                let mut cand = blend;
+                *match field {
+                    0 => &mut cand.content,
+                    1 => &mut cand.popularity,
+                    2 => &mut cand.budget,
+                    3 => &mut cand.duration,
+                    4 => &mut cand.affinity,
+                    _ => &mut cand.repeat,
+                } = w;
+                let n = eval(&cand, b);
+                if n > best {
+                    (best, blend) = (n, cand);
+                }
+            }
+        }
+    }
+
+    // Holdout: refit on histories before `split`, engagement in [split, end).
     let feats_te = td.user_features(split);
+    let (_, hist_te) = histories(&feats_te);
     let pop_te = destination_popularity(td, split);
     let pos_te = positives_between(td, &feats_te, split, end);
-    let (mut r10, mut n10, mut br10, mut bn10, mut n_users) = (0.0, 0.0, 0.0, 0.0, 0usize);
-    let mut reference = vec![];
-    let mut test_users: Vec<&Uuid> = pos_te.keys().collect();
-    test_users.sort();
-    for uid in test_users {
-        let u = &feats_te[uid];
-        let rel = &pos_te[uid];
-        let rows: Vec<f32> = (0..td.catalogue.len())
-            .flat_map(|d| rec_features(u, &td.catalogue, d, pop_te[d]))
-            .collect();
-        if reference.len() < 8 {
-            reference.push(rows[..cols].to_vec());
-        }
-        let scores = net.predict(&rows);
-        let ranked = rank_destinations(u, &td.catalogue, &scores);
-        let by_pop = rank_destinations(u, &td.catalogue, &pop_te);
-        r10 += metrics::recall_at_k(&ranked, rel, 10);
-        n10 += metrics::ndcg_at_k(&ranked, rel, 10);
-        br10 += metrics::recall_at_k(&by_pop, rel, 10);
-        bn10 += metrics::ndcg_at_k(&by_pop, rel, 10);
-        n_users += 1;
-    }
+    let b_te = crate::ease::fit_with_dropout(items, &hist_te, blend.lambda, blend.dropout);
+    let (ndcg, recall, n_users) = rank_quality(&feats_te, &pos_te, |u| {
+        blend_scores(&b_te, &profile, &pop_te, &blend, u)
+    });
+    let (b_ndcg, b_recall, _) = rank_quality(&feats_te, &pos_te, |_| pop_te.clone());
+    let ease_only = RecBlend {
+        content: 0.0,
+        popularity: 0.0,
+        budget: 0.0,
+        duration: 0.0,
+        affinity: 0.0,
+        repeat: 0.0,
+        ..blend
+    };
+    let (e_ndcg, _, _) = rank_quality(&feats_te, &pos_te, |u| {
+        blend_scores(&b_te, &profile, &pop_te, &ease_only, u)
+    });
     if n_users == 0 {
         return Err(CoreError::Training(
             "no held-out interactions to evaluate on".into(),
         ));
     }
-    let n = n_users as f64;
-    let pop_all = destination_popularity(td, end);
+
+    // Served: refit on everything, so recent co-engagement counts.
+    let feats_all = td.user_features(end);
+    let (ids, hist_all) = histories(&feats_all);
+    let b = crate::ease::fit_with_dropout(items, &hist_all, blend.lambda, blend.dropout);
+    let pop = destination_popularity(td, end);
+    let mut weights = b;
+    for i in 0..items {
+        weights[i * items + i] = blend.repeat;
+    }
+    weights.extend(profile.tags.iter().map(|w| w * blend.content));
+    weights.extend(profile.budget.iter().map(|w| w * blend.budget));
+    weights.extend(profile.duration.iter().map(|w| w * blend.duration));
+    weights.extend(profile.tags.iter().map(|w| w * blend.affinity));
+    let net = Mlp {
+        layers: vec![Dense {
+            input: items + rec_profile_names().len(),
+            output: items,
+            weights,
+            bias: pop.iter().map(|p| p * blend.popularity).collect(),
+            activation: Activation::Identity,
+        }],
+    };
+    let reference_inputs = ids
+        .iter()
+        .take(8)
+        .map(|id| rec_input(&feats_all[*id], items))
+        .collect();
     Ok(ModelArtifact {
         kind: ModelKind::Recommendation,
+        feature_names: rec_feature_names(&td.catalogue),
         heads: vec![net],
         metrics: BTreeMap::from([
-            ("recall_at_10".into(), r10 / n),
-            ("ndcg_at_10".into(), n10 / n),
+            ("recall_at_10".into(), recall),
+            ("ndcg_at_10".into(), ndcg),
+            ("ndcg_at_10_ease_alone".into(), e_ndcg),
         ]),
         baseline: BTreeMap::from([
-            ("recall_at_10".into(), br10 / n),
-            ("ndcg_at_10".into(), bn10 / n),
+            ("recall_at_10".into(), b_recall),
+            ("ndcg_at_10".into(), b_ndcg),
         ]),
         baseline_name: "most popular destinations".into(),
         params: ModelParams {
-            destination_popularity: td
-                .catalogue
-                .destinations
-                .iter()
-                .zip(&pop_all)
-                .map(|(d, p)| (d.id, *p))
-                .collect(),
+            recommendation_blend: Some(blend),
             ..Default::default()
         },
         window: TrainingWindow {
@@ -534,10 +763,20 @@ pub fn train_recommendation(td: &TrainingData, seed: u64) -> Result<ModelArtifac
             data_end: end,
             holdout_from: split,
         },
-        train_rows: y.len(),
+        train_rows: hist_all.iter().map(Vec::len).sum(),
         holdout_rows: n_users,
-        reference_inputs: reference,
+        reference_inputs,
     })
+}
+
+/// Input names of the recommendation model: `item:<destination id>` per
+/// destination, then the profile inputs ([`rec_profile_names`]).
+pub fn rec_feature_names(cat: &Catalogue) -> Vec<String> {
+    cat.destinations
+        .iter()
+        .map(|d| format!("item:{}", d.id))
+        .chain(rec_profile_names())
+        .collect()
 }
 
 /// Population open rate per channel from notifications sent before `as_of`.
@@ -674,6 +913,7 @@ pub fn train_timing(td: &TrainingData, seed: u64) -> Result<ModelArtifact, CoreE
     let feats_all = td.user_features(end);
     Ok(ModelArtifact {
         kind: ModelKind::NotificationTiming,
+        feature_names: ModelKind::NotificationTiming.feature_names(),
         heads: vec![net],
         metrics: BTreeMap::from([
             ("share_in_predicted_hour".into(), hit / n),

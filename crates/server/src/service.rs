@@ -16,6 +16,9 @@ use std::sync::Arc;
 use std::time::Instant;
 use uuid::Uuid;
 
+/// History destinations whose share of a recommendation is measured.
+const MAX_ATTRIBUTED_HISTORY: usize = 30;
+
 /// A model version in memory.
 #[derive(Debug, Clone)]
 pub struct ServedModel {
@@ -39,8 +42,9 @@ pub struct Predictor {
     pub pool: InferencePool,
     pub quiet_hours: post::QuietHours,
     pub gpu: bool,
-    /// Standardised log popularity per catalogue index (recommendation model parameter).
-    popularity: Vec<f32>,
+    /// For each column of the recommendation model, the catalogue index of its
+    /// destination (None for a destination the catalogue no longer has).
+    rec_columns: Vec<Option<usize>>,
     population: PopulationActivity,
     channel_prior: [f32; 3],
 }
@@ -54,18 +58,16 @@ impl Predictor {
         quiet_hours: post::QuietHours,
         gpu: bool,
     ) -> Self {
-        let rec = models
+        let rec_columns = models
             .get(&ModelKind::Recommendation)
-            .map(|m| &m.meta.params);
-        let popularity = catalogue
-            .destinations
-            .iter()
-            .map(|d| {
-                rec.and_then(|p| p.destination_popularity.get(&d.id))
-                    .copied()
-                    .unwrap_or(0.0)
+            .map(|m| {
+                m.meta
+                    .items()
+                    .iter()
+                    .map(|id| id.parse().ok().and_then(|id| catalogue.index_of(&id)))
+                    .collect()
             })
-            .collect();
+            .unwrap_or_default();
         let timing = models
             .get(&ModelKind::NotificationTiming)
             .map(|m| &m.meta.params);
@@ -82,7 +84,7 @@ impl Predictor {
             pool,
             quiet_hours,
             gpu,
-            popularity,
+            rec_columns,
             population,
             channel_prior,
         }
@@ -170,40 +172,112 @@ impl Predictor {
         let m = self.model(ModelKind::Recommendation)?;
         let u = self.user("user_id", req.user_id).await?;
         let filters = req.filters.clone().unwrap_or_default();
-        let candidates: Vec<usize> = (0..self.catalogue.len())
-            .filter(|&d| !u.has_consumed(d))
-            .filter(|&d| {
-                post::passes_filters(
-                    &self.catalogue.destinations[d],
-                    filters.budget,
-                    filters.duration,
-                )
+        let cols = self.rec_columns.len();
+        // Row 0: the user as they are. Then the same user without profile
+        // (interests, budget, trip length), without history, with neither
+        // (popularity alone), and without each
+        // destination of their history: the differences are each signal's exact
+        // share of every score (the graph is linear), which the reason names.
+        let profile = ml_core::train::rec_profile_input(&u);
+        let mut full = vec![0f32; cols + profile.len()];
+        let mut history = vec![];
+        for (c, d) in self.rec_columns.iter().enumerate() {
+            if let Some(d) = d {
+                if u.has_engaged(*d) {
+                    full[c] = 1.0;
+                    history.push(c);
+                }
+            }
+        }
+        full[cols..].copy_from_slice(&profile);
+        history.truncate(MAX_ATTRIBUTED_HISTORY);
+        let mut rows = full.clone();
+        let mut no_interests = full.clone();
+        no_interests[cols..].fill(0.0);
+        let mut no_history = full.clone();
+        no_history[..cols].fill(0.0);
+        rows.extend(&no_interests);
+        rows.extend(&no_history);
+        rows.extend(vec![0f32; full.len()]);
+        for &c in &history {
+            let mut r = full.clone();
+            r[c] = 0.0;
+            rows.extend(r);
+        }
+        let n_rows = 4 + history.len();
+        let out = self.run(m, rows, n_rows).await?.swap_remove(0);
+        let row = |r: usize| &out[r * cols..(r + 1) * cols];
+        // Filters apply before top-k, so `limit` results come back whenever that
+        // many destinations match.
+        let candidates: Vec<u32> = (0..cols)
+            .filter(|&c| {
+                self.rec_columns[c].is_some_and(|d| {
+                    !u.has_consumed(d)
+                        && post::passes_filters(
+                            &self.catalogue.destinations[d],
+                            filters.budget,
+                            filters.duration,
+                        )
+                })
+            })
+            .map(|c| c as u32)
+            .collect();
+        let scores = row(0);
+        let top = ml_core::rec_bench::top_k_of(scores, candidates, req.limit as usize);
+        let recommendations = top
+            .into_iter()
+            .map(|c| {
+                let c = c as usize;
+                let d = self.rec_columns[c].unwrap_or_default();
+                let from_interests = row(0)[c] - row(1)[c];
+                let from_history = row(0)[c] - row(2)[c];
+                let from_popularity = row(3)[c];
+                let driver = if from_history > 0.0
+                    && from_history >= from_interests
+                    && from_history >= from_popularity
+                {
+                    let mut items: Vec<(f32, usize)> = history
+                        .iter()
+                        .enumerate()
+                        .map(|(k, &h)| (row(0)[c] - row(4 + k)[c], h))
+                        .filter(|(s, _)| *s > 0.0)
+                        .collect();
+                    items.sort_by(|a, b| b.0.total_cmp(&a.0));
+                    post::RecDriver::History(
+                        items
+                            .iter()
+                            .take(2)
+                            .filter_map(|(_, h)| self.rec_columns[*h])
+                            .map(|d| {
+                                (
+                                    self.catalogue.destinations[d].name.clone(),
+                                    u.has_consumed(d),
+                                )
+                            })
+                            .collect(),
+                    )
+                } else if from_interests > 0.0 && from_interests >= from_popularity {
+                    post::RecDriver::Profile {
+                        interests: u
+                            .interests
+                            .intersection(&self.catalogue.tags[d])
+                            .names()
+                            .into_iter()
+                            .take(2)
+                            .collect(),
+                        budget: u.budget,
+                        duration: u.preferred_duration,
+                    }
+                } else {
+                    post::RecDriver::Popularity
+                };
+                Recommendation {
+                    destination: self.catalogue.destinations[d].name.clone(),
+                    score: round4(scores[c]),
+                    reason: post::recommendation_reason(&driver),
+                }
             })
             .collect();
-        let mut recommendations = vec![];
-        if !candidates.is_empty() {
-            let x: Vec<f32> = candidates
-                .iter()
-                .flat_map(|&d| features::rec_features(&u, &self.catalogue, d, self.popularity[d]))
-                .collect();
-            let scores = self.run(m, x, candidates.len()).await?.swap_remove(0);
-            let mut ranked: Vec<(usize, f32)> = candidates.into_iter().zip(scores).collect();
-            // Top-k in Rust: a partial selection, then a sort of the k kept.
-            let k = (req.limit as usize).min(ranked.len());
-            if k < ranked.len() {
-                ranked.select_nth_unstable_by(k, |a, b| b.1.total_cmp(&a.1));
-                ranked.truncate(k);
-            }
-            ranked.sort_by(|a, b| b.1.total_cmp(&a.1));
-            recommendations = ranked
-                .into_iter()
-                .map(|(d, s)| Recommendation {
-                    destination: self.catalogue.destinations[d].name.clone(),
-                    score: round4(s),
-                    reason: post::recommendation_reason(&u, &self.catalogue, d, self.popularity[d]),
-                })
-                .collect();
-        }
         Ok(Versioned {
             body: RecommendResponse { recommendations },
             model: ModelKind::Recommendation,

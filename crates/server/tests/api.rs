@@ -270,6 +270,45 @@ async fn recommendations_honour_limit_and_filters_and_skip_visited_places() {
             d.name
         );
     }
+    // Reasons name the signal that drove the score: history reasons name places
+    // from the user's own history.
+    let engaged: std::collections::HashSet<String> = data
+        .interactions
+        .iter()
+        .filter(|i| i.user_id == *user)
+        .map(|i| {
+            cat.destinations[cat.index_of(&i.destination_id).unwrap()]
+                .name
+                .clone()
+        })
+        .collect();
+    let mut from_history = 0;
+    for rec in recs {
+        let reason = rec["reason"].as_str().unwrap();
+        if let Some(rest) = reason
+            .strip_prefix("Because you explored ")
+            .or(reason.strip_prefix("Because you visited "))
+        {
+            from_history += 1;
+            for name in rest.split(" and ") {
+                assert!(
+                    engaged.contains(name),
+                    "{reason}: {name} is not in the user's history"
+                );
+            }
+        } else {
+            assert!(
+                reason.starts_with("Matches your interest in ")
+                    || reason.starts_with("Fits your ")
+                    || reason == "Popular with travellers like you",
+                "{reason}"
+            );
+        }
+    }
+    assert!(
+        from_history > 0,
+        "a user with this much history gets history-driven reasons"
+    );
     // Default limit is 10.
     let v: Value = app
         .post("/recommend/destinations", json!({"user_id": user}))
@@ -826,4 +865,48 @@ async fn timing_beats_both_baselines_on_demo_and_on_movielens_activity() {
         }
     }
     assert!(sections[0].contains("True open probability"), "{md}");
+}
+
+#[tokio::test]
+async fn the_recommender_beats_popularity_clearly_on_movielens_100k() {
+    use clap::Parser;
+    let Some(ml) = fixture_dir("ml-100k") else {
+        return;
+    };
+    let out = tempfile::tempdir().unwrap();
+    let s = &fixture().settings;
+    let args = [
+        "ml-service".to_string(),
+        "eval".into(),
+        "recommendation".into(),
+        "--report".into(),
+        out.path().display().to_string(),
+        "--movielens".into(),
+        ml.display().to_string(),
+        "--model-path".into(),
+        s.model_path.display().to_string(),
+        "--sqlite-path".into(),
+        s.sqlite_path.display().to_string(),
+        "--log-level".into(),
+        "warn".into(),
+    ];
+    let cli = ml_server::settings::Cli::parse_from(args);
+    tokio::task::spawn_blocking(move || ml_server::cli::run(cli))
+        .await
+        .unwrap()
+        .unwrap();
+    let md = std::fs::read_to_string(out.path().join("recommendation-ml-100k.md")).unwrap();
+    let ndcg_of = |prefix: &str| -> f64 {
+        let line = md
+            .lines()
+            .find(|l| l.starts_with(prefix))
+            .unwrap_or_else(|| panic!("no {prefix} row in\n{md}"));
+        line.split('|').nth(2).unwrap().trim().parse().unwrap()
+    };
+    let served = ndcg_of("| served model");
+    let popular = ndcg_of("| popularity (this run)");
+    assert!(
+        served > popular * 1.8 && served > 0.25,
+        "served NDCG@10 {served} vs popularity {popular}\n{md}"
+    );
 }
