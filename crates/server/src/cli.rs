@@ -311,6 +311,10 @@ fn eval_recommendation(e: &EvalArgs) -> anyhow::Result<()> {
         std::hint::black_box(top_k(&s, 10, |i| h.binary_search(&i).is_ok()));
     }
     let per_user_ms = t2.elapsed().as_secs_f64() * 1e3 / probes as f64;
+    let als = match &e.als {
+        Some(python) => Some(run_als(python, &split, data.users.len(), items)?),
+        None => None,
+    };
     let pop = popularity(items, &history);
     let popular = evaluate_test(&split, items, 512, &mut |hist| {
         Ok(hist.iter().flat_map(|_| pop.iter().copied()).collect())
@@ -334,7 +338,10 @@ fn eval_recommendation(e: &EvalArgs) -> anyhow::Result<()> {
             &served,
         ),
         ("popularity (this run)".to_string(), &popular),
-    ] {
+    ]
+    .into_iter()
+    .chain(als.iter().map(|(label, m)| (label.clone(), m)))
+    {
         text.push_str(&format!(
             "| {label} | {:.4} | {:.4} | {:.4} | {:.4} | {:.4} |\n",
             m.ndcg, m.recall, m.mrr, m.hit, m.precision
@@ -355,6 +362,65 @@ fn eval_recommendation(e: &EvalArgs) -> anyhow::Result<()> {
         std::fs::write(dir.join(format!("recommendation-{name}.md")), &text)?;
     }
     Ok(())
+}
+
+/// Run scripts/als_baseline.py on `split` (written to a temporary folder).
+fn run_als(
+    python: &std::path::Path,
+    split: &ml_core::rec_bench::Split,
+    users: usize,
+    items: usize,
+) -> anyhow::Result<(String, ml_core::rec_bench::RankingMetrics)> {
+    let tmp = tempfile::tempdir()?;
+    let dir = tmp.path();
+    for (name, part) in [
+        ("train", &split.train),
+        ("valid", &split.valid),
+        ("test", &split.test),
+    ] {
+        let mut s = String::new();
+        for (u, its) in part.iter().enumerate() {
+            for i in its {
+                s.push_str(&format!("{u}\t{i}\n"));
+            }
+        }
+        std::fs::write(dir.join(format!("{name}.tsv")), s)?;
+    }
+    std::fs::write(
+        dir.join("meta.json"),
+        format!("{{\"users\": {users}, \"items\": {items}}}"),
+    )?;
+    let script =
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../scripts/als_baseline.py");
+    let t0 = Instant::now();
+    let out = std::process::Command::new(python)
+        .arg(&script)
+        .arg(dir)
+        .output()
+        .with_context(|| format!("running {} {}", python.display(), script.display()))?;
+    anyhow::ensure!(
+        out.status.success(),
+        "ALS baseline failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let v: serde_json::Value =
+        serde_json::from_slice(&out.stdout).context("ALS baseline output")?;
+    let f = |k: &str| v[k].as_f64().unwrap_or(f64::NAN);
+    let m = ml_core::rec_bench::RankingMetrics {
+        users: split.test.iter().filter(|t| !t.is_empty()).count(),
+        recall: f("recall"),
+        ndcg: f("ndcg"),
+        mrr: f("mrr"),
+        hit: f("hit"),
+        precision: f("precision"),
+    };
+    let label = format!(
+        "implicit ALS, 64 factors (this run: regularisation {}, {} iterations, {:.0} s)",
+        v["regularization"],
+        v["iterations"],
+        t0.elapsed().as_secs_f64()
+    );
+    Ok((label, m))
 }
 
 /// Load a timing network as the served backend would (exported to ONNX, run by tract).

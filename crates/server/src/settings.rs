@@ -79,6 +79,10 @@ pub struct EvalArgs {
     /// fetched by scripts/fetch-fixtures.sh (notification_timing).
     #[arg(long, env = "MOVIELENS_1M", default_value = ".fixtures/ml-1m")]
     pub movielens: std::path::PathBuf,
+    /// Also run implicit's ALS on the same split (recommendation) with this
+    /// Python (scripts/setup-als.sh makes .fixtures/venv/bin/python).
+    #[arg(long)]
+    pub als: Option<std::path::PathBuf>,
     #[command(flatten)]
     pub settings: Settings,
 }

@@ -868,9 +868,9 @@ async fn timing_beats_both_baselines_on_demo_and_on_movielens_activity() {
 }
 
 #[tokio::test]
-async fn the_recommender_beats_popularity_clearly_on_movielens_100k() {
+async fn the_recommender_beats_popularity_and_als_clearly_on_movielens_100k() {
     use clap::Parser;
-    let Some(ml) = fixture_dir("ml-100k") else {
+    let (Some(ml), Some(venv)) = (fixture_dir("ml-100k"), fixture_dir("venv")) else {
         return;
     };
     let out = tempfile::tempdir().unwrap();
@@ -883,6 +883,8 @@ async fn the_recommender_beats_popularity_clearly_on_movielens_100k() {
         out.path().display().to_string(),
         "--movielens".into(),
         ml.display().to_string(),
+        "--als".into(),
+        venv.join("bin/python").display().to_string(),
         "--model-path".into(),
         s.model_path.display().to_string(),
         "--sqlite-path".into(),
@@ -908,5 +910,10 @@ async fn the_recommender_beats_popularity_clearly_on_movielens_100k() {
     assert!(
         served > popular * 1.8 && served > 0.25,
         "served NDCG@10 {served} vs popularity {popular}\n{md}"
+    );
+    let als = ndcg_of("| implicit ALS");
+    assert!(
+        als > popular && served > als,
+        "served {served}, ALS {als}, popularity {popular}\n{md}"
     );
 }
