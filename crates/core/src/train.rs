@@ -447,36 +447,6 @@ fn histories(feats: &HashMap<Uuid, UserFeatures>) -> (Vec<&Uuid>, Vec<Vec<u32>>)
     (ids, h)
 }
 
-/// Scores of the blend for one user, in catalogue order.
-fn blend_scores(
-    b: &[f32],
-    profile: &ProfileMatrices,
-    pop: &[f32],
-    blend: &RecBlend,
-    u: &UserFeatures,
-) -> Vec<f32> {
-    let items = pop.len();
-    let mut s = crate::ease::scores(b, items, &u.engaged);
-    for &d in &u.engaged {
-        s[d as usize] += blend.repeat;
-    }
-    let x = interest_input(u);
-    for (i, o) in s.iter_mut().enumerate() {
-        let c: f32 = (0..TAGS.len())
-            .map(|t| x[t] * profile.tags[t * items + i])
-            .sum();
-        let a: f32 = (0..TAGS.len())
-            .map(|t| u.tag_affinity[t] * profile.tags[t * items + i])
-            .sum();
-        *o += blend.content * c
-            + blend.affinity * a
-            + blend.popularity * pop[i]
-            + blend.budget * profile.budget[u.budget.index() * items + i]
-            + blend.duration * profile.duration[u.preferred_duration.index() * items + i];
-    }
-    s
-}
-
 /// The profile side of the recommendation graph, one row per input.
 pub struct ProfileMatrices {
     /// Per tag: 1/√(number of tags) where the destination has it.
@@ -574,6 +544,96 @@ pub fn rec_input(u: &UserFeatures, items: usize) -> Vec<f32> {
     x
 }
 
+/// Per-user score components of the recommendation blend for the users with
+/// validation positives.
+struct BlendComponents<'a> {
+    users: Vec<&'a UserFeatures>,
+    positives: Vec<&'a [u32]>,
+    items: usize,
+    content: Vec<f32>,
+    affinity: Vec<f32>,
+    budget: Vec<f32>,
+    duration: Vec<f32>,
+}
+
+impl<'a> BlendComponents<'a> {
+    fn new(
+        feats: &'a HashMap<Uuid, UserFeatures>,
+        positives: &'a HashMap<Uuid, Vec<u32>>,
+        profile: &ProfileMatrices,
+        items: usize,
+    ) -> Self {
+        let mut ids: Vec<&Uuid> = positives.keys().collect();
+        ids.sort();
+        let users: Vec<&UserFeatures> = ids.iter().map(|id| &feats[*id]).collect();
+        let mut c = Self {
+            positives: ids.iter().map(|id| positives[*id].as_slice()).collect(),
+            items,
+            content: Vec::with_capacity(users.len() * items),
+            affinity: Vec::with_capacity(users.len() * items),
+            budget: Vec::with_capacity(users.len() * items),
+            duration: Vec::with_capacity(users.len() * items),
+            users,
+        };
+        for u in &c.users {
+            let x = interest_input(u);
+            for i in 0..items {
+                c.content.push(
+                    (0..TAGS.len())
+                        .map(|t| x[t] * profile.tags[t * items + i])
+                        .sum(),
+                );
+                c.affinity.push(
+                    (0..TAGS.len())
+                        .map(|t| u.tag_affinity[t] * profile.tags[t * items + i])
+                        .sum(),
+                );
+            }
+            c.budget
+                .extend_from_slice(&profile.budget[u.budget.index() * items..][..items]);
+            c.duration.extend_from_slice(
+                &profile.duration[u.preferred_duration.index() * items..][..items],
+            );
+        }
+        c
+    }
+
+    /// EASE scores of every user under one fit.
+    fn ease(&self, b: &[f32]) -> Vec<f32> {
+        self.users
+            .iter()
+            .flat_map(|u| crate::ease::scores(b, self.items, &u.engaged))
+            .collect()
+    }
+
+    /// Mean NDCG@10 and recall@10 of a blend.
+    fn quality(&self, ease: &[f32], pop: &[f32], blend: &RecBlend) -> (f64, f64) {
+        let n = self.items;
+        let mut s = vec![0f32; n];
+        let (mut total, mut recall) = (0.0, 0.0);
+        for (k, u) in self.users.iter().enumerate() {
+            let r = k * n..(k + 1) * n;
+            for (i, o) in s.iter_mut().enumerate() {
+                let j = r.start + i;
+                *o = ease[j]
+                    + blend.content * self.content[j]
+                    + blend.affinity * self.affinity[j]
+                    + blend.budget * self.budget[j]
+                    + blend.duration * self.duration[j]
+                    + blend.popularity * pop[i];
+            }
+            for &d in &u.engaged {
+                s[d as usize] += blend.repeat;
+            }
+            let ranked = crate::rec_bench::top_k(&s, 10, |i| u.has_consumed(i as usize));
+            total += metrics::ndcg_at_k(&ranked, self.positives[k], 10);
+            recall += metrics::recall_at_k(&ranked, self.positives[k], 10);
+        }
+        let n = self.users.len().max(1) as f64;
+        (total / n, recall / n)
+    }
+}
+
 /// NDCG@10 and recall@10 of a scorer over users with positives.
 fn rank_quality(
     feats: &HashMap<Uuid, UserFeatures>,
@@ -632,12 +692,11 @@ pub fn train_recommendation(td: &TrainingData, seed: u64) -> Result<ModelArtifac
             ));
         }
     }
-    let eval = |blend: &RecBlend, b: &[f32]| {
-        rank_quality(&feats_v, &pos_v, |u| {
-            blend_scores(b, &profile, &pop_v, blend, u)
-        })
-        .0
-    };
+    // The blend is linear: each validation user's score components are
+    // computed once (EASE's per fit), so the search only adds vectors.
+    let comps = BlendComponents::new(&feats_v, &pos_v, &profile, items);
+    let ease_v: Vec<Vec<f32>> = fits.iter().map(|(_, b)| comps.ease(b)).collect();
+    let eval = |blend: &RecBlend, fit: usize| comps.quality(&ease_v[fit], &pop_v, blend).0;
     let mut blend = RecBlend {
         lambda: 20.0,
         dropout: 0.0,
@@ -650,22 +709,21 @@ pub fn train_recommendation(td: &TrainingData, seed: u64) -> Result<ModelArtifac
     };
     let mut best = f64::MIN;
     for _round in 0..3 {
-        for ((lambda, dropout), b) in &fits {
+        for (fit, ((lambda, dropout), _)) in fits.iter().enumerate() {
             let cand = RecBlend {
                 lambda: *lambda,
                 dropout: *dropout,
                 ..blend
             };
-            let n = eval(&cand, b);
+            let n = eval(&cand, fit);
             if n > best {
                 (best, blend) = (n, cand);
             }
         }
-        let b = &fits
+        let fit = fits
             .iter()
-            .find(|f| f.0 == (blend.lambda, blend.dropout))
-            .expect("fitted")
-            .1;
+            .position(|f| f.0 == (blend.lambda, blend.dropout))
+            .expect("the chosen fit is one of the fits");
         for field in 0..6 {
             for w in [0.0, 0.02, 0.05, 0.1, 0.15, 0.2, 0.3, 0.4, 0.6, 0.8, 1.6] {
                 let mut cand = blend;
@@ -677,7 +735,7 @@ pub fn train_recommendation(td: &TrainingData, seed: u64) -> Result<ModelArtifac
                     4 => &mut cand.affinity,
                     _ => &mut cand.repeat,
                 } = w;
-                let n = eval(&cand, b);
+                let n = eval(&cand, fit);
                 if n > best {
                     (best, blend) = (n, cand);
                 }
@@ -691,9 +749,10 @@ pub fn train_recommendation(td: &TrainingData, seed: u64) -> Result<ModelArtifac
     let pop_te = destination_popularity(td, split);
     let pos_te = positives_between(td, &feats_te, split, end);
     let b_te = crate::ease::fit_with_dropout(items, &hist_te, blend.lambda, blend.dropout);
-    let (ndcg, recall, n_users) = rank_quality(&feats_te, &pos_te, |u| {
-        blend_scores(&b_te, &profile, &pop_te, &blend, u)
-    });
+    let comps_te = BlendComponents::new(&feats_te, &pos_te, &profile, items);
+    let ease_te = comps_te.ease(&b_te);
+    let (ndcg, recall) = comps_te.quality(&ease_te, &pop_te, &blend);
+    let n_users = comps_te.users.len();
     let (b_ndcg, b_recall, _) = rank_quality(&feats_te, &pos_te, |_| pop_te.clone());
     let ease_only = RecBlend {
         content: 0.0,
@@ -704,9 +763,7 @@ pub fn train_recommendation(td: &TrainingData, seed: u64) -> Result<ModelArtifac
         repeat: 0.0,
         ..blend
     };
-    let (e_ndcg, _, _) = rank_quality(&feats_te, &pos_te, |u| {
-        blend_scores(&b_te, &profile, &pop_te, &ease_only, u)
-    });
+    let (e_ndcg, _) = comps_te.quality(&ease_te, &pop_te, &ease_only);
     if n_users == 0 {
         return Err(CoreError::Training(
             "no held-out interactions to evaluate on".into(),
