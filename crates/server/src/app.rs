@@ -72,7 +72,12 @@ pub fn train_missing(
         .context("loading the app data for training")?;
     let td = TrainingData::new(&data);
     for k in missing {
-        train_and_publish(k, &td, 1, repo, backend)?;
+        // Data that cannot train a model (an imported dataset without match
+        // outcomes, say) leaves that model out: its endpoint answers 503 and
+        // /health says degraded, while the others serve.
+        if let Err(e) = train_and_publish(k, &td, 1, repo, backend) {
+            tracing::error!(model = %k, error = format!("{e:#}"), "cannot train this model on this data");
+        }
     }
     tracing::info!(
         seconds = format!("{:.2}", t0.elapsed().as_secs_f64()),

@@ -61,23 +61,39 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
                 println!("schema of {} is up to date", store.path().display());
                 Ok(())
             }
+            DataCommand::Import(i) => {
+                init_tracing(&i.settings.log_level);
+                let read = |ext: &str| -> anyhow::Result<String> {
+                    let f = std::fs::read_dir(&i.movielens)
+                        .with_context(|| format!("reading {}", i.movielens.display()))?
+                        .filter_map(|f| f.ok().map(|f| f.path()))
+                        .find(|p| p.extension().is_some_and(|x| x == ext))
+                        .with_context(|| format!("no .{ext} file in {}", i.movielens.display()))?;
+                    Ok(std::fs::read_to_string(f)?)
+                };
+                let ratings = ml_core::movielens::parse_inter(&read("inter")?)?;
+                let data = ml_core::movielens::to_dataset(
+                    &ratings,
+                    &read("item").unwrap_or_default(),
+                    &read("user").unwrap_or_default(),
+                    3.0,
+                );
+                let store = fresh_store(&i.settings, i.replace)?;
+                store.write_dataset(&data)?;
+                println!(
+                    "{} users, {} movies as destinations, {} ratings ≥ 3 as interactions, {} sessions: written to {}",
+                    data.profiles.len(),
+                    data.destinations.len(),
+                    data.interactions.len(),
+                    data.activity.len(),
+                    i.settings.sqlite_path.display()
+                );
+                Ok(())
+            }
             DataCommand::Demo(d) => {
                 init_tracing(&d.settings.log_level);
                 let s = &d.settings;
-                let store = ml_data::SqliteStore::open(&s.sqlite_path, 1)?;
-                if store.count_profiles()? > 0 {
-                    anyhow::ensure!(
-                        d.replace,
-                        "{} already holds data; pass --replace to overwrite it",
-                        s.sqlite_path.display()
-                    );
-                    drop(store);
-                    std::fs::remove_file(&s.sqlite_path).context("removing the old database")?;
-                    for ext in ["-wal", "-shm"] {
-                        let _ = std::fs::remove_file(format!("{}{ext}", s.sqlite_path.display()));
-                    }
-                }
-                let store = ml_data::SqliteStore::open(&s.sqlite_path, 1)?;
+                let store = fresh_store(s, d.replace)?;
                 let t0 = Instant::now();
                 let data = generate(&GeneratorConfig {
                     users: d.users.unwrap_or(s.demo_users),
@@ -119,6 +135,25 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
             Ok(())
         }
     }
+}
+
+/// The store, emptied first when `replace` (refused when it holds data otherwise).
+fn fresh_store(s: &Settings, replace: bool) -> anyhow::Result<ml_data::SqliteStore> {
+    let store = ml_data::SqliteStore::open(&s.sqlite_path, 1)?;
+    if store.count_profiles()? > 0 {
+        anyhow::ensure!(
+            replace,
+            "{} already holds data; pass --replace to overwrite it",
+            s.sqlite_path.display()
+        );
+        drop(store);
+        std::fs::remove_file(&s.sqlite_path).context("removing the old database")?;
+        for ext in ["-wal", "-shm"] {
+            let _ = std::fs::remove_file(format!("{}{ext}", s.sqlite_path.display()));
+        }
+        return Ok(ml_data::SqliteStore::open(&s.sqlite_path, 1)?);
+    }
+    Ok(store)
 }
 
 /// A predictor over a loaded ONNX model, for the evaluation code.

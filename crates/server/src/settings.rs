@@ -41,6 +41,20 @@ pub enum DataCommand {
     Migrate(Settings),
     /// Generate the demo dataset into the data store.
     Demo(DemoArgs),
+    /// Load MovieLens (RecBole's files: .inter, .item, .user) as app data:
+    /// users as profiles, movies as destinations, ratings ≥ 3 as interactions.
+    Import(ImportArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct ImportArgs {
+    /// Folder holding one MovieLens dataset, e.g. .fixtures/ml-100k.
+    pub movielens: std::path::PathBuf,
+    /// Replace any data already in the store.
+    #[arg(long)]
+    pub replace: bool,
+    #[command(flatten)]
+    pub settings: Settings,
 }
 
 #[derive(Debug, Subcommand)]

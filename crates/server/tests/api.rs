@@ -917,3 +917,79 @@ async fn the_recommender_beats_popularity_and_als_clearly_on_movielens_100k() {
         "served {served}, ALS {als}, popularity {popular}\n{md}"
     );
 }
+
+#[tokio::test]
+async fn movielens_imported_as_app_data_is_trained_and_served_by_the_same_code() {
+    use clap::Parser;
+    let Some(ml) = fixture_dir("ml-100k") else {
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let settings = settings_in(dir.path().join("data/app.db"), dir.path().join("models"));
+    let args = [
+        "ml-service".to_string(),
+        "data".into(),
+        "import".into(),
+        ml.display().to_string(),
+        "--sqlite-path".into(),
+        settings.sqlite_path.display().to_string(),
+        "--log-level".into(),
+        "warn".into(),
+    ];
+    let cli = ml_server::settings::Cli::parse_from(args);
+    tokio::task::spawn_blocking(move || ml_server::cli::run(cli))
+        .await
+        .unwrap()
+        .unwrap();
+    // serve trains what the data allows: recommendation and timing, not match.
+    let app = spawn_with(settings).await;
+    let health: Value = app.get("/health").await.json().await.unwrap();
+    assert_eq!(health["status"], "degraded");
+    assert_eq!(health["models_loaded"], false);
+    let data = app.store.load_dataset().unwrap();
+    assert_eq!(data.profiles.len(), 943);
+    let cat = Catalogue::new(data.destinations.clone());
+    let user = data.profiles[0].id;
+    let rated: std::collections::HashSet<String> = data
+        .interactions
+        .iter()
+        .filter(|i| i.user_id == user)
+        .map(|i| {
+            cat.destinations[cat.index_of(&i.destination_id).unwrap()]
+                .name
+                .clone()
+        })
+        .collect();
+    assert!(!rated.is_empty());
+    let r = app
+        .post(
+            "/recommend/destinations",
+            json!({"user_id": user, "limit": 20}),
+        )
+        .await;
+    assert_eq!(r.status(), 200);
+    let v: Value = r.json().await.unwrap();
+    let recs = v["recommendations"].as_array().unwrap();
+    assert_eq!(recs.len(), 20);
+    for rec in recs {
+        assert!(
+            !rated.contains(rec["destination"].as_str().unwrap()),
+            "recommended a movie the user rated"
+        );
+    }
+    let other = data.profiles[1].id;
+    let m = app
+        .post(
+            "/match/score",
+            json!({"user_a_id": user, "user_b_id": other}),
+        )
+        .await;
+    assert_eq!(error_of(m).await, (503, "model_unavailable".into(), None));
+    let n = app
+        .post(
+            "/notifications/optimize",
+            json!({"user_id": user, "notification_type": "reminder"}),
+        )
+        .await;
+    assert_eq!(n.status(), 200);
+}
