@@ -4,12 +4,11 @@
 //! and — on generated data, where the truth is known — whether each factor
 //! tracks the generator's component of that group.
 
-use crate::features::match_features;
 use crate::generator::MatchComponents;
 use crate::metrics;
 use crate::nn::{self, TrainConfig};
-use crate::post::{match_completeness, match_confidence};
-use crate::train::{match_context, TrainingData};
+use crate::post::match_confidence;
+use crate::train::TrainingData;
 use crate::CoreError;
 use chrono::{DateTime, Utc};
 use serde::Serialize;
@@ -92,28 +91,13 @@ pub fn evaluate_match(
     predict: &mut MatchPredictor,
     truth: Option<&[MatchComponents]>,
 ) -> Result<MatchEvaluation, CoreError> {
-    let feats = td.user_features(holdout_from);
     let cols = crate::features::MATCH_FEATURES.len();
-    let (mut xtr, mut ytr, mut xte, mut yte) = (vec![], vec![], vec![], vec![]);
-    let (mut ptrue, mut completeness, mut comps) = (vec![], vec![], vec![]);
-    for (i, m) in td.data.matches.iter().enumerate() {
-        let (Some(a), Some(b)) = (feats.get(&m.user_a), feats.get(&m.user_b)) else {
-            continue;
-        };
-        let f = match_features(a, b, &match_context(&td.catalogue, m));
-        if m.decided_at < holdout_from {
-            xtr.extend_from_slice(&f);
-            ytr.push(m.matched as u8 as f32);
-        } else {
-            xte.extend_from_slice(&f);
-            yte.push(m.matched);
-            ptrue.push(m.true_probability);
-            completeness.push(match_completeness(a, b));
-            if let Some(t) = truth {
-                comps.push(t[i]);
-            }
-        }
-    }
+    let rows = crate::train::match_rows(td, holdout_from);
+    let (xtr, ytr, xte, yte) = (&rows.x_train, &rows.y_train, &rows.x_test, &rows.y_test);
+    let (ptrue, completeness) = (&rows.true_probability, &rows.completeness);
+    let comps: Vec<MatchComponents> = truth
+        .map(|t| rows.test_index.iter().map(|&i| t[i]).collect())
+        .unwrap_or_default();
     if ytr.len() < 50 || yte.len() < 50 {
         return Err(CoreError::Training(format!(
             "too few match outcomes around {holdout_from} ({} before, {} after)",
@@ -122,7 +106,7 @@ pub fn evaluate_match(
         )));
     }
     let n = yte.len();
-    let out = predict(&xte, n)?;
+    let out = predict(xte, n)?;
     let (p, factors) = (&out[0], &out[1]);
 
     let lr = TrainConfig {
@@ -133,25 +117,25 @@ pub fn evaluate_match(
     };
     let overlap: Vec<f32> = xtr.chunks_exact(cols).map(|r| r[0]).collect();
     let overlap_te: Vec<f32> = xte.chunks_exact(cols).map(|r| r[0]).collect();
-    let overlap_model = nn::train_binary(&overlap, 1, &ytr, &lr);
-    let lr_model = nn::train_binary(&xtr, cols, &ytr, &lr);
+    let overlap_model = nn::train_binary(&overlap, 1, ytr, &lr);
+    let lr_model = nn::train_binary(xtr, cols, ytr, &lr);
     let baselines = vec![
         ProbabilityScores::of(
             "interest overlap alone (logistic on Jaccard)",
             &overlap_model.predict(&overlap_te),
-            &yte,
+            yte,
         ),
         ProbabilityScores::of(
             "logistic regression on the same features",
-            &lr_model.predict(&xte),
-            &yte,
+            &lr_model.predict(xte),
+            yte,
         ),
     ];
     let ceiling: Option<Vec<f32>> = ptrue.iter().copied().collect();
 
     let conf: Vec<f32> = p
         .iter()
-        .zip(&completeness)
+        .zip(completeness)
         .map(|(p, c)| match_confidence(*p, *c))
         .collect();
     let factor_truth_correlation = (comps.len() == n).then(|| {
@@ -168,15 +152,15 @@ pub fn evaluate_match(
     Ok(MatchEvaluation {
         train_rows: ytr.len(),
         holdout_rows: n,
-        model: ProbabilityScores::of("served model", p, &yte),
+        model: ProbabilityScores::of("served model", p, yte),
         ceiling: ceiling
             .as_ref()
-            .map(|t| ProbabilityScores::of("generator's true probability (ceiling)", t, &yte)),
+            .map(|t| ProbabilityScores::of("generator's true probability (ceiling)", t, yte)),
         baselines,
-        confidence_deciles: deciles(p, &conf, &yte),
-        calibration: calibration(p, &yte, 10),
-        roc_model: roc(p, &yte),
-        roc_ceiling: ceiling.as_ref().map(|t| roc(t, &yte)),
+        confidence_deciles: deciles(p, &conf, yte),
+        calibration: calibration(p, yte, 10),
+        roc_model: roc(p, yte),
+        roc_ceiling: ceiling.as_ref().map(|t| roc(t, yte)),
         factor_truth_correlation,
     })
 }

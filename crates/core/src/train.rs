@@ -218,6 +218,54 @@ pub fn match_context(cat: &Catalogue, m: &MatchOutcome) -> MatchContext {
     }
 }
 
+/// Match outcomes as model rows, in time order, split at `split`; features are
+/// computed as of `split`, so none sees the period it is evaluated on.
+pub struct MatchRows {
+    pub x_train: Vec<f32>,
+    pub y_train: Vec<f32>,
+    pub x_test: Vec<f32>,
+    pub y_test: Vec<bool>,
+    /// Per test row: the generator's true probability, if recorded.
+    pub true_probability: Vec<Option<f32>>,
+    /// Per test row: how complete the pair's inputs are.
+    pub completeness: Vec<f32>,
+    /// Per test row: its index in `Dataset::matches`.
+    pub test_index: Vec<usize>,
+}
+
+/// Build the match rows of a dataset around `split`.
+pub fn match_rows(td: &TrainingData, split: DateTime<Utc>) -> MatchRows {
+    let feats = td.user_features(split);
+    let mut ordered: Vec<(usize, &MatchOutcome)> = td.data.matches.iter().enumerate().collect();
+    ordered.sort_by_key(|(_, m)| m.decided_at);
+    let mut r = MatchRows {
+        x_train: vec![],
+        y_train: vec![],
+        x_test: vec![],
+        y_test: vec![],
+        true_probability: vec![],
+        completeness: vec![],
+        test_index: vec![],
+    };
+    for (i, m) in ordered {
+        let (Some(a), Some(b)) = (feats.get(&m.user_a), feats.get(&m.user_b)) else {
+            continue;
+        };
+        let f = match_features(a, b, &match_context(&td.catalogue, m));
+        if m.decided_at < split {
+            r.x_train.extend_from_slice(&f);
+            r.y_train.push(m.matched as u8 as f32);
+        } else {
+            r.x_test.extend_from_slice(&f);
+            r.y_test.push(m.matched);
+            r.true_probability.push(m.true_probability);
+            r.completeness.push(crate::post::match_completeness(a, b));
+            r.test_index.push(i);
+        }
+    }
+    r
+}
+
 /// Train the match model: a network for the score, and one calibrated logistic
 /// sub-model per factor group for `factors`.
 pub fn train_match(td: &TrainingData, seed: u64) -> Result<ModelArtifact, CoreError> {
@@ -226,29 +274,12 @@ pub fn train_match(td: &TrainingData, seed: u64) -> Result<ModelArtifact, CoreEr
         "match outcomes",
     )?;
     let split = start + (end - start) * 3 / 4;
-    let feats = td.user_features(split);
     let cols = MATCH_FEATURES.len();
-    let (mut xtr, mut ytr, mut xte, mut yte, mut pte_true, mut jac_te) =
-        (vec![], vec![], vec![], vec![], vec![], vec![]);
-    let mut completeness_te = vec![];
-    let mut ordered: Vec<&MatchOutcome> = td.data.matches.iter().collect();
-    ordered.sort_by_key(|m| m.decided_at);
-    for m in ordered {
-        let (Some(a), Some(b)) = (feats.get(&m.user_a), feats.get(&m.user_b)) else {
-            continue;
-        };
-        let f = match_features(a, b, &match_context(&td.catalogue, m));
-        if m.decided_at < split {
-            xtr.extend_from_slice(&f);
-            ytr.push(m.matched as u8 as f32);
-        } else {
-            xte.extend_from_slice(&f);
-            yte.push(m.matched);
-            pte_true.push(m.true_probability);
-            jac_te.push(f[0]);
-            completeness_te.push(crate::post::match_completeness(a, b));
-        }
-    }
+    let rows = match_rows(td, split);
+    let (xtr, ytr, xte, yte) = (&rows.x_train, &rows.y_train, &rows.x_test, &rows.y_test);
+    let pte_true = &rows.true_probability;
+    let completeness_te = &rows.completeness;
+    let jac_te: Vec<f32> = xte.chunks_exact(cols).map(|r| r[0]).collect();
     if ytr.len() < 50 || yte.len() < 20 {
         return Err(CoreError::Training(format!(
             "too few match outcomes ({} to train, {} to evaluate)",
@@ -290,7 +321,7 @@ pub fn train_match(td: &TrainingData, seed: u64) -> Result<ModelArtifact, CoreEr
         .min_by(|a, b| a.1.total_cmp(&b.1))
         .map(|(c, _)| c.clone())
         .unwrap_or_else(|| candidates[0].clone());
-    let score = nn::train_binary(&xtr, cols, &ytr, &cfg);
+    let score = nn::train_binary(xtr, cols, ytr, &cfg);
     // One logistic model per factor group over that group's features only; packed
     // into one layer whose weights are zero outside each group.
     let mut fw = vec![0f32; cols * MATCH_FACTORS.len()];
@@ -304,7 +335,7 @@ pub fn train_match(td: &TrainingData, seed: u64) -> Result<ModelArtifact, CoreEr
         let sub = nn::train_binary(
             &xg,
             idx.len(),
-            &ytr,
+            ytr,
             &TrainConfig {
                 hidden: vec![],
                 ..cfg.clone()
@@ -325,32 +356,32 @@ pub fn train_match(td: &TrainingData, seed: u64) -> Result<ModelArtifact, CoreEr
             activation: Activation::Sigmoid,
         }],
     };
-    let p = score.predict(&xte);
+    let p = score.predict(xte);
     let mut m = BTreeMap::new();
-    m.insert("auc".into(), metrics::auc(&p, &yte));
-    m.insert("log_loss".into(), metrics::log_loss(&p, &yte));
-    m.insert("brier".into(), metrics::brier(&p, &yte));
-    m.insert("ece".into(), metrics::ece(&p, &yte, 10));
+    m.insert("auc".into(), metrics::auc(&p, yte));
+    m.insert("log_loss".into(), metrics::log_loss(&p, yte));
+    m.insert("brier".into(), metrics::brier(&p, yte));
+    m.insert("ece".into(), metrics::ece(&p, yte, 10));
     if pte_true.iter().all(Option::is_some) {
         let t: Vec<f32> = pte_true.iter().map(|v| v.unwrap_or(0.5)).collect();
-        m.insert("ceiling_auc".into(), metrics::auc(&t, &yte));
+        m.insert("ceiling_auc".into(), metrics::auc(&t, yte));
     }
     // Confidence must track accuracy: the more confident half of the held-out
     // calls is right more often than the less confident half.
     let conf: Vec<f32> = p
         .iter()
-        .zip(&completeness_te)
+        .zip(completeness_te)
         .map(|(p, c)| crate::post::match_confidence(*p, *c))
         .collect();
-    let (hi, lo) = metrics::accuracy_by_confidence(&p, &conf, &yte);
+    let (hi, lo) = metrics::accuracy_by_confidence(&p, &conf, yte);
     m.insert("accuracy_confident_half".into(), hi);
     m.insert("accuracy_other_half".into(), lo);
     let mut base = BTreeMap::new();
-    base.insert("auc".into(), metrics::auc(&jac_te, &yte));
+    base.insert("auc".into(), metrics::auc(&jac_te, yte));
     Ok(ModelArtifact {
         kind: ModelKind::TravelMatch,
         feature_names: ModelKind::TravelMatch.feature_names(),
-        reference_inputs: take_reference(&xte, cols),
+        reference_inputs: take_reference(xte, cols),
         heads: vec![score, factors],
         metrics: m,
         baseline: base,

@@ -113,6 +113,16 @@ async fn spawn_with(settings: Settings) -> TestApp {
     }
 }
 
+/// Run an `ml-service` command line (as `main` would) off the async runtime.
+async fn run_cli<const N: usize>(args: [String; N]) {
+    use clap::Parser;
+    let cli = ml_server::settings::Cli::parse_from(args);
+    tokio::task::spawn_blocking(move || ml_server::cli::run(cli))
+        .await
+        .unwrap()
+        .unwrap();
+}
+
 async fn spawn_app() -> TestApp {
     spawn_with(fixture().settings.clone()).await
 }
@@ -726,7 +736,6 @@ async fn the_served_model_is_the_trained_file_and_gives_the_trainers_outputs() {
 
 #[tokio::test]
 async fn eval_reports_the_served_model_against_ceiling_and_baselines() {
-    use clap::Parser;
     let f = fixture();
     let out = tempfile::tempdir().unwrap();
     let s = &f.settings;
@@ -746,11 +755,7 @@ async fn eval_reports_the_served_model_against_ceiling_and_baselines() {
         "--log-level".into(),
         "warn".into(),
     ];
-    let cli = ml_server::settings::Cli::parse_from(args);
-    tokio::task::spawn_blocking(move || ml_server::cli::run(cli))
-        .await
-        .unwrap()
-        .unwrap();
+    run_cli(args).await;
     let md = std::fs::read_to_string(out.path().join("travel_match.md")).unwrap();
     for needle in [
         "| served model |",
@@ -815,7 +820,6 @@ fn timing_rows(section: &str) -> std::collections::HashMap<String, (f64, f64)> {
 
 #[tokio::test]
 async fn timing_beats_both_baselines_on_demo_and_on_movielens_activity() {
-    use clap::Parser;
     let Some(ml) = fixture_dir("ml-1m") else {
         return;
     };
@@ -838,11 +842,7 @@ async fn timing_beats_both_baselines_on_demo_and_on_movielens_activity() {
         "--log-level".into(),
         "warn".into(),
     ];
-    let cli = ml_server::settings::Cli::parse_from(args);
-    tokio::task::spawn_blocking(move || ml_server::cli::run(cli))
-        .await
-        .unwrap()
-        .unwrap();
+    run_cli(args).await;
     let md = std::fs::read_to_string(out.path().join("notification_timing.md")).unwrap();
     let sections: Vec<&str> = md.split("\n## ").skip(1).collect();
     assert_eq!(sections.len(), 2, "{md}");
@@ -869,7 +869,6 @@ async fn timing_beats_both_baselines_on_demo_and_on_movielens_activity() {
 
 #[tokio::test]
 async fn the_recommender_beats_popularity_and_als_clearly_on_movielens_100k() {
-    use clap::Parser;
     let (Some(ml), Some(venv)) = (fixture_dir("ml-100k"), fixture_dir("venv")) else {
         return;
     };
@@ -892,11 +891,7 @@ async fn the_recommender_beats_popularity_and_als_clearly_on_movielens_100k() {
         "--log-level".into(),
         "warn".into(),
     ];
-    let cli = ml_server::settings::Cli::parse_from(args);
-    tokio::task::spawn_blocking(move || ml_server::cli::run(cli))
-        .await
-        .unwrap()
-        .unwrap();
+    run_cli(args).await;
     let md = std::fs::read_to_string(out.path().join("recommendation-ml-100k.md")).unwrap();
     let ndcg_of = |prefix: &str| -> f64 {
         let line = md
@@ -920,7 +915,6 @@ async fn the_recommender_beats_popularity_and_als_clearly_on_movielens_100k() {
 
 #[tokio::test]
 async fn movielens_imported_as_app_data_is_trained_and_served_by_the_same_code() {
-    use clap::Parser;
     let Some(ml) = fixture_dir("ml-100k") else {
         return;
     };
@@ -936,11 +930,7 @@ async fn movielens_imported_as_app_data_is_trained_and_served_by_the_same_code()
         "--log-level".into(),
         "warn".into(),
     ];
-    let cli = ml_server::settings::Cli::parse_from(args);
-    tokio::task::spawn_blocking(move || ml_server::cli::run(cli))
-        .await
-        .unwrap()
-        .unwrap();
+    run_cli(args).await;
     // serve trains what the data allows: recommendation and timing, not match.
     let app = spawn_with(settings).await;
     let health: Value = app.get("/health").await.json().await.unwrap();
