@@ -60,6 +60,11 @@ impl InferencePool {
         }
     }
 
+    /// Jobs waiting for an inference thread.
+    pub fn queue_depth(&self) -> usize {
+        self.tx.as_ref().map(|t| t.len()).unwrap_or(0)
+    }
+
     /// Run a model on the inference threads and wait for its outputs.
     pub async fn run(
         &self,

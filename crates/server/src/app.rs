@@ -105,6 +105,13 @@ pub fn load_models(
                 .and_then(|(bytes, meta)| Ok((backend.load(&bytes, &meta)?, meta)))
             {
                 Ok((model, meta)) => {
+                    let bytes = repo.read(k, v).map(|(b, _)| b.len()).unwrap_or(0);
+                    crate::telemetry::model_loaded(
+                        k.as_str(),
+                        v,
+                        t0.elapsed().as_secs_f64(),
+                        bytes,
+                    );
                     tracing::info!(model = %k, version = v, ms = format!("{:.1}", t0.elapsed().as_secs_f64() * 1e3), "model loaded");
                     out.insert(k, ServedModel { meta, model });
                     break;
@@ -164,6 +171,17 @@ pub async fn run(
 ) -> std::io::Result<()> {
     let app = routes::router(predictor, max_body);
     axum::serve(listener, app)
+        .with_graceful_shutdown(shutdown)
+        .await
+}
+
+/// Serve `/metrics` on `listener` until `shutdown` completes.
+pub async fn run_metrics(
+    listener: tokio::net::TcpListener,
+    predictor: Arc<Predictor>,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> std::io::Result<()> {
+    axum::serve(listener, crate::telemetry::metrics_router(predictor))
         .with_graceful_shutdown(shutdown)
         .await
 }

@@ -560,14 +560,29 @@ fn serve(settings: Settings) -> anyhow::Result<()> {
         let listener = tokio::net::TcpListener::bind(addr)
             .await
             .with_context(|| format!("binding {addr}"))?;
-        tracing::info!(%addr, "listening");
-        app::run(
-            listener,
-            predictor,
-            settings.max_body_bytes,
-            app::shutdown_signal(),
-        )
-        .await?;
+        let maddr = std::net::SocketAddr::new(settings.host, settings.prometheus_port);
+        let mlistener = tokio::net::TcpListener::bind(maddr)
+            .await
+            .with_context(|| format!("binding {maddr}"))?;
+        tracing::info!(%addr, metrics = %maddr, "listening");
+        // One shutdown signal stops both listeners.
+        let (tx, rx) = tokio::sync::watch::channel(false);
+        tokio::spawn(async move {
+            app::shutdown_signal().await;
+            let _ = tx.send(true);
+        });
+        let stop = |mut rx: tokio::sync::watch::Receiver<bool>| async move {
+            let _ = rx.changed().await;
+        };
+        tokio::try_join!(
+            app::run(
+                listener,
+                predictor.clone(),
+                settings.max_body_bytes,
+                stop(rx.clone())
+            ),
+            app::run_metrics(mlistener, predictor, stop(rx)),
+        )?;
         Ok(())
     })
 }

@@ -122,6 +122,8 @@ impl IntoResponse for ServiceError {
             },
         };
         let mut resp = (status, axum::Json(body)).into_response();
+        resp.extensions_mut()
+            .insert(crate::telemetry::ErrorKind(code));
         if status == StatusCode::SERVICE_UNAVAILABLE {
             resp.headers_mut()
                 .insert(header::RETRY_AFTER, HeaderValue::from_static("1"));

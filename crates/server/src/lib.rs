@@ -11,4 +11,5 @@ pub mod report;
 pub mod routes;
 pub mod service;
 pub mod settings;
+pub mod telemetry;
 pub mod training;

@@ -101,6 +101,7 @@ pub fn router(p: Arc<Predictor>, max_body: usize) -> Router {
         .fallback(not_found)
         .layer(DefaultBodyLimit::max(max_body))
         .layer(Extension(BodyLimit(max_body)))
+        .layer(axum::middleware::from_fn(crate::telemetry::track))
         .layer(tower_http::trace::TraceLayer::new_for_http())
         .with_state(p)
 }

@@ -122,6 +122,7 @@ impl Predictor {
         input: Vec<f32>,
         rows: usize,
     ) -> Result<Vec<Vec<f32>>, ServiceError> {
+        crate::telemetry::batch(m.meta.model.as_str(), rows);
         Ok(self.pool.run(Arc::clone(&m.model), input, rows).await?)
     }
 

@@ -125,6 +125,9 @@ pub struct Settings {
     /// Address to listen on. Loopback by default; use 0.0.0.0 in a container.
     #[arg(long, env = "ML_SERVICE_HOST", default_value = "127.0.0.1")]
     pub host: IpAddr,
+    /// Port of the Prometheus metrics listener (`/metrics`), on the same host.
+    #[arg(long, env = "PROMETHEUS_PORT", default_value_t = 9090)]
+    pub prometheus_port: u16,
     /// Inference threads (0 = one per CPU core).
     #[arg(long, env = "ML_WORKERS", default_value_t = 0)]
     pub workers: usize,

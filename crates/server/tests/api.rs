@@ -49,6 +49,8 @@ fn settings_in(sqlite: PathBuf, models: PathBuf) -> Settings {
 
 struct TestApp {
     base: String,
+    /// The metrics listener's base URL.
+    metrics: String,
     client: reqwest::Client,
     store: SqliteStore,
 }
@@ -100,6 +102,13 @@ async fn spawn_with(settings: Settings) -> TestApp {
         .unwrap();
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
+    let mlistener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let maddr = mlistener.local_addr().unwrap();
+    tokio::spawn(app::run_metrics(
+        mlistener,
+        predictor.clone(),
+        std::future::pending(),
+    ));
     tokio::spawn(app::run(
         listener,
         predictor,
@@ -108,6 +117,7 @@ async fn spawn_with(settings: Settings) -> TestApp {
     ));
     TestApp {
         base: format!("http://{addr}"),
+        metrics: format!("http://{maddr}/metrics"),
         client: reqwest::Client::new(),
         store: SqliteStore::open(&settings.sqlite_path, 1).unwrap(),
     }
@@ -982,4 +992,106 @@ async fn movielens_imported_as_app_data_is_trained_and_served_by_the_same_code()
         )
         .await;
     assert_eq!(n.status(), 200);
+}
+
+/// The value of the first sample of `name` whose labels contain all of `labels`.
+fn sample(text: &str, name: &str, labels: &[&str]) -> Option<f64> {
+    text.lines()
+        .filter(|l| l.starts_with(&format!("{name}{{")) || l.starts_with(&format!("{name} ")))
+        .find(|l| labels.iter().all(|x| l.contains(x)))
+        .and_then(|l| l.rsplit(' ').next()?.parse().ok())
+}
+
+#[tokio::test]
+async fn metrics_have_the_spec_names_and_labels() {
+    let app = spawn_app().await;
+    let u = app.users(2);
+    assert_eq!(
+        app.post(
+            "/match/score",
+            json!({"user_a_id": u[0], "user_b_id": u[1]})
+        )
+        .await
+        .status(),
+        200
+    );
+    assert_eq!(
+        app.post("/match/score", json!({"user_a_id": u[0]}))
+            .await
+            .status(),
+        422
+    );
+    let unknown = json!({"user_id": "00000000-0000-4000-8000-000000000000"});
+    assert_eq!(
+        app.post("/recommend/destinations", unknown).await.status(),
+        404
+    );
+    let text = app
+        .client
+        .get(&app.metrics)
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    let ok = [
+        "endpoint=\"/match/score\"",
+        "model=\"travel_match\"",
+        "version=\"1\"",
+        "status=\"200\"",
+    ];
+    assert!(
+        sample(&text, "ml_inference_requests_total", &ok).unwrap() >= 1.0,
+        "{text}"
+    );
+    assert!(
+        sample(
+            &text,
+            "ml_inference_errors_total",
+            &["kind=\"invalid_field\""]
+        )
+        .unwrap()
+            >= 1.0
+    );
+    assert!(
+        sample(
+            &text,
+            "ml_inference_errors_total",
+            &[
+                "endpoint=\"/recommend/destinations\"",
+                "kind=\"unknown_user\""
+            ]
+        )
+        .unwrap()
+            >= 1.0
+    );
+    // Sub-millisecond buckets, so percentiles of fast requests mean something.
+    let bucket = [
+        "endpoint=\"/match/score\"",
+        "model=\"travel_match\"",
+        "le=\"0.0001\"",
+    ];
+    assert!(
+        sample(&text, "ml_inference_duration_seconds_bucket", &bucket).is_some(),
+        "{text}"
+    );
+    assert!(
+        sample(
+            &text,
+            "ml_prediction_batch_size_count",
+            &["model=\"travel_match\""]
+        )
+        .unwrap()
+            >= 1.0
+    );
+    for model in ["travel_match", "recommendation", "notification_timing"] {
+        let m = format!("model=\"{model}\"");
+        assert!(sample(&text, "ml_model_load_time_seconds", &[&m]).unwrap() > 0.0);
+        assert!(sample(&text, "ml_model_memory_bytes", &[&m]).unwrap() > 0.0);
+    }
+    assert!(sample(&text, "ml_inflight_requests", &[]).is_some());
+    assert!(sample(&text, "ml_inference_queue_depth", &[]).is_some());
+    assert!(sample(&text, "ml_process_resident_memory_bytes", &[]).unwrap() > 1e6);
+    assert_eq!(sample(&text, "ml_build_info", &["version="]), Some(1.0));
 }

@@ -1,0 +1,186 @@
+//! Prometheus metrics with the spec's names, recorded through the `metrics`
+//! facade and rendered at `/metrics` on `PROMETHEUS_PORT`:
+//!
+//! | metric | type | labels |
+//! | --- | --- | --- |
+//! | `ml_inference_requests_total` | counter | endpoint, model, version, status |
+//! | `ml_inference_duration_seconds` | histogram | endpoint, model, version |
+//! | `ml_inference_errors_total` | counter | endpoint, kind |
+//! | `ml_model_load_time_seconds` | gauge | model, version |
+//! | `ml_model_memory_bytes` | gauge | model, version (ONNX weights) |
+//! | `ml_prediction_batch_size` | histogram | model (rows per model run) |
+//! | `ml_inflight_requests` | gauge | |
+//! | `ml_inference_queue_depth` | gauge | (jobs waiting for an inference thread) |
+//! | `ml_process_resident_memory_bytes` | gauge | |
+//! | `ml_build_info` | gauge (1) | version |
+//!
+//! The cache metrics of the spec (`ml_cache_hits_total`, `ml_cache_misses_total`)
+//! come with the caches.
+
+use crate::routes::MODEL_VERSION_HEADER;
+use crate::service::Predictor;
+use axum::extract::{MatchedPath, Request, State};
+use axum::middleware::Next;
+use axum::response::Response;
+use axum::routing::get;
+use axum::Router;
+use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
+use std::sync::{Arc, OnceLock};
+use std::time::Instant;
+
+/// Histogram buckets in seconds, fine enough for sub-millisecond requests.
+pub const LATENCY_BUCKETS: [f64; 16] = [
+    0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5,
+    5.0, 10.0,
+];
+
+/// Buckets of `ml_prediction_batch_size` (rows per model run).
+pub const BATCH_BUCKETS: [f64; 10] = [1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0, 128.0, 256.0, 512.0];
+
+/// The error kind of a failed response (its `code`), for `ml_inference_errors_total`.
+#[derive(Debug, Clone, Copy)]
+pub struct ErrorKind(pub &'static str);
+
+/// The process-wide Prometheus recorder (installed on first use).
+pub fn handle() -> &'static PrometheusHandle {
+    static HANDLE: OnceLock<PrometheusHandle> = OnceLock::new();
+    HANDLE.get_or_init(|| {
+        let builder = PrometheusBuilder::new()
+            .set_buckets_for_metric(
+                metrics_exporter_prometheus::Matcher::Full("ml_inference_duration_seconds".into()),
+                &LATENCY_BUCKETS,
+            )
+            .and_then(|b| {
+                b.set_buckets_for_metric(
+                    metrics_exporter_prometheus::Matcher::Full("ml_prediction_batch_size".into()),
+                    &BATCH_BUCKETS,
+                )
+            })
+            .expect("bucket lists are not empty");
+        let handle = builder
+            .install_recorder()
+            .expect("one metrics recorder per process");
+        describe();
+        metrics::gauge!("ml_build_info", "version" => env!("CARGO_PKG_VERSION")).set(1.0);
+        handle
+    })
+}
+
+fn describe() {
+    use metrics::{describe_counter, describe_gauge, describe_histogram, Unit};
+    describe_counter!(
+        "ml_inference_requests_total",
+        "API requests by endpoint, model, version and status."
+    );
+    describe_histogram!(
+        "ml_inference_duration_seconds",
+        Unit::Seconds,
+        "Time in the server per API request."
+    );
+    describe_counter!(
+        "ml_inference_errors_total",
+        "Failed API requests by endpoint and error kind."
+    );
+    describe_gauge!(
+        "ml_model_load_time_seconds",
+        Unit::Seconds,
+        "Time to load and smoke-test a model version."
+    );
+    describe_gauge!(
+        "ml_model_memory_bytes",
+        Unit::Bytes,
+        "Size of a loaded model's ONNX weights."
+    );
+    describe_histogram!("ml_prediction_batch_size", "Rows per model run.");
+    describe_gauge!("ml_inflight_requests", "API requests being served now.");
+    describe_gauge!(
+        "ml_inference_queue_depth",
+        "Inference jobs waiting for a thread."
+    );
+    describe_gauge!(
+        "ml_process_resident_memory_bytes",
+        Unit::Bytes,
+        "Resident memory of the process."
+    );
+    describe_gauge!("ml_build_info", "Always 1; the version is a label.");
+}
+
+/// Record a loaded model version.
+pub fn model_loaded(model: &str, version: u64, seconds: f64, bytes: usize) {
+    handle();
+    let labels = [
+        ("model", model.to_string()),
+        ("version", version.to_string()),
+    ];
+    metrics::gauge!("ml_model_load_time_seconds", &labels).set(seconds);
+    metrics::gauge!("ml_model_memory_bytes", &labels).set(bytes as f64);
+}
+
+/// Record the rows of one model run.
+pub fn batch(model: &str, rows: usize) {
+    metrics::histogram!("ml_prediction_batch_size", "model" => model.to_string())
+        .record(rows as f64);
+}
+
+/// Middleware: request count, latency, errors and in-flight requests per endpoint.
+pub async fn track(req: Request, next: Next) -> Response {
+    handle();
+    let endpoint = req
+        .extensions()
+        .get::<MatchedPath>()
+        .map(|p| p.as_str().to_string())
+        .unwrap_or_else(|| "unmatched".into());
+    let inflight = metrics::gauge!("ml_inflight_requests");
+    inflight.increment(1.0);
+    let t0 = Instant::now();
+    let resp = next.run(req).await;
+    inflight.decrement(1.0);
+    let (model, version) = resp
+        .headers()
+        .get(MODEL_VERSION_HEADER)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.split_once('/'))
+        .map(|(m, v)| (m.to_string(), v.to_string()))
+        .unwrap_or_else(|| ("none".into(), "none".into()));
+    let status = resp.status();
+    let labels = [
+        ("endpoint", endpoint.clone()),
+        ("model", model),
+        ("version", version),
+    ];
+    metrics::histogram!("ml_inference_duration_seconds", &labels)
+        .record(t0.elapsed().as_secs_f64());
+    let mut with_status = labels.to_vec();
+    with_status.push(("status", status.as_u16().to_string()));
+    metrics::counter!("ml_inference_requests_total", &with_status).increment(1);
+    if status.is_client_error() || status.is_server_error() {
+        let kind = resp
+            .extensions()
+            .get::<ErrorKind>()
+            .map(|k| k.0)
+            .unwrap_or("http");
+        metrics::counter!("ml_inference_errors_total", "endpoint" => endpoint, "kind" => kind)
+            .increment(1);
+    }
+    resp
+}
+
+/// Resident memory of this process, from /proc (Linux); None elsewhere.
+fn resident_memory_bytes() -> Option<f64> {
+    let statm = std::fs::read_to_string("/proc/self/statm").ok()?;
+    let pages: f64 = statm.split_whitespace().nth(1)?.parse().ok()?;
+    Some(pages * 4096.0)
+}
+
+async fn render(State(p): State<Arc<Predictor>>) -> String {
+    metrics::gauge!("ml_inference_queue_depth").set(p.pool.queue_depth() as f64);
+    if let Some(rss) = resident_memory_bytes() {
+        metrics::gauge!("ml_process_resident_memory_bytes").set(rss);
+    }
+    handle().render()
+}
+
+/// The metrics listener's router: `GET /metrics`.
+pub fn metrics_router(p: Arc<Predictor>) -> Router {
+    Router::new().route("/metrics", get(render)).with_state(p)
+}
