@@ -11,13 +11,20 @@ use ml_core::generator::{generate, GeneratorConfig};
 use ml_core::train::{ModelKind, TrainingData};
 use std::time::Instant;
 
+/// Logs at `level`: human-readable on a terminal, JSON lines otherwise.
 fn init_tracing(level: &str) {
+    use std::io::IsTerminal;
     let filter = tracing_subscriber::EnvFilter::try_new(level)
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    let _ = tracing_subscriber::fmt()
+    let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_target(false)
-        .try_init();
+        .with_writer(std::io::stderr);
+    let _ = if std::io::stderr().is_terminal() {
+        builder.try_init()
+    } else {
+        builder.json().flatten_event(true).try_init()
+    };
 }
 
 /// Run one command.

@@ -11,6 +11,8 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Extension, Json, Router};
 use std::sync::Arc;
+use tower_http::request_id::{MakeRequestUuid, PropagateRequestIdLayer, SetRequestIdLayer};
+use tower_http::trace::{DefaultOnResponse, TraceLayer};
 use utoipa::OpenApi;
 
 /// The header that names the model version behind an answer, e.g. `travel_match/1`.
@@ -90,6 +92,17 @@ async fn not_found(uri: axum::http::Uri) -> ServiceError {
     ServiceError::NoRoute(uri.path().chars().take(100).collect())
 }
 
+/// The span of one request: method, path and request id — never bodies, query
+/// strings or user data.
+fn request_span(req: &axum::extract::Request) -> tracing::Span {
+    let id = req
+        .headers()
+        .get("x-request-id")
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("");
+    tracing::info_span!("request", method = %req.method(), path = %req.uri().path(), request_id = %id)
+}
+
 /// The router of the API.
 pub fn router(p: Arc<Predictor>, max_body: usize) -> Router {
     Router::new()
@@ -102,6 +115,18 @@ pub fn router(p: Arc<Predictor>, max_body: usize) -> Router {
         .layer(DefaultBodyLimit::max(max_body))
         .layer(Extension(BodyLimit(max_body)))
         .layer(axum::middleware::from_fn(crate::telemetry::track))
-        .layer(tower_http::trace::TraceLayer::new_for_http())
+        // Request ids come from `X-Request-Id` or are generated (UUID), are
+        // echoed on the response, and tag the one log line of each request.
+        .layer(PropagateRequestIdLayer::x_request_id())
+        .layer(
+            TraceLayer::new_for_http()
+                .make_span_with(request_span)
+                .on_response(
+                    DefaultOnResponse::new()
+                        .level(tracing::Level::INFO)
+                        .latency_unit(tower_http::LatencyUnit::Micros),
+                ),
+        )
+        .layer(SetRequestIdLayer::x_request_id(MakeRequestUuid))
         .with_state(p)
 }

@@ -1095,3 +1095,25 @@ async fn metrics_have_the_spec_names_and_labels() {
     assert!(sample(&text, "ml_process_resident_memory_bytes", &[]).unwrap() > 1e6);
     assert_eq!(sample(&text, "ml_build_info", &["version="]), Some(1.0));
 }
+
+#[tokio::test]
+async fn request_ids_are_echoed_or_generated() {
+    let app = spawn_app().await;
+    let r = app
+        .client
+        .get(format!("{}/health", app.base))
+        .header("x-request-id", "trip-42")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.headers()["x-request-id"], "trip-42");
+    let r = app.get("/health").await;
+    let id = r.headers()["x-request-id"].to_str().unwrap().to_string();
+    assert!(
+        uuid::Uuid::parse_str(&id).is_ok(),
+        "generated id {id:?} is a UUID"
+    );
+    // Error responses carry one too.
+    let r = app.get("/nope").await;
+    assert!(r.headers().contains_key("x-request-id"));
+}
