@@ -405,7 +405,6 @@ mod tests {
         let mut predict = |x: &[f32], _n: usize| Ok(vec![art.heads[0].predict(x)]);
         let (e, scores) = evaluate_slots("demo", &held, &pop, &mut predict).unwrap();
         let c = e.ceiling.as_ref().unwrap();
-        eprintln!("{e:?}");
         assert!(
             e.model.share_within_1h > e.population.share_within_1h * 1.3,
             "{e:?}"
@@ -427,7 +426,6 @@ mod tests {
             "the truth is the ceiling: {e:?}"
         );
         let o = open_rates(&d, &feats, &scores, &pop, [0.4, 0.2, 0.4], &truth, split);
-        eprintln!("{o:?}");
         assert!(o.notifications > 1000);
         assert!(
             o.policy > o.immediately * 1.1 && o.policy > o.fixed_daily * 1.1,

@@ -1052,7 +1052,6 @@ mod tests {
         let d = data();
         let td = TrainingData::new(&d);
         let m = train_match(&td, 1).unwrap();
-        eprintln!("match {:?} baseline {:?}", m.metrics, m.baseline);
         let (auc, base) = (m.metrics["auc"], m.baseline["auc"]);
         assert!(
             auc > base + 0.05,
@@ -1069,14 +1068,6 @@ mod tests {
         );
 
         let r = train_recommendation(&td, 1).unwrap();
-        eprintln!(
-            "rec {:?} baseline {:?} users {} matches {} interactions {}",
-            r.metrics,
-            r.baseline,
-            r.holdout_rows,
-            d.matches.len(),
-            d.interactions.len()
-        );
         let (ndcg, base) = (r.metrics["ndcg_at_10"], r.baseline["ndcg_at_10"]);
         assert!(
             ndcg > base * 1.2,
@@ -1084,7 +1075,6 @@ mod tests {
         );
 
         let t = train_timing(&td, 1).unwrap();
-        eprintln!("timing {:?} baseline {:?}", t.metrics, t.baseline);
         let (hit, base) = (
             t.metrics["share_in_predicted_hour"],
             t.baseline["share_in_predicted_hour"],

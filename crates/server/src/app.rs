@@ -102,10 +102,9 @@ pub fn load_models(
             let t0 = Instant::now();
             match repo
                 .read(k, v)
-                .and_then(|(bytes, meta)| Ok((backend.load(&bytes, &meta)?, meta)))
+                .and_then(|(bytes, meta)| Ok((backend.load(&bytes, &meta)?, meta, bytes.len())))
             {
-                Ok((model, meta)) => {
-                    let bytes = repo.read(k, v).map(|(b, _)| b.len()).unwrap_or(0);
+                Ok((model, meta, bytes)) => {
                     crate::telemetry::model_loaded(
                         k.as_str(),
                         v,

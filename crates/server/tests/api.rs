@@ -123,10 +123,23 @@ async fn spawn_with(settings: Settings) -> TestApp {
     }
 }
 
-/// Run an `ml-service` command line (as `main` would) off the async runtime.
-async fn run_cli<const N: usize>(args: [String; N]) {
+/// Run an `ml-service` command (as `main` would) off the async runtime, on the
+/// store and model repository of `settings`, logging only warnings.
+async fn run_cli(args: &[&str], settings: &Settings) {
     use clap::Parser;
-    let cli = ml_server::settings::Cli::parse_from(args);
+    let sqlite = settings.sqlite_path.display().to_string();
+    let models = settings.model_path.display().to_string();
+    let mut argv = vec!["ml-service"];
+    argv.extend_from_slice(args);
+    argv.extend([
+        "--sqlite-path",
+        &sqlite,
+        "--model-path",
+        &models,
+        "--log-level",
+        "warn",
+    ]);
+    let cli = ml_server::settings::Cli::parse_from(argv);
     tokio::task::spawn_blocking(move || ml_server::cli::run(cli))
         .await
         .unwrap()
@@ -749,23 +762,19 @@ async fn eval_reports_the_served_model_against_ceiling_and_baselines() {
     let f = fixture();
     let out = tempfile::tempdir().unwrap();
     let s = &f.settings;
-    let args = [
-        "ml-service".to_string(),
-        "eval".into(),
-        "travel_match".into(),
-        "--report".into(),
-        out.path().display().to_string(),
-        "--robustness".into(),
-        "--robustness-scale".into(),
-        "0.06".into(),
-        "--sqlite-path".into(),
-        s.sqlite_path.display().to_string(),
-        "--model-path".into(),
-        s.model_path.display().to_string(),
-        "--log-level".into(),
-        "warn".into(),
-    ];
-    run_cli(args).await;
+    run_cli(
+        &[
+            "eval",
+            "travel_match",
+            "--report",
+            &out.path().display().to_string(),
+            "--robustness",
+            "--robustness-scale",
+            "0.06",
+        ],
+        s,
+    )
+    .await;
     let md = std::fs::read_to_string(out.path().join("travel_match.md")).unwrap();
     for needle in [
         "| served model |",
@@ -835,24 +844,20 @@ async fn timing_beats_both_baselines_on_demo_and_on_movielens_activity() {
     };
     let out = tempfile::tempdir().unwrap();
     let s = &fixture().settings;
-    let args = [
-        "ml-service".to_string(),
-        "eval".into(),
-        "notification_timing".into(),
-        "--report".into(),
-        out.path().display().to_string(),
-        "--movielens".into(),
-        ml.display().to_string(),
-        "--demo-users".into(),
-        "2000".into(),
-        "--model-path".into(),
-        s.model_path.display().to_string(),
-        "--sqlite-path".into(),
-        s.sqlite_path.display().to_string(),
-        "--log-level".into(),
-        "warn".into(),
-    ];
-    run_cli(args).await;
+    run_cli(
+        &[
+            "eval",
+            "notification_timing",
+            "--report",
+            &out.path().display().to_string(),
+            "--movielens",
+            &ml.display().to_string(),
+            "--demo-users",
+            "2000",
+        ],
+        s,
+    )
+    .await;
     let md = std::fs::read_to_string(out.path().join("notification_timing.md")).unwrap();
     let sections: Vec<&str> = md.split("\n## ").skip(1).collect();
     assert_eq!(sections.len(), 2, "{md}");
@@ -884,24 +889,20 @@ async fn the_recommender_beats_popularity_and_als_clearly_on_movielens_100k() {
     };
     let out = tempfile::tempdir().unwrap();
     let s = &fixture().settings;
-    let args = [
-        "ml-service".to_string(),
-        "eval".into(),
-        "recommendation".into(),
-        "--report".into(),
-        out.path().display().to_string(),
-        "--movielens".into(),
-        ml.display().to_string(),
-        "--als".into(),
-        venv.join("bin/python").display().to_string(),
-        "--model-path".into(),
-        s.model_path.display().to_string(),
-        "--sqlite-path".into(),
-        s.sqlite_path.display().to_string(),
-        "--log-level".into(),
-        "warn".into(),
-    ];
-    run_cli(args).await;
+    run_cli(
+        &[
+            "eval",
+            "recommendation",
+            "--report",
+            &out.path().display().to_string(),
+            "--movielens",
+            &ml.display().to_string(),
+            "--als",
+            &venv.join("bin/python").display().to_string(),
+        ],
+        s,
+    )
+    .await;
     let md = std::fs::read_to_string(out.path().join("recommendation-ml-100k.md")).unwrap();
     let ndcg_of = |prefix: &str| -> f64 {
         let line = md
@@ -930,17 +931,7 @@ async fn movielens_imported_as_app_data_is_trained_and_served_by_the_same_code()
     };
     let dir = tempfile::tempdir().unwrap();
     let settings = settings_in(dir.path().join("data/app.db"), dir.path().join("models"));
-    let args = [
-        "ml-service".to_string(),
-        "data".into(),
-        "import".into(),
-        ml.display().to_string(),
-        "--sqlite-path".into(),
-        settings.sqlite_path.display().to_string(),
-        "--log-level".into(),
-        "warn".into(),
-    ];
-    run_cli(args).await;
+    run_cli(&["data", "import", &ml.display().to_string()], &settings).await;
     // serve trains what the data allows: recommendation and timing, not match.
     let app = spawn_with(settings).await;
     let health: Value = app.get("/health").await.json().await.unwrap();
