@@ -26,7 +26,21 @@ pub enum BackendError {
         #[source]
         source: std::io::Error,
     },
+    /// The inference runtime could not be loaded or started.
+    #[error("inference runtime: {0}")]
+    Runtime(String),
     /// A `model.json` that does not parse.
     #[error("invalid model.json at {path}: {reason}")]
     InvalidMeta { path: String, reason: String },
+}
+
+impl BackendError {
+    /// The same failure, for each request of a batch that shared one model call.
+    pub fn for_each_caller(&self) -> Self {
+        match self {
+            Self::Overloaded => Self::Overloaded,
+            Self::ShutDown => Self::ShutDown,
+            other => Self::Inference(other.to_string()),
+        }
+    }
 }

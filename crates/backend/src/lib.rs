@@ -3,13 +3,18 @@
 //! inference backend trait with its pure-Rust tract implementation, and the pool
 //! of dedicated inference threads the async server hands work to.
 
+pub mod batcher;
 pub mod error;
 pub mod export;
 pub mod meta;
+#[cfg(feature = "onnxruntime")]
+pub mod onnxruntime;
 pub mod pool;
+pub mod quantize;
 pub mod repository;
 pub mod tract;
 
+pub use batcher::{BatchConfig, BatchObserver, Batcher};
 pub use error::BackendError;
 pub use meta::ModelMeta;
 pub use pool::{InferencePool, Outputs};

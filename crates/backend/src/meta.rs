@@ -51,6 +51,32 @@ pub struct ModelMeta {
     pub training_window: Option<TrainingWindow>,
     #[serde(default)]
     pub params: ModelParams,
+    /// Set on an INT8 variant written by `ml-service models quantize`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub quantization: Option<Quantization>,
+}
+
+/// How an INT8 variant compares with the float version it came from, measured
+/// when it was written.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Quantization {
+    /// `int8-dynamic`: int8 weights per output column, activations per call.
+    pub scheme: String,
+    /// The float version quantized.
+    pub source_version: u64,
+    pub float_bytes: usize,
+    pub int8_bytes: usize,
+    /// The held-out metric, its value for the float and for the INT8 model.
+    pub metric: String,
+    pub float_metric: f64,
+    pub int8_metric: f64,
+    /// Median microseconds per model call at batch 1 and 32, float and INT8,
+    /// on the backend named.
+    pub backend: String,
+    pub float_us_batch1: f64,
+    pub int8_us_batch1: f64,
+    pub float_us_batch32: f64,
+    pub int8_us_batch32: f64,
 }
 
 impl ModelMeta {
@@ -103,6 +129,7 @@ impl ModelMeta {
             }),
             training_window: Some(a.window.clone()),
             params: a.params.clone(),
+            quantization: None,
         }
     }
 

@@ -70,6 +70,7 @@ fn a_corrupt_or_mismatched_model_is_rejected_at_load() {
         evaluation: None,
         training_window: None,
         params: Default::default(),
+        quantization: None,
     };
     let err = TractBackend.load(b"not an onnx file", &meta).unwrap_err();
     assert!(matches!(err, BackendError::InvalidModel { .. }), "{err}");
@@ -104,4 +105,171 @@ async fn a_full_queue_is_refused_at_once() {
     }
     // One runs, one waits in the queue of one; the rest are refused.
     assert!(overloaded >= 1, "no request was refused");
+}
+
+/// The ONNX Runtime library for the tests: ORT_DYLIB_PATH, else the one
+/// scripts/fetch-onnxruntime.sh puts in .fixtures. Missing: the test is skipped
+/// with a message, except under CI=true, where it fails.
+#[cfg(feature = "onnxruntime")]
+fn ort_dylib() -> Option<std::path::PathBuf> {
+    let p = std::env::var_os("ORT_DYLIB_PATH")
+        .map(std::path::PathBuf::from)
+        .unwrap_or_else(|| {
+            std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+                .join("../../.fixtures/onnxruntime/libonnxruntime.so.1.31.1")
+        });
+    if p.is_file() {
+        return Some(p);
+    }
+    assert!(
+        std::env::var("CI").as_deref() != Ok("true"),
+        "no ONNX Runtime library at {} under CI (scripts/fetch-onnxruntime.sh)",
+        p.display()
+    );
+    eprintln!(
+        "SKIPPED: no ONNX Runtime library at {} (run scripts/fetch-onnxruntime.sh)",
+        p.display()
+    );
+    None
+}
+
+#[cfg(feature = "onnxruntime")]
+fn ort_backend(dylib: std::path::PathBuf) -> onnxruntime::OrtBackend {
+    onnxruntime::OrtBackend::new(onnxruntime::OrtConfig {
+        dylib,
+        intra_threads: 1,
+        sessions: 2,
+        gpu: false,
+    })
+    .unwrap()
+}
+
+/// Rows spread over each input's observed range: the reference rows of the
+/// artifact, then `extra` rows mixing them at random.
+fn probe_rows(art: &ml_core::train::ModelArtifact, extra: usize) -> (Vec<f32>, usize) {
+    use rand::{Rng, SeedableRng};
+    let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(7);
+    let refs = &art.reference_inputs;
+    let mut x = refs.concat();
+    for _ in 0..extra {
+        let a = &refs[rng.gen_range(0..refs.len())];
+        let b = &refs[rng.gen_range(0..refs.len())];
+        let t: f32 = rng.gen();
+        x.extend(a.iter().zip(b).map(|(a, b)| a * t + b * (1.0 - t)));
+    }
+    (x, refs.len() + extra)
+}
+
+fn max_diff(a: &Outputs, b: &Outputs) -> f32 {
+    assert_eq!(a.len(), b.len());
+    a.iter()
+        .zip(b)
+        .flat_map(|(a, b)| {
+            assert_eq!(a.len(), b.len());
+            a.iter().zip(b).map(|(x, y)| (x - y).abs())
+        })
+        .fold(0.0, f32::max)
+}
+
+#[cfg(feature = "onnxruntime")]
+#[test]
+fn onnx_runtime_and_tract_agree_on_every_model_float_and_int8() {
+    let Some(dylib) = ort_dylib() else { return };
+    let ort = ort_backend(dylib);
+    assert!(!ort.gpu(), "no GPU was asked for");
+    let data = generate(&GeneratorConfig {
+        users: 600,
+        seed: 4,
+        ..Default::default()
+    });
+    let td = TrainingData::new(&data);
+    for kind in ModelKind::ALL {
+        let art = train(kind, &td, 1).unwrap();
+        let meta = ModelMeta::from_artifact(&art, 1);
+        let onnx = export::to_onnx(&art);
+        // ONNX Runtime reproduces the trainer, as tract does.
+        export::check_parity(&art, &onnx, &meta, &ort).unwrap();
+        let (x, rows) = probe_rows(&art, 60);
+        let t = TractBackend
+            .load(&onnx, &meta)
+            .unwrap()
+            .run(&x, rows)
+            .unwrap();
+        let o = ort.load(&onnx, &meta).unwrap().run(&x, rows).unwrap();
+        let d = max_diff(&t, &o);
+        assert!(
+            d <= export::PARITY_TOLERANCE,
+            "{kind}: float outputs differ by {d}"
+        );
+        // Batch 1 gives the same as the row inside a batch.
+        let one = ort
+            .load(&onnx, &meta)
+            .unwrap()
+            .run(&x[..meta.features.len()], 1)
+            .unwrap();
+        for (h, out) in one.iter().enumerate() {
+            let w = out.len();
+            let dd = max_diff(&vec![out.clone()], &vec![o[h][..w].to_vec()]);
+            assert!(
+                dd <= export::PARITY_TOLERANCE,
+                "{kind}: batch 1 differs by {dd}"
+            );
+        }
+        // INT8: both backends compute the same integer graph.
+        let (q, summary) = quantize::quantize_dynamic(&onnx).unwrap();
+        assert_eq!(
+            summary.matmuls,
+            art.heads.iter().map(|h| h.layers.len()).sum::<usize>()
+        );
+        if kind == ModelKind::Recommendation {
+            // Its file is almost all weights: int8 stores them in a quarter.
+            assert!(
+                q.len() * 3 < onnx.len(),
+                "INT8 file is {} bytes, float {}",
+                q.len(),
+                onnx.len()
+            );
+        }
+        let tq = TractBackend.load(&q, &meta).unwrap().run(&x, rows).unwrap();
+        let oq = ort.load(&q, &meta).unwrap().run(&x, rows).unwrap();
+        let dq = max_diff(&tq, &oq);
+        assert!(
+            dq <= 1e-3,
+            "{kind}: INT8 outputs of tract and ONNX Runtime differ by {dq}"
+        );
+        // And the INT8 model approximates the float one (not exactly).
+        let scale = o
+            .iter()
+            .flatten()
+            .fold(0f32, |m, v| m.max(v.abs()))
+            .max(1e-6);
+        let err = max_diff(&t, &tq) / scale;
+        assert!(err > 0.0 && err < 0.1, "{kind}: INT8 relative error {err}");
+    }
+}
+
+#[cfg(feature = "onnxruntime")]
+#[test]
+fn a_missing_or_wrong_runtime_library_is_one_clear_error() {
+    let cfg = |dylib: std::path::PathBuf| onnxruntime::OrtConfig {
+        dylib,
+        intra_threads: 1,
+        sessions: 1,
+        gpu: false,
+    };
+    let err =
+        onnxruntime::OrtBackend::new(cfg("/nonexistent/libonnxruntime.so".into())).unwrap_err();
+    assert!(err.to_string().contains("fetch-onnxruntime.sh"), "{err}");
+    let dir = tempfile::tempdir().unwrap();
+    let fake = dir.path().join("libonnxruntime.so");
+    std::fs::write(&fake, b"not a shared library").unwrap();
+    let err = onnxruntime::OrtBackend::new(cfg(fake))
+        .unwrap_err()
+        .to_string();
+    // (When another test of this process loaded the real library first, the
+    // refusal names that one instead.)
+    assert!(
+        err.contains("cannot load ONNX Runtime") || err.contains("already loaded"),
+        "{err}"
+    );
 }

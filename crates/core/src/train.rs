@@ -857,6 +857,36 @@ pub fn train_recommendation(td: &TrainingData, seed: u64) -> Result<ModelArtifac
     })
 }
 
+/// NDCG@10 and Recall@10 of any recommendation scorer on the period from
+/// `from` to the end of the data: histories as of `from`, engagement after it
+/// as the positives (the protocol of [`train_recommendation`]'s holdout).
+/// `score` gets a batch of [`rec_input`] rows and returns one score row each.
+pub fn rec_period_quality(
+    td: &TrainingData,
+    from: DateTime<Utc>,
+    mut score: impl FnMut(&[f32], usize) -> Result<Vec<f32>, CoreError>,
+) -> Result<(f64, f64, usize), CoreError> {
+    let (_, end) = span(
+        td.data.interactions.iter().map(|i| i.occurred_at),
+        "interactions",
+    )?;
+    let items = td.catalogue.len();
+    let feats = td.user_features(from);
+    let pos = positives_between(td, &feats, from, end);
+    let mut err = None;
+    let q = rank_quality(&feats, &pos, |u| match score(&rec_input(u, items), 1) {
+        Ok(s) => s,
+        Err(e) => {
+            err = Some(e);
+            vec![0.0; items]
+        }
+    });
+    match err {
+        Some(e) => Err(e),
+        None => Ok(q),
+    }
+}
+
 /// Input names of the recommendation model: `item:<destination id>` per
 /// destination, then the profile inputs ([`rec_profile_names`]).
 pub fn rec_feature_names(cat: &Catalogue) -> Vec<String> {

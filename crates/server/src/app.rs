@@ -4,12 +4,12 @@
 //! in-flight requests finish.
 
 use crate::routes;
-use crate::service::{Predictor, ServedModel};
+use crate::service::{Engine, Predictor};
 use crate::settings::Settings;
 use crate::training::train_and_publish;
 use anyhow::Context;
 use ml_backend::tract::TractBackend;
-use ml_backend::{InferenceBackend, InferencePool, LocalRepository, ModelRepository};
+use ml_backend::{InferenceBackend, LoadedModel, LocalRepository, ModelMeta, ModelRepository};
 use ml_core::catalogue::Catalogue;
 use ml_core::generator::{generate, GeneratorConfig};
 use ml_core::train::{ModelKind, TrainingData};
@@ -91,7 +91,7 @@ pub fn train_missing(
 pub fn load_models(
     repo: &dyn ModelRepository,
     backend: &dyn InferenceBackend,
-) -> HashMap<ModelKind, ServedModel> {
+) -> HashMap<ModelKind, (ModelMeta, Arc<dyn LoadedModel>)> {
     let mut out = HashMap::new();
     for k in ModelKind::ALL {
         let versions = repo.versions(k).unwrap_or_else(|e| {
@@ -112,7 +112,7 @@ pub fn load_models(
                         bytes,
                     );
                     tracing::info!(model = %k, version = v, ms = format!("{:.1}", t0.elapsed().as_secs_f64() * 1e3), "model loaded");
-                    out.insert(k, ServedModel { meta, model });
+                    out.insert(k, (meta, model));
                     break;
                 }
                 Err(e) => {
@@ -127,14 +127,51 @@ pub fn load_models(
     out
 }
 
+/// The inference backend the settings ask for. A missing or unloadable ONNX
+/// Runtime library is an error here, at start-up, not at the first request.
+pub fn backend(settings: &Settings) -> anyhow::Result<Arc<dyn InferenceBackend>> {
+    use crate::settings::BackendKind;
+    let kind = if settings.enable_gpu {
+        BackendKind::Onnxruntime
+    } else {
+        settings.inference_backend
+    };
+    match kind {
+        BackendKind::Tract => Ok(Arc::new(TractBackend)),
+        #[cfg(feature = "onnxruntime")]
+        BackendKind::Onnxruntime => {
+            let dylib = settings.ort_dylib_path.clone().context(
+                "INFERENCE_BACKEND=onnxruntime needs ORT_DYLIB_PATH: run scripts/fetch-onnxruntime.sh and set ORT_DYLIB_PATH to the path it prints",
+            )?;
+            let b = ml_backend::onnxruntime::OrtBackend::new(ml_backend::onnxruntime::OrtConfig {
+                dylib,
+                intra_threads: settings.ort_intra_op_threads,
+                sessions: settings.inference_threads(),
+                gpu: settings.enable_gpu,
+            })
+            .context("starting ONNX Runtime")?;
+            tracing::info!(
+                runtime = b.runtime_version(),
+                gpu = b.gpu(),
+                "ONNX Runtime loaded"
+            );
+            Ok(Arc::new(b))
+        }
+        #[cfg(not(feature = "onnxruntime"))]
+        BackendKind::Onnxruntime => anyhow::bail!(
+            "this build has no ONNX Runtime backend (build with --features onnxruntime)"
+        ),
+    }
+}
+
 /// Everything `serve` needs, ready before the port opens.
 pub fn prepare(settings: &Settings) -> anyhow::Result<Arc<Predictor>> {
     let t0 = Instant::now();
     let store = open_store(settings)?;
     let repo = LocalRepository::new(&settings.model_path);
-    let backend = TractBackend;
-    train_missing(&store, &repo, &backend)?;
-    let models = load_models(&repo, &backend);
+    let backend = backend(settings)?;
+    train_missing(&store, &repo, backend.as_ref())?;
+    let models = load_models(&repo, backend.as_ref());
     let catalogue = Catalogue::new(
         store
             .load_destinations()
@@ -142,20 +179,26 @@ pub fn prepare(settings: &Settings) -> anyhow::Result<Arc<Predictor>> {
     );
     anyhow::ensure!(!catalogue.is_empty(), "the destination catalogue is empty");
     let data: Arc<dyn DataSource> = Arc::new(store);
-    let pool = InferencePool::new(settings.inference_threads(), settings.inference_queue);
+    let engine = Engine::new(
+        settings.inference_threads(),
+        settings.inference_queue,
+        settings.batch_config(),
+    );
     tracing::info!(
         ms = format!("{:.1}", t0.elapsed().as_secs_f64() * 1e3),
         data = %data.describe(),
         models = %repo.describe(),
         backend = backend.name(),
         inference_threads = settings.inference_threads(),
+        batch_size = settings.batch_size,
+        batch_max_delay_us = settings.batch_max_delay_us,
         "ready"
     );
     Ok(Arc::new(Predictor::new(
         data,
         catalogue,
         models,
-        pool,
+        engine,
         settings.quiet_hours,
         backend.gpu(),
     )))

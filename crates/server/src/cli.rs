@@ -1,4 +1,5 @@
-//! The subcommands: `serve`, `train`, `data migrate|demo`, `models list`.
+//! The subcommands: `serve`, `train`, `eval`, `data migrate|demo|import`,
+//! `models list|quantize`.
 
 use crate::app;
 use crate::report::{self, RobustnessRow};
@@ -45,8 +46,9 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
             let data = store.load_dataset()?;
             let td = TrainingData::new(&data);
             let repo = LocalRepository::new(&t.settings.model_path);
+            let backend = app::backend(&t.settings)?;
             for k in kinds {
-                let meta = train_and_publish(k, &td, t.seed, &repo, &TractBackend)?;
+                let meta = train_and_publish(k, &td, t.seed, &repo, backend.as_ref())?;
                 let baseline = meta
                     .evaluation
                     .as_ref()
@@ -141,7 +143,150 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
             }
             Ok(())
         }
+        Command::Models {
+            command: ModelsCommand::Quantize(q),
+        } => quantize(q),
     }
+}
+
+/// Median microseconds of one model call on `rows` rows.
+fn median_call_us(
+    model: &dyn ml_backend::LoadedModel,
+    width: usize,
+    rows: usize,
+) -> anyhow::Result<f64> {
+    let x: Vec<f32> = (0..width * rows)
+        .map(|i| ((i * 7919) % 100) as f32 / 100.0)
+        .collect();
+    for _ in 0..50 {
+        model.run(&x, rows)?;
+    }
+    let mut t: Vec<f64> = (0..400)
+        .map(|_| {
+            let t0 = Instant::now();
+            model
+                .run(&x, rows)
+                .map(|_| t0.elapsed().as_secs_f64() * 1e6)
+        })
+        .collect::<Result<_, _>>()?;
+    t.sort_by(f64::total_cmp);
+    Ok(t[t.len() / 2])
+}
+
+/// The held-out metric of a served model version on the app data: (name, value).
+pub fn holdout_metric(
+    meta: &ModelMeta,
+    model: std::sync::Arc<dyn ml_backend::LoadedModel>,
+    td: &TrainingData,
+) -> anyhow::Result<(String, f64)> {
+    let split = meta
+        .training_window
+        .as_ref()
+        .context("model.json has no training window")?
+        .holdout_from;
+    let mut predict = onnx_predictor(model);
+    Ok(match meta.model {
+        ModelKind::TravelMatch => {
+            let ev = ml_core::eval::evaluate_match(td, split, &mut predict, None)?;
+            ("auc".into(), ev.model.auc)
+        }
+        ModelKind::NotificationTiming => {
+            use ml_core::timing_eval::*;
+            let feats = td.user_features(split);
+            let pop = ml_core::features::PopulationActivity::from_users(feats.values());
+            let held = demo_holdout(td.data, &feats, split, None);
+            let (ev, _) = evaluate_slots("app data", &held, &pop, &mut predict)?;
+            ("share_within_1h".into(), ev.model.share_within_1h)
+        }
+        ModelKind::Recommendation => {
+            // The served recommender is refit on all the data, so its quality on
+            // the held-out quarter is in-sample: comparable between float and
+            // INT8, not with the trainer's out-of-sample figure.
+            let (ndcg, _, _) = ml_core::train::rec_period_quality(td, split, |x, n| {
+                predict(x, n).map(|mut o| o.swap_remove(0))
+            })?;
+            ("ndcg_at_10_in_sample".into(), ndcg)
+        }
+    })
+}
+
+fn quantize(q: crate::settings::QuantizeArgs) -> anyhow::Result<()> {
+    init_tracing(&q.settings.log_level);
+    let kind = ModelKind::parse(&q.model).context("unknown model")?;
+    let repo = LocalRepository::new(&q.settings.model_path);
+    let version = match q.version {
+        Some(v) => v,
+        None => repo
+            .latest(kind)?
+            .with_context(|| format!("no {kind} model in {}", repo.describe()))?,
+    };
+    let (onnx, meta) = repo.read(kind, version)?;
+    anyhow::ensure!(
+        meta.quantization.is_none(),
+        "{kind} v{version} is already an INT8 variant; name a float version with --version"
+    );
+    let (int8, summary) = ml_backend::quantize::quantize_dynamic(&onnx)?;
+    let backend = app::backend(&q.settings)?;
+    let float_model = backend.load(&onnx, &meta)?;
+    let int8_model = backend
+        .load(&int8, &meta)
+        .context("the INT8 graph does not load")?;
+    let width = meta.features.len();
+    let store = app::open_store(&q.settings)?;
+    let data = store.load_dataset()?;
+    let td = TrainingData::new(&data);
+    let (metric, float_metric) = holdout_metric(&meta, float_model.clone(), &td)?;
+    let (_, int8_metric) = holdout_metric(&meta, int8_model.clone(), &td)?;
+    let mut out = meta.clone();
+    out.created_at = chrono::Utc::now();
+    out.producer = format!("{} (INT8 of v{version})", meta.producer);
+    out.quantization = Some(ml_backend::meta::Quantization {
+        scheme: "int8-dynamic".into(),
+        source_version: version,
+        float_bytes: onnx.len(),
+        int8_bytes: int8.len(),
+        metric: metric.clone(),
+        float_metric,
+        int8_metric,
+        backend: backend.name().into(),
+        float_us_batch1: median_call_us(float_model.as_ref(), width, 1)?,
+        int8_us_batch1: median_call_us(int8_model.as_ref(), width, 1)?,
+        float_us_batch32: median_call_us(float_model.as_ref(), width, 32)?,
+        int8_us_batch32: median_call_us(int8_model.as_ref(), width, 32)?,
+    });
+    let written = repo.write(&int8, out)?;
+    let qz = written.quantization.as_ref().expect("just set");
+    println!(
+        "{kind} v{} = INT8 of v{version} ({} MatMuls quantized), latency on {}:",
+        written.version, summary.matmuls, qz.backend
+    );
+    println!(
+        "| | float v{version} | INT8 v{} | float ÷ INT8 |",
+        written.version
+    );
+    println!("| --- | ---: | ---: | ---: |");
+    println!(
+        "| file bytes | {} | {} | {:.2} |",
+        qz.float_bytes,
+        qz.int8_bytes,
+        qz.float_bytes as f64 / qz.int8_bytes as f64
+    );
+    println!(
+        "| held-out {metric} | {:.4} | {:.4} | {:.4} |",
+        qz.float_metric,
+        qz.int8_metric,
+        qz.float_metric / qz.int8_metric
+    );
+    for (b, f, i) in [
+        (1, qz.float_us_batch1, qz.int8_us_batch1),
+        (32, qz.float_us_batch32, qz.int8_us_batch32),
+    ] {
+        println!(
+            "| µs per call, batch {b} | {f:.1} | {i:.1} | {:.2} |",
+            f / i
+        );
+    }
+    Ok(())
 }
 
 /// The store, emptied first when `replace` (refused when it holds data otherwise).

@@ -5,7 +5,7 @@
 use crate::api::*;
 use crate::error::ServiceError;
 use chrono::{SecondsFormat, Utc};
-use ml_backend::{InferencePool, LoadedModel, ModelMeta};
+use ml_backend::{BatchConfig, Batcher, InferencePool, LoadedModel, ModelMeta};
 use ml_core::catalogue::Catalogue;
 use ml_core::features::{self, PopulationActivity, UserFeatures, HOURS_PER_WEEK};
 use ml_core::post;
@@ -19,11 +19,39 @@ use uuid::Uuid;
 /// History destinations whose share of a recommendation is measured.
 const MAX_ATTRIBUTED_HISTORY: usize = 30;
 
-/// A model version in memory.
+/// A model version in memory, with its batcher.
 #[derive(Debug, Clone)]
 pub struct ServedModel {
     pub meta: ModelMeta,
-    pub model: Arc<dyn LoadedModel>,
+    pub batcher: Batcher,
+}
+
+/// The inference engine: the pool of inference threads shared by all models
+/// and how each model's requests are batched in front of it.
+#[derive(Debug, Clone)]
+pub struct Engine {
+    pub pool: Arc<InferencePool>,
+    pub batch: BatchConfig,
+}
+
+impl Engine {
+    pub fn new(threads: usize, queue: usize, batch: BatchConfig) -> Self {
+        Self {
+            pool: Arc::new(InferencePool::new(threads, queue)),
+            batch,
+        }
+    }
+
+    /// Serve a loaded model version: start its batcher (on the current runtime).
+    pub fn serve(&self, meta: ModelMeta, model: Arc<dyn LoadedModel>) -> ServedModel {
+        let name = meta.model.as_str();
+        let observer: ml_backend::BatchObserver =
+            Arc::new(move |_requests, rows| crate::telemetry::batch(name, rows));
+        ServedModel {
+            batcher: Batcher::spawn(model, Arc::clone(&self.pool), self.batch, observer),
+            meta,
+        }
+    }
 }
 
 /// An answer and the model version that produced it.
@@ -39,7 +67,7 @@ pub struct Predictor {
     pub data: Arc<dyn DataSource>,
     pub catalogue: Catalogue,
     pub models: HashMap<ModelKind, ServedModel>,
-    pub pool: InferencePool,
+    pub engine: Engine,
     pub quiet_hours: post::QuietHours,
     pub gpu: bool,
     /// For each column of the recommendation model, the catalogue index of its
@@ -53,11 +81,15 @@ impl Predictor {
     pub fn new(
         data: Arc<dyn DataSource>,
         catalogue: Catalogue,
-        models: HashMap<ModelKind, ServedModel>,
-        pool: InferencePool,
+        models: HashMap<ModelKind, (ModelMeta, Arc<dyn LoadedModel>)>,
+        engine: Engine,
         quiet_hours: post::QuietHours,
         gpu: bool,
     ) -> Self {
+        let models: HashMap<ModelKind, ServedModel> = models
+            .into_iter()
+            .map(|(k, (meta, model))| (k, engine.serve(meta, model)))
+            .collect();
         let rec_columns = models
             .get(&ModelKind::Recommendation)
             .map(|m| {
@@ -81,7 +113,7 @@ impl Predictor {
             data,
             catalogue,
             models,
-            pool,
+            engine,
             quiet_hours,
             gpu,
             rec_columns,
@@ -122,8 +154,7 @@ impl Predictor {
         input: Vec<f32>,
         rows: usize,
     ) -> Result<Vec<Vec<f32>>, ServiceError> {
-        crate::telemetry::batch(m.meta.model.as_str(), rows);
-        Ok(self.pool.run(Arc::clone(&m.model), input, rows).await?)
+        Ok(m.batcher.run(input, rows).await?)
     }
 
     pub async fn score_match(

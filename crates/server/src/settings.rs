@@ -61,6 +61,21 @@ pub struct ImportArgs {
 pub enum ModelsCommand {
     /// List model versions with their held-out metrics.
     List(Settings),
+    /// Write an INT8 (dynamically quantized) variant of a model version as a new
+    /// version, with its size, held-out metric and latency next to the float
+    /// model's in its model.json.
+    Quantize(QuantizeArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct QuantizeArgs {
+    /// The model: travel_match, recommendation or notification_timing.
+    pub model: String,
+    /// The float version to quantize (default: the newest).
+    #[arg(long)]
+    pub version: Option<u64>,
+    #[command(flatten)]
+    pub settings: Settings,
 }
 
 #[derive(Debug, Args)]
@@ -134,6 +149,29 @@ pub struct Settings {
     /// Inference jobs that may wait for a thread; beyond this, requests get 503.
     #[arg(long, env = "INFERENCE_QUEUE", default_value_t = 1024)]
     pub inference_queue: usize,
+    /// Most requests one model call serves (dynamic batching); 1 turns batching off.
+    #[arg(long, env = "BATCH_SIZE", default_value_t = 32, value_parser = clap::value_parser!(u32).range(1..=4096))]
+    pub batch_size: u32,
+    /// How long, in microseconds, the first request of a batch waits for more;
+    /// 0 takes only what is already queued (no added latency).
+    #[arg(long, env = "BATCH_MAX_DELAY_US", default_value_t = 0)]
+    pub batch_max_delay_us: u64,
+    /// Inference backend: `tract` (pure Rust, embedded) or `onnxruntime` (the
+    /// library at ORT_DYLIB_PATH; ENABLE_GPU=true selects it).
+    #[arg(long, env = "INFERENCE_BACKEND", value_enum, default_value_t = BackendKind::Tract)]
+    pub inference_backend: BackendKind,
+    /// The ONNX Runtime shared library (`libonnxruntime.so.*`), as printed by
+    /// scripts/fetch-onnxruntime.sh.
+    #[arg(long, env = "ORT_DYLIB_PATH")]
+    pub ort_dylib_path: Option<PathBuf>,
+    /// Run models on the GPU through ONNX Runtime's CUDA execution provider;
+    /// falls back to the CPU, with a warning, when CUDA is not usable.
+    #[arg(long, env = "ENABLE_GPU", default_value_t = false, action = clap::ArgAction::Set)]
+    pub enable_gpu: bool,
+    /// Threads ONNX Runtime uses inside one model call. 1 suits these small
+    /// models: calls already run in parallel on the inference threads.
+    #[arg(long, env = "ORT_INTRA_OP_THREADS", default_value_t = 1)]
+    pub ort_intra_op_threads: usize,
     /// Model repository folder: {MODEL_PATH}/{model}/{version}/model.onnx + model.json.
     #[arg(long, env = "MODEL_PATH", default_value = "./models")]
     pub model_path: PathBuf,
@@ -155,6 +193,13 @@ pub struct Settings {
     /// Log filter (error, warn, info, debug, trace, or a tracing directive).
     #[arg(long, env = "LOG_LEVEL", default_value = "info")]
     pub log_level: String,
+}
+
+/// The inference backends.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum BackendKind {
+    Tract,
+    Onnxruntime,
 }
 
 /// Parse `START-END` quiet hours, e.g. `22-8`.
@@ -182,6 +227,16 @@ impl Settings {
             s: Settings,
         }
         Only::parse_from(["ml-service"]).s
+    }
+
+    /// How each model's requests are batched.
+    pub fn batch_config(&self) -> ml_backend::BatchConfig {
+        ml_backend::BatchConfig {
+            max_batch: self.batch_size as usize,
+            max_delay: std::time::Duration::from_micros(self.batch_max_delay_us),
+            queue: self.inference_queue,
+            concurrency: self.inference_threads(),
+        }
     }
 
     pub fn inference_threads(&self) -> usize {

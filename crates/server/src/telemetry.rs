@@ -10,7 +10,7 @@
 //! | `ml_model_memory_bytes` | gauge | model, version (ONNX weights) |
 //! | `ml_prediction_batch_size` | histogram | model (rows per model run) |
 //! | `ml_inflight_requests` | gauge | |
-//! | `ml_inference_queue_depth` | gauge | (jobs waiting for an inference thread) |
+//! | `ml_inference_queue_depth` | gauge | queue (`pool`: batches waiting for an inference thread; a model name: requests waiting in its batcher) |
 //! | `ml_process_resident_memory_bytes` | gauge | |
 //! | `ml_build_info` | gauge (1) | version |
 //!
@@ -116,7 +116,7 @@ pub fn model_loaded(model: &str, version: u64, seconds: f64, bytes: usize) {
     metrics::gauge!("ml_model_memory_bytes", &labels).set(bytes as f64);
 }
 
-/// Record the rows of one model run.
+/// Record the rows of one model call (a whole batch).
 pub fn batch(model: &str, rows: usize) {
     metrics::histogram!("ml_prediction_batch_size", "model" => model.to_string())
         .record(rows as f64);
@@ -173,7 +173,12 @@ fn resident_memory_bytes() -> Option<f64> {
 }
 
 async fn render(State(p): State<Arc<Predictor>>) -> String {
-    metrics::gauge!("ml_inference_queue_depth").set(p.pool.queue_depth() as f64);
+    metrics::gauge!("ml_inference_queue_depth", "queue" => "pool")
+        .set(p.engine.pool.queue_depth() as f64);
+    for (k, m) in &p.models {
+        metrics::gauge!("ml_inference_queue_depth", "queue" => k.as_str())
+            .set(m.batcher.queue_depth() as f64);
+    }
     if let Some(rss) = resident_memory_bytes() {
         metrics::gauge!("ml_process_resident_memory_bytes").set(rss);
     }

@@ -126,6 +126,10 @@ async fn spawn_with(settings: Settings) -> TestApp {
 /// Run an `ml-service` command (as `main` would) off the async runtime, on the
 /// store and model repository of `settings`, logging only warnings.
 async fn run_cli(args: &[&str], settings: &Settings) {
+    try_cli(args, settings).await.unwrap();
+}
+
+async fn try_cli(args: &[&str], settings: &Settings) -> anyhow::Result<()> {
     use clap::Parser;
     let sqlite = settings.sqlite_path.display().to_string();
     let models = settings.model_path.display().to_string();
@@ -143,7 +147,6 @@ async fn run_cli(args: &[&str], settings: &Settings) {
     tokio::task::spawn_blocking(move || ml_server::cli::run(cli))
         .await
         .unwrap()
-        .unwrap();
 }
 
 async fn spawn_app() -> TestApp {
@@ -1082,7 +1085,13 @@ async fn metrics_have_the_spec_names_and_labels() {
         assert!(sample(&text, "ml_model_memory_bytes", &[&m]).unwrap() > 0.0);
     }
     assert!(sample(&text, "ml_inflight_requests", &[]).is_some());
-    assert!(sample(&text, "ml_inference_queue_depth", &[]).is_some());
+    assert!(sample(&text, "ml_inference_queue_depth", &["queue=\"pool\""]).is_some());
+    assert!(sample(
+        &text,
+        "ml_inference_queue_depth",
+        &["queue=\"travel_match\""]
+    )
+    .is_some());
     assert!(sample(&text, "ml_process_resident_memory_bytes", &[]).unwrap() > 1e6);
     assert_eq!(sample(&text, "ml_build_info", &["version="]), Some(1.0));
 }
@@ -1107,4 +1116,304 @@ async fn request_ids_are_echoed_or_generated() {
     // Error responses carry one too.
     let r = app.get("/nope").await;
     assert!(r.headers().contains_key("x-request-id"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn concurrent_requests_are_batched_and_get_their_own_answers() {
+    let mut settings = fixture().settings.clone();
+    settings.batch_size = 32;
+    // A long window makes batches form even on a busy test machine.
+    settings.batch_max_delay_us = 20_000;
+    let app = spawn_with(settings).await;
+    let u = app.users(41);
+    let body = |i: usize| json!({"user_a_id": u[i], "user_b_id": u[i + 1]});
+    let mut sequential = vec![];
+    for i in 0..40 {
+        let r = app.post("/match/score", body(i)).await;
+        assert_eq!(r.status(), 200);
+        sequential.push(r.json::<Value>().await.unwrap()["score"].clone());
+    }
+    let metrics = app
+        .client
+        .get(&app.metrics)
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    let before = batches_over_one(&metrics);
+    let app = std::sync::Arc::new(app);
+    let tasks: Vec<_> = (0..40)
+        .map(|i| {
+            let app = app.clone();
+            let b = body(i);
+            tokio::spawn(async move {
+                let r = app.post("/match/score", b).await;
+                assert_eq!(r.status(), 200);
+                r.json::<Value>().await.unwrap()["score"].clone()
+            })
+        })
+        .collect();
+    for (i, t) in tasks.into_iter().enumerate() {
+        assert_eq!(
+            t.await.unwrap(),
+            sequential[i],
+            "pair {i} got another pair's answer"
+        );
+    }
+    let metrics = app
+        .client
+        .get(&app.metrics)
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(
+        batches_over_one(&metrics) > before,
+        "40 concurrent match requests never shared a model call"
+    );
+}
+
+/// Model calls of the match model that carried more than one row.
+fn batches_over_one(text: &str) -> f64 {
+    let m = "model=\"travel_match\"";
+    let count = sample(text, "ml_prediction_batch_size_count", &[m]).unwrap_or(0.0);
+    let ones = sample(text, "ml_prediction_batch_size_bucket", &[m, "le=\"1\""]).unwrap_or(0.0);
+    count - ones
+}
+
+/// The ONNX Runtime library: ORT_DYLIB_PATH, else the one
+/// scripts/fetch-onnxruntime.sh fetches. Missing: skipped with a message,
+/// except under CI=true, where the test fails.
+fn ort_dylib() -> Option<PathBuf> {
+    let p = std::env::var_os("ORT_DYLIB_PATH")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| {
+            PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+                .join("../../.fixtures/onnxruntime/libonnxruntime.so.1.31.1")
+        });
+    if p.is_file() {
+        return Some(p);
+    }
+    assert!(
+        std::env::var("CI").as_deref() != Ok("true"),
+        "no ONNX Runtime library at {} under CI",
+        p.display()
+    );
+    eprintln!(
+        "SKIPPED: no ONNX Runtime library at {} (run scripts/fetch-onnxruntime.sh)",
+        p.display()
+    );
+    None
+}
+
+/// The three endpoints' answers for a few users, without the latency field.
+async fn answers(app: &TestApp) -> Vec<Value> {
+    let u = app.users(6);
+    let ok = |r: reqwest::Response| async move {
+        assert_eq!(r.status(), 200);
+        r.json::<Value>().await.unwrap()
+    };
+    let mut out = vec![];
+    for i in 0..3 {
+        let mut m = ok(app
+            .post(
+                "/match/score",
+                json!({"user_a_id": u[2 * i], "user_b_id": u[2 * i + 1]}),
+            )
+            .await)
+        .await;
+        m.as_object_mut().unwrap().remove("latency_ms");
+        out.push(m);
+        let r = ok(app
+            .post(
+                "/recommend/destinations",
+                json!({"user_id": u[i], "limit": 10}),
+            )
+            .await)
+        .await;
+        out.push(r["destinations"].clone());
+        let n = ok(app
+            .post(
+                "/notifications/optimize",
+                json!({"user_id": u[i], "notification_type": "match_found", "urgency": "medium"}),
+            )
+            .await)
+        .await;
+        out.push(json!([n["send_at"], n["channel"], n["confidence"]]));
+    }
+    out
+}
+
+/// Largest difference between two JSON documents' numbers; panics when their
+/// shape or any string differs.
+fn json_max_diff(a: &Value, b: &Value) -> f64 {
+    match (a, b) {
+        (Value::Number(x), Value::Number(y)) => (x.as_f64().unwrap() - y.as_f64().unwrap()).abs(),
+        (Value::Array(x), Value::Array(y)) => {
+            assert_eq!(x.len(), y.len(), "{a} vs {b}");
+            x.iter()
+                .zip(y)
+                .map(|(x, y)| json_max_diff(x, y))
+                .fold(0.0, f64::max)
+        }
+        (Value::Object(x), Value::Object(y)) => {
+            assert_eq!(x.keys().collect::<Vec<_>>(), y.keys().collect::<Vec<_>>());
+            x.iter()
+                .map(|(k, v)| json_max_diff(v, &y[k]))
+                .fold(0.0, f64::max)
+        }
+        _ => {
+            assert_eq!(a, b);
+            0.0
+        }
+    }
+}
+
+#[tokio::test]
+async fn the_onnx_runtime_backend_serves_the_same_answers_as_tract() {
+    let Some(dylib) = ort_dylib() else { return };
+    let tract = spawn_app().await;
+    let mut settings = fixture().settings.clone();
+    settings.inference_backend = ml_server::settings::BackendKind::Onnxruntime;
+    settings.ort_dylib_path = Some(dylib);
+    let ort = spawn_with(settings).await;
+    let health: Value = ort.get("/health").await.json().await.unwrap();
+    assert_eq!(health["gpu_available"], false);
+    assert_eq!(health["models_loaded"], true);
+    let (a, b) = (answers(&tract).await, answers(&ort).await);
+    // Responses are rounded to 4 decimals; the backends agree within 1e-4
+    // before rounding, so at most one unit of the last place differs.
+    let d = json_max_diff(&Value::Array(a), &Value::Array(b));
+    assert!(d <= 1.5e-4, "tract and ONNX Runtime answers differ by {d}");
+}
+
+#[tokio::test]
+async fn gpu_asked_for_without_a_gpu_falls_back_to_the_cpu() {
+    let Some(dylib) = ort_dylib() else { return };
+    let mut settings = fixture().settings.clone();
+    settings.enable_gpu = true;
+    settings.ort_dylib_path = Some(dylib);
+    let app = spawn_with(settings).await;
+    let health: Value = app.get("/health").await.json().await.unwrap();
+    // This CPU build of ONNX Runtime has no CUDA provider: the service serves
+    // on the CPU and says so.
+    assert_eq!(health["gpu_available"], false);
+    let u = app.users(2);
+    let r = app
+        .post(
+            "/match/score",
+            json!({"user_a_id": u[0], "user_b_id": u[1]}),
+        )
+        .await;
+    assert_eq!(r.status(), 200);
+}
+
+#[tokio::test]
+async fn onnx_runtime_without_its_library_refuses_to_start_with_a_clear_error() {
+    let mut settings = fixture().settings.clone();
+    settings.inference_backend = ml_server::settings::BackendKind::Onnxruntime;
+    settings.ort_dylib_path = None;
+    let err = app::prepare(&settings)
+        .err()
+        .expect("started without a library");
+    assert!(format!("{err:#}").contains("ORT_DYLIB_PATH"), "{err:#}");
+    settings.ort_dylib_path = Some("/nonexistent/libonnxruntime.so".into());
+    let err = app::prepare(&settings)
+        .err()
+        .expect("started without a library");
+    assert!(
+        format!("{err:#}").contains("fetch-onnxruntime.sh"),
+        "{err:#}"
+    );
+}
+
+fn copy_dir(from: &std::path::Path, to: &std::path::Path) {
+    std::fs::create_dir_all(to).unwrap();
+    for e in std::fs::read_dir(from).unwrap() {
+        let e = e.unwrap();
+        if e.file_type().unwrap().is_dir() {
+            copy_dir(&e.path(), &to.join(e.file_name()));
+        } else {
+            std::fs::copy(e.path(), to.join(e.file_name())).unwrap();
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn quantize_writes_int8_versions_that_are_measured_and_served() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut settings = fixture().settings.clone();
+    copy_dir(&settings.model_path, dir.path());
+    settings.model_path = dir.path().to_path_buf();
+    let float = spawn_with(settings.clone()).await;
+    let before = answers(&float).await;
+    let repo = LocalRepository::new(dir.path());
+    for kind in ModelKind::ALL {
+        run_cli(&["models", "quantize", kind.as_str()], &settings).await;
+        assert_eq!(repo.versions(kind).unwrap(), vec![1, 2], "{kind}");
+        let (bytes, meta) = repo.read(kind, 2).unwrap();
+        let q = meta
+            .quantization
+            .as_ref()
+            .expect("model.json records the quantization");
+        assert_eq!(q.source_version, 1);
+        assert_eq!(q.int8_bytes, bytes.len());
+        assert_eq!(q.float_bytes, repo.read(kind, 1).unwrap().0.len());
+        let expected = repo.read(kind, 1).unwrap().1.evaluation.unwrap().metrics;
+        // The float metric measured through the served file is the trainer's.
+        if kind == ModelKind::TravelMatch {
+            assert_eq!(q.metric, "auc");
+        }
+        if let Some(m) = expected.get(&q.metric) {
+            assert!(
+                (m - q.float_metric).abs() < 1e-3,
+                "{kind}: {} vs trainer's {m}",
+                q.float_metric
+            );
+        }
+        assert!(
+            (q.int8_metric - q.float_metric).abs() < 0.05 * q.float_metric.abs().max(0.01),
+            "{kind}: INT8 {} vs float {}",
+            q.int8_metric,
+            q.float_metric
+        );
+        for us in [
+            q.float_us_batch1,
+            q.int8_us_batch1,
+            q.float_us_batch32,
+            q.int8_us_batch32,
+        ] {
+            assert!(us > 0.0 && us.is_finite());
+        }
+    }
+    // A second quantize of an INT8 version is refused.
+    let err = try_cli(&["models", "quantize", "travel_match"], &settings)
+        .await
+        .expect_err("quantized an INT8 model again");
+    assert!(format!("{err:#}").contains("already an INT8"), "{err:#}");
+    // A new start serves the INT8 versions with answers close to the float ones.
+    let int8 = spawn_with(settings).await;
+    let r = int8
+        .post(
+            "/match/score",
+            json!({"user_a_id": int8.users(2)[0], "user_b_id": int8.users(2)[1]}),
+        )
+        .await;
+    assert_eq!(r.headers()["x-model-version"], "travel_match/2");
+    let after = answers(&int8).await;
+    for (a, b) in before.iter().zip(&after) {
+        // Recommendations may reorder near-ties; compare the match and
+        // notification answers' numbers.
+        if a.is_array() && a.as_array().unwrap().len() == 3 {
+            let d = (a[2].as_f64().unwrap() - b[2].as_f64().unwrap()).abs();
+            assert!(d < 0.05, "notification confidence moved by {d}");
+        } else if a.is_object() {
+            let d = (a["score"].as_f64().unwrap() - b["score"].as_f64().unwrap()).abs();
+            assert!(d < 0.05, "match score moved by {d}");
+        }
+    }
 }
