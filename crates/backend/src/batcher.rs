@@ -1,15 +1,18 @@
-//! Dynamic batching: one actor per loaded model owns a bounded queue of
-//! requests, forms batches of up to `max_batch` requests (whatever is queued
-//! now, plus whatever arrives within `max_delay` of the first), runs each batch
-//! as one model call on the inference pool, and answers every request with its
-//! own rows. A full queue is refused at once; requests whose caller has gone
-//! away are dropped before inference.
+//! Dynamic batching: one actor per loaded model, on its own OS thread, owns a
+//! bounded queue of requests, forms batches of up to `max_batch` requests
+//! (whatever is queued now, plus whatever arrives within `max_delay` of the
+//! first), runs each batch as one model call on the inference pool, and answers
+//! every request with its own rows. A full queue is refused at once; requests
+//! whose caller has gone away are dropped before inference. The actor is a
+//! thread rather than an async task because its waits are sub-millisecond:
+//! tokio's timers tick in whole milliseconds, a parked thread wakes to the
+//! microsecond.
 
 use crate::{BackendError, InferencePool, LoadedModel, Outputs};
+use crossbeam_channel::{bounded, Receiver, Sender, TrySendError};
 use std::sync::Arc;
-use std::time::Duration;
-use tokio::sync::{mpsc, oneshot, Semaphore};
-use tokio::time::Instant;
+use std::time::{Duration, Instant};
+use tokio::sync::oneshot;
 
 /// How a model's requests are batched.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -48,13 +51,14 @@ struct Request {
     arrived: Instant,
 }
 
-/// The handle to one model's batcher; cheap to clone.
+/// The handle to one model's batcher; cheap to clone. The actor thread ends
+/// when the last handle is dropped, after answering what is queued.
 #[derive(Clone)]
 pub struct Batcher {
     model: Arc<dyn LoadedModel>,
     pool: Arc<InferencePool>,
     /// `None` when batching is off.
-    tx: Option<mpsc::Sender<Request>>,
+    tx: Option<Sender<Request>>,
     observer: BatchObserver,
 }
 
@@ -68,8 +72,8 @@ impl std::fmt::Debug for Batcher {
 }
 
 impl Batcher {
-    /// Start the batching actor of `model` on the current tokio runtime (or,
-    /// with `max_batch` ≤ 1, a handle that sends each request on its own).
+    /// Start the batching actor of `model` (or, with `max_batch` ≤ 1, a handle
+    /// that sends each request on its own).
     pub fn spawn(
         model: Arc<dyn LoadedModel>,
         pool: Arc<InferencePool>,
@@ -77,16 +81,25 @@ impl Batcher {
         observer: BatchObserver,
     ) -> Self {
         let tx = (config.max_batch > 1).then(|| {
-            let (tx, rx) = mpsc::channel(config.queue.max(1));
+            let (tx, rx) = bounded(config.queue.max(1));
+            let slots = config.concurrency.max(1);
+            let (slot_tx, slot_rx) = bounded(slots);
+            for _ in 0..slots {
+                let _ = slot_tx.send(());
+            }
             let actor = Actor {
                 model: Arc::clone(&model),
                 pool: Arc::clone(&pool),
                 rx,
                 config,
-                slots: Arc::new(Semaphore::new(config.concurrency.max(1))),
+                slot_tx,
+                slot_rx,
                 observer: Arc::clone(&observer),
             };
-            tokio::spawn(actor.run());
+            std::thread::Builder::new()
+                .name("batcher".into())
+                .spawn(move || actor.run())
+                .expect("spawn a batcher thread");
             tx
         });
         Self {
@@ -99,10 +112,7 @@ impl Batcher {
 
     /// Requests waiting in this model's queue.
     pub fn queue_depth(&self) -> usize {
-        self.tx
-            .as_ref()
-            .map(|t| t.max_capacity() - t.capacity())
-            .unwrap_or(0)
+        self.tx.as_ref().map(Sender::len).unwrap_or(0)
     }
 
     /// Run `rows` rows through the model, batched with other callers' rows.
@@ -119,8 +129,8 @@ impl Batcher {
             arrived: Instant::now(),
         })
         .map_err(|e| match e {
-            mpsc::error::TrySendError::Full(_) => BackendError::Overloaded,
-            mpsc::error::TrySendError::Closed(_) => BackendError::ShutDown,
+            TrySendError::Full(_) => BackendError::Overloaded,
+            TrySendError::Disconnected(_) => BackendError::ShutDown,
         })?;
         rx.await.map_err(|_| BackendError::ShutDown)?
     }
@@ -129,23 +139,23 @@ impl Batcher {
 struct Actor {
     model: Arc<dyn LoadedModel>,
     pool: Arc<InferencePool>,
-    rx: mpsc::Receiver<Request>,
+    rx: Receiver<Request>,
     config: BatchConfig,
-    slots: Arc<Semaphore>,
+    /// One token per batch allowed in flight; a finished batch returns its token.
+    slot_tx: Sender<()>,
+    slot_rx: Receiver<()>,
     observer: BatchObserver,
 }
 
 impl Actor {
-    async fn run(mut self) {
-        // The loop ends when every `Batcher` handle is dropped (the model was
-        // unloaded) and the queue is empty, so queued requests are still answered.
-        while let Some(first) = self.rx.recv().await {
+    fn run(self) {
+        while let Ok(first) = self.rx.recv() {
             // Wait for a free slot first: while every slot is busy, arriving
             // requests queue up and join this batch, which is what makes batches
             // grow with load.
-            let Ok(slot) = Arc::clone(&self.slots).acquire_owned().await else {
+            if self.slot_rx.recv().is_err() {
                 return;
-            };
+            }
             let deadline = first.arrived + self.config.max_delay;
             let mut batch = vec![first];
             while batch.len() < self.config.max_batch {
@@ -154,61 +164,63 @@ impl Actor {
                     Err(_) => break,
                 }
             }
-            while batch.len() < self.config.max_batch && Instant::now() < deadline {
-                match tokio::time::timeout_at(deadline, self.rx.recv()).await {
-                    Ok(Some(r)) => batch.push(r),
-                    _ => break,
+            while batch.len() < self.config.max_batch {
+                match self.rx.recv_deadline(deadline) {
+                    Ok(r) => batch.push(r),
+                    Err(_) => break,
                 }
             }
             // Callers that gave up (timeout, disconnect) cost no inference.
             batch.retain(|r| !r.reply.is_closed());
             if batch.is_empty() {
+                let _ = self.slot_tx.send(());
                 continue;
             }
-            let model = Arc::clone(&self.model);
-            let pool = Arc::clone(&self.pool);
-            let observer = Arc::clone(&self.observer);
-            tokio::spawn(async move {
-                run_batch(model, pool, batch, observer).await;
-                drop(slot);
-            });
+            self.dispatch(batch);
         }
     }
-}
 
-/// One model call for the whole batch, then each request gets its own rows.
-async fn run_batch(
-    model: Arc<dyn LoadedModel>,
-    pool: Arc<InferencePool>,
-    batch: Vec<Request>,
-    observer: BatchObserver,
-) {
-    let rows: usize = batch.iter().map(|r| r.rows).sum();
-    observer(batch.len(), rows);
-    let input = if batch.len() == 1 {
-        batch[0].input.clone()
-    } else {
-        batch.iter().flat_map(|r| r.input.iter().copied()).collect()
-    };
-    match pool.run(model, input, rows).await {
-        Ok(outputs) => {
-            let mut start = 0;
-            for r in batch {
-                let part = outputs
-                    .iter()
-                    .map(|o| {
-                        let w = o.len() / rows;
-                        o[start * w..(start + r.rows) * w].to_vec()
-                    })
-                    .collect();
-                start += r.rows;
-                let _ = r.reply.send(Ok(part));
+    /// One model call for the whole batch; each request gets its own rows.
+    fn dispatch(&self, batch: Vec<Request>) {
+        let rows: usize = batch.iter().map(|r| r.rows).sum();
+        (self.observer)(batch.len(), rows);
+        let input: Vec<f32> = if batch.len() == 1 {
+            batch[0].input.clone()
+        } else {
+            batch.iter().flat_map(|r| r.input.iter().copied()).collect()
+        };
+        let (replies, sizes): (Vec<_>, Vec<_>) =
+            batch.into_iter().map(|r| (r.reply, r.rows)).unzip();
+        let slot = self.slot_tx.clone();
+        let answer = move |result: Result<Outputs, BackendError>| {
+            match result {
+                Ok(outputs) => {
+                    let mut start = 0;
+                    for (reply, n) in replies.into_iter().zip(sizes) {
+                        let part = outputs
+                            .iter()
+                            .map(|o| {
+                                let w = o.len() / rows;
+                                o[start * w..(start + n) * w].to_vec()
+                            })
+                            .collect();
+                        start += n;
+                        let _ = reply.send(Ok(part));
+                    }
+                }
+                Err(e) => {
+                    for reply in replies {
+                        let _ = reply.send(Err(e.for_each_caller()));
+                    }
+                }
             }
-        }
-        Err(e) => {
-            for r in batch {
-                let _ = r.reply.send(Err(e.for_each_caller()));
-            }
+            let _ = slot.send(());
+        };
+        if let Err((e, answer)) =
+            self.pool
+                .submit(Arc::clone(&self.model), input, rows, Box::new(answer))
+        {
+            answer(Err(e));
         }
     }
 }

@@ -11,11 +11,23 @@ use tokio::sync::oneshot;
 /// A model's outputs, each flattened row-major, in signature order.
 pub type Outputs = Vec<Vec<f32>>;
 
+/// What the batcher runs on the inference thread with a batch's result.
+pub type Callback = Box<dyn FnOnce(Result<Outputs, BackendError>) + Send>;
+
+/// Where a job's result goes.
+enum Reply {
+    /// A waiting caller; skipped when it has gone away.
+    Caller(oneshot::Sender<Result<Outputs, BackendError>>),
+    /// A function run on the inference thread with the result (the batcher's
+    /// way of answering each request of a batch).
+    Then(Callback),
+}
+
 struct Job {
     model: Arc<dyn LoadedModel>,
     input: Vec<f32>,
     rows: usize,
-    reply: oneshot::Sender<Result<Outputs, BackendError>>,
+    reply: Reply,
 }
 
 /// The pool of inference threads.
@@ -43,12 +55,14 @@ impl InferencePool {
                     .name(format!("inference-{i}"))
                     .spawn(move || {
                         for job in rx.iter() {
-                            // The caller gave up (timeout, disconnect): skip the work.
-                            if job.reply.is_closed() {
-                                continue;
+                            match job.reply {
+                                // The caller gave up (timeout, disconnect): skip the work.
+                                Reply::Caller(tx) if tx.is_closed() => {}
+                                Reply::Caller(tx) => {
+                                    let _ = tx.send(job.model.run(&job.input, job.rows));
+                                }
+                                Reply::Then(f) => f(job.model.run(&job.input, job.rows)),
                             }
-                            let out = job.model.run(&job.input, job.rows);
-                            let _ = job.reply.send(out);
                         }
                     })
                     .expect("spawn an inference thread")
@@ -73,18 +87,46 @@ impl InferencePool {
         rows: usize,
     ) -> Result<Outputs, BackendError> {
         let (reply, rx) = oneshot::channel();
-        let tx = self.tx.as_ref().ok_or(BackendError::ShutDown)?;
-        tx.try_send(Job {
+        self.enqueue(Job {
             model,
             input,
             rows,
-            reply,
+            reply: Reply::Caller(reply),
         })
-        .map_err(|e| match e {
-            TrySendError::Full(_) => BackendError::Overloaded,
-            TrySendError::Disconnected(_) => BackendError::ShutDown,
-        })?;
+        .map_err(|(e, _)| e)?;
         rx.await.map_err(|_| BackendError::ShutDown)?
+    }
+
+    /// Queue a model run whose result is handed to `then` on the inference
+    /// thread. When the queue is full or closed, the error and `then` come
+    /// back at once.
+    pub fn submit(
+        &self,
+        model: Arc<dyn LoadedModel>,
+        input: Vec<f32>,
+        rows: usize,
+        then: Callback,
+    ) -> Result<(), (BackendError, Callback)> {
+        let job = Job {
+            model,
+            input,
+            rows,
+            reply: Reply::Then(then),
+        };
+        self.enqueue(job).map_err(|(e, job)| match job.reply {
+            Reply::Then(f) => (e, f),
+            Reply::Caller(_) => unreachable!("a submitted job carries a callback"),
+        })
+    }
+
+    fn enqueue(&self, job: Job) -> Result<(), (BackendError, Job)> {
+        let Some(tx) = self.tx.as_ref() else {
+            return Err((BackendError::ShutDown, job));
+        };
+        tx.try_send(job).map_err(|e| match e {
+            TrySendError::Full(j) => (BackendError::Overloaded, j),
+            TrySendError::Disconnected(j) => (BackendError::ShutDown, j),
+        })
     }
 }
 
