@@ -12,6 +12,10 @@ use chrono::{DateTime, Datelike, Timelike, Utc};
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
+/// Version of [`UserFeatures`]' shape. Caches key and tag stored features with
+/// it, so bump it whenever a field is added, removed or changes meaning.
+pub const FEATURE_SCHEMA_VERSION: u16 = 1;
+
 /// Hours in a week: the activity histogram's length (Monday 00:00 local = 0).
 pub const HOURS_PER_WEEK: usize = 168;
 

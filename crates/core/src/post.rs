@@ -246,6 +246,16 @@ pub struct NotificationRequest<'a> {
     pub quiet: QuietHours,
 }
 
+/// How long a notification plan made at `now` stays the answer: until the
+/// next quarter hour (when the local hour may change in any time zone, the
+/// quarter-hour offsets included) or until its send time, whichever is first.
+pub fn plan_valid_for(now: DateTime<Utc>, send_at: DateTime<Utc>) -> std::time::Duration {
+    let secs = now.timestamp();
+    let next_quarter = (secs.div_euclid(900) + 1) * 900;
+    let until = (next_quarter - secs).min(send_at.timestamp() - secs);
+    std::time::Duration::from_secs(until.max(0) as u64)
+}
+
 /// Choose when and how to send: the best-scored hour within the urgency's
 /// window, outside quiet hours unless urgent, always in the future.
 pub fn plan_notification(r: &NotificationRequest) -> NotificationPlan {
@@ -315,6 +325,20 @@ pub fn notification_confidence(u: &UserFeatures, local_hour: usize) -> f32 {
 
 #[cfg(test)]
 mod tests {
+
+    #[test]
+    fn a_plan_is_cached_until_the_next_quarter_hour_or_its_send_time() {
+        use chrono::TimeZone;
+        let now = Utc.with_ymd_and_hms(2026, 3, 1, 10, 7, 30).unwrap();
+        let later = now + Duration::hours(5);
+        assert_eq!(super::plan_valid_for(now, later).as_secs(), 7 * 60 + 30);
+        let soon = now + Duration::seconds(40);
+        assert_eq!(super::plan_valid_for(now, soon).as_secs(), 40);
+        assert_eq!(super::plan_valid_for(now, now).as_secs(), 0);
+        let on_the_quarter = Utc.with_ymd_and_hms(2026, 3, 1, 10, 15, 0).unwrap();
+        assert_eq!(super::plan_valid_for(on_the_quarter, later).as_secs(), 900);
+    }
+
     use super::*;
     use crate::catalogue::builtin;
     use chrono::TimeZone;

@@ -15,7 +15,7 @@ pub const MAX_INTERESTS: usize = 50;
 pub const LIMIT_RANGE: std::ops::RangeInclusive<u32> = 1..=100;
 
 /// `POST /match/score` request.
-#[derive(Debug, Clone, Deserialize, ToSchema)]
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct MatchRequest {
     pub user_a_id: Uuid,
@@ -25,7 +25,7 @@ pub struct MatchRequest {
 }
 
 /// Optional context of a match request.
-#[derive(Debug, Clone, Default, Deserialize, ToSchema)]
+#[derive(Debug, Clone, Default, Serialize, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct MatchContextBody {
     /// A destination name, e.g. "Paris" (matched case-insensitively against the catalogue).
@@ -121,7 +121,7 @@ pub struct MatchResponse {
 }
 
 /// `POST /recommend/destinations` request.
-#[derive(Debug, Clone, Deserialize, ToSchema)]
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct RecommendRequest {
     pub user_id: Uuid,
@@ -139,7 +139,7 @@ fn default_limit() -> u32 {
 
 /// Filters: a budget admits places at or below it; a duration admits places
 /// with that typical trip length.
-#[derive(Debug, Clone, Default, Deserialize, ToSchema)]
+#[derive(Debug, Clone, Default, Serialize, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct RecommendFilters {
     pub budget: Option<Budget>,
@@ -178,7 +178,7 @@ pub struct RecommendResponse {
 }
 
 /// `POST /notifications/optimize` request.
-#[derive(Debug, Clone, Deserialize, ToSchema)]
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct NotifyRequest {
     pub user_id: Uuid,
@@ -205,7 +205,8 @@ pub struct NotifyResponse {
 /// `GET /health` response.
 #[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
 pub struct HealthResponse {
-    /// `healthy`, or `degraded` when a model or the data store is unavailable.
+    /// `healthy`, or `degraded` when a model, the data store or a configured
+    /// Redis is unavailable.
     pub status: String,
     pub models_loaded: bool,
     pub redis_connected: bool,

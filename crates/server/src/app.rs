@@ -178,6 +178,13 @@ pub fn prepare(settings: &Settings) -> anyhow::Result<Arc<Predictor>> {
             .context("reading the destination catalogue")?,
     );
     anyhow::ensure!(!catalogue.is_empty(), "the destination catalogue is empty");
+    let fingerprint = crate::cache::catalogue_fingerprint(
+        catalogue.destinations.iter().map(|d| d.id.to_string()),
+    );
+    let caches = tokio::runtime::Handle::try_current()
+        .context("start-up runs on the tokio runtime (the caches need it)")?
+        .block_on(crate::cache::Caches::new(settings, fingerprint))
+        .context("setting up the caches")?;
     let data: Arc<dyn DataSource> = Arc::new(store);
     let engine = Engine::new(
         settings.inference_threads(),
@@ -189,6 +196,7 @@ pub fn prepare(settings: &Settings) -> anyhow::Result<Arc<Predictor>> {
         data = %data.describe(),
         models = %repo.describe(),
         backend = backend.name(),
+        cache = %caches.store.describe(),
         inference_threads = settings.inference_threads(),
         batch_size = settings.batch_size,
         batch_max_delay_us = settings.batch_max_delay_us,
@@ -199,6 +207,7 @@ pub fn prepare(settings: &Settings) -> anyhow::Result<Arc<Predictor>> {
         catalogue,
         models,
         engine,
+        caches,
         settings.quiet_hours,
         backend.gpu(),
     )))

@@ -146,7 +146,85 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Models {
             command: ModelsCommand::Quantize(q),
         } => quantize(q),
+        Command::Features {
+            command: crate::settings::FeaturesCommand::Refresh(r),
+        } => refresh_features(r),
     }
+}
+
+/// `features refresh`: every (or the named) user's features into Redis.
+fn refresh_features(r: crate::settings::RefreshArgs) -> anyhow::Result<()> {
+    init_tracing(&r.settings.log_level);
+    anyhow::ensure!(
+        r.settings.redis_url.is_some(),
+        "features refresh writes to Redis: set REDIS_URL"
+    );
+    let store = app::open_store(&r.settings)?;
+    let data = store.load_dataset()?;
+    let td = TrainingData::new(&data);
+    let fingerprint = crate::cache::catalogue_fingerprint(
+        td.catalogue.destinations.iter().map(|d| d.id.to_string()),
+    );
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    rt.block_on(async {
+        let caches = crate::cache::Caches::new(&r.settings, fingerprint).await?;
+        anyhow::ensure!(
+            caches.redis_connected(),
+            "cannot reach {}",
+            caches.store.describe()
+        );
+        let ids: Vec<uuid::Uuid> = if r.users.is_empty() {
+            data.profiles.iter().map(|p| p.id).collect()
+        } else {
+            r.users.clone()
+        };
+        let unknown: Vec<String> = ids
+            .iter()
+            .filter(|id| td.profile(id).is_none())
+            .map(|id| id.to_string())
+            .collect();
+        anyhow::ensure!(unknown.is_empty(), "unknown users: {}", unknown.join(", "));
+        let bar = indicatif::ProgressBar::new(ids.len() as u64).with_style(
+            indicatif::ProgressStyle::with_template(
+                "{bar:40} {pos}/{len} users, {per_sec}, {eta} left",
+            )?,
+        );
+        let t0 = Instant::now();
+        let empty = ml_core::types::UserHistory::default();
+        let now = chrono::Utc::now();
+        for chunk in ids.chunks(r.batch.max(1)) {
+            let batch: Vec<ml_core::features::UserFeatures> = chunk
+                .iter()
+                .filter_map(|id| {
+                    let p = td.profile(id)?;
+                    let h = td.histories.get(id).unwrap_or(&empty);
+                    Some(ml_core::features::UserFeatures::from_history(
+                        p,
+                        h,
+                        &td.catalogue,
+                        now,
+                    ))
+                })
+                .collect();
+            caches
+                .store_features(&batch)
+                .await
+                .with_context(|| format!("writing to {}", caches.store.describe()))?;
+            bar.inc(chunk.len() as u64);
+        }
+        bar.finish_and_clear();
+        let secs = t0.elapsed().as_secs_f64();
+        println!(
+            "{} users' features written to {} in {secs:.2}s ({:.0} users/s), valid for {} s",
+            ids.len(),
+            caches.store.describe(),
+            ids.len() as f64 / secs.max(1e-9),
+            caches.ttl().as_secs()
+        );
+        Ok(())
+    })
 }
 
 /// Median microseconds of one model call on `rows` rows.

@@ -17,6 +17,8 @@ use utoipa::OpenApi;
 
 /// The header that names the model version behind an answer, e.g. `travel_match/1`.
 pub const MODEL_VERSION_HEADER: &str = "x-model-version";
+/// `hit` when the answer came from the prediction cache, else `miss`.
+pub const CACHE_HEADER: &str = "x-cache";
 
 impl<T: serde::Serialize> IntoResponse for Versioned<T> {
     fn into_response(self) -> Response {
@@ -25,6 +27,10 @@ impl<T: serde::Serialize> IntoResponse for Versioned<T> {
             r.headers_mut()
                 .insert(HeaderName::from_static(MODEL_VERSION_HEADER), v);
         }
+        r.headers_mut().insert(
+            HeaderName::from_static(CACHE_HEADER),
+            HeaderValue::from_static(if self.cached { "hit" } else { "miss" }),
+        );
         r
     }
 }

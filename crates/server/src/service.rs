@@ -60,6 +60,8 @@ pub struct Versioned<T> {
     pub body: T,
     pub model: ModelKind,
     pub version: u64,
+    /// Whether the prediction cache answered.
+    pub cached: bool,
 }
 
 /// Everything a prediction needs, shared by all requests.
@@ -68,6 +70,7 @@ pub struct Predictor {
     pub catalogue: Catalogue,
     pub models: HashMap<ModelKind, ServedModel>,
     pub engine: Engine,
+    pub caches: crate::cache::Caches,
     pub quiet_hours: post::QuietHours,
     pub gpu: bool,
     /// For each column of the recommendation model, the catalogue index of its
@@ -83,6 +86,7 @@ impl Predictor {
         catalogue: Catalogue,
         models: HashMap<ModelKind, (ModelMeta, Arc<dyn LoadedModel>)>,
         engine: Engine,
+        caches: crate::cache::Caches,
         quiet_hours: post::QuietHours,
         gpu: bool,
     ) -> Self {
@@ -114,6 +118,7 @@ impl Predictor {
             catalogue,
             models,
             engine,
+            caches,
             quiet_hours,
             gpu,
             rec_columns,
@@ -132,20 +137,49 @@ impl Predictor {
             .ok_or(ServiceError::ModelUnavailable(kind.as_str()))
     }
 
-    /// Features of a user, as of now.
-    async fn user(&self, field: &str, id: Uuid) -> Result<UserFeatures, ServiceError> {
+    /// Features of users (each with the request field that named it): from the
+    /// caches, else computed from the data source and written back.
+    async fn users<const N: usize>(
+        &self,
+        ids: [(&str, Uuid); N],
+    ) -> Result<[Arc<UserFeatures>; N], ServiceError> {
+        let uuids: Vec<Uuid> = ids.iter().map(|(_, id)| *id).collect();
+        let mut found = self.caches.features(&uuids).await;
+        let missing: Vec<usize> = (0..N).filter(|&i| found[i].is_none()).collect();
+        let computed = futures::future::try_join_all(
+            missing
+                .iter()
+                .map(|&i| self.compute_user(ids[i].0, ids[i].1)),
+        )
+        .await?;
+        self.caches.put_features(&computed);
+        for (i, f) in missing.into_iter().zip(computed) {
+            found[i] = Some(f);
+        }
+        // Every slot is filled: from a cache, or computed just above.
+        let mut found = found.into_iter();
+        Ok(std::array::from_fn(|_| {
+            found
+                .next()
+                .flatten()
+                .expect("each user was found in a cache or computed")
+        }))
+    }
+
+    /// Features of a user from the data source, as of now.
+    async fn compute_user(&self, field: &str, id: Uuid) -> Result<Arc<UserFeatures>, ServiceError> {
         let unknown = || ServiceError::UnknownUser {
             field: field.to_string(),
             id,
         };
         let h = self.data.user_history(id).await?.ok_or_else(unknown)?;
         let p = h.profile.as_ref().ok_or_else(unknown)?;
-        Ok(UserFeatures::from_history(
+        Ok(Arc::new(UserFeatures::from_history(
             p,
             &h,
             &self.catalogue,
             Utc::now(),
-        ))
+        )))
     }
 
     async fn run(
@@ -164,11 +198,25 @@ impl Predictor {
         let t0 = Instant::now();
         req.validate()?;
         let m = self.model(ModelKind::TravelMatch)?;
-        let (a, b) = tokio::join!(
-            self.user("user_a_id", req.user_a_id),
-            self.user("user_b_id", req.user_b_id)
+        let key = self.caches.prediction_key(
+            "match",
+            m.meta.model.as_str(),
+            m.meta.version,
+            req.user_a_id,
+            req,
         );
-        let (a, b) = (a?, b?);
+        if let Some(mut body) = self.caches.prediction::<MatchResponse>(&key).await {
+            body.latency_ms = (t0.elapsed().as_secs_f64() * 1e6).round() / 1e3;
+            return Ok(Versioned {
+                body,
+                model: ModelKind::TravelMatch,
+                version: m.meta.version,
+                cached: true,
+            });
+        }
+        let [a, b] = self
+            .users([("user_a_id", req.user_a_id), ("user_b_id", req.user_b_id)])
+            .await?;
         let ctx = req.context.clone().unwrap_or_default();
         let ctx = post::match_context(
             &self.catalogue,
@@ -180,19 +228,22 @@ impl Predictor {
         let score = out[0][0];
         let f = &out[1];
         let confidence = post::match_confidence(score, post::match_completeness(&a, &b));
-        Ok(Versioned {
-            body: MatchResponse {
-                score: round4(score),
-                confidence: round4(confidence),
-                factors: MatchFactors {
-                    interest_overlap: round4(f[0]),
-                    travel_style: round4(f[1]),
-                    personality: round4(f[2]),
-                },
-                latency_ms: (t0.elapsed().as_secs_f64() * 1e6).round() / 1e3,
+        let body = MatchResponse {
+            score: round4(score),
+            confidence: round4(confidence),
+            factors: MatchFactors {
+                interest_overlap: round4(f[0]),
+                travel_style: round4(f[1]),
+                personality: round4(f[2]),
             },
+            latency_ms: (t0.elapsed().as_secs_f64() * 1e6).round() / 1e3,
+        };
+        self.caches.put_prediction(key, &body, self.caches.ttl());
+        Ok(Versioned {
+            body,
             model: ModelKind::TravelMatch,
             version: m.meta.version,
+            cached: false,
         })
     }
 
@@ -202,7 +253,22 @@ impl Predictor {
     ) -> Result<Versioned<RecommendResponse>, ServiceError> {
         req.validate()?;
         let m = self.model(ModelKind::Recommendation)?;
-        let u = self.user("user_id", req.user_id).await?;
+        let key = self.caches.prediction_key(
+            "recommend",
+            m.meta.model.as_str(),
+            m.meta.version,
+            req.user_id,
+            req,
+        );
+        if let Some(body) = self.caches.prediction::<RecommendResponse>(&key).await {
+            return Ok(Versioned {
+                body,
+                model: ModelKind::Recommendation,
+                version: m.meta.version,
+                cached: true,
+            });
+        }
+        let [u] = self.users([("user_id", req.user_id)]).await?;
         let filters = req.filters.clone().unwrap_or_default();
         let cols = self.rec_columns.len();
         // Row 0: the user as they are. Then the same user without profile
@@ -310,10 +376,13 @@ impl Predictor {
                 }
             })
             .collect();
+        let body = RecommendResponse { recommendations };
+        self.caches.put_prediction(key, &body, self.caches.ttl());
         Ok(Versioned {
-            body: RecommendResponse { recommendations },
+            body,
             model: ModelKind::Recommendation,
             version: m.meta.version,
+            cached: false,
         })
     }
 
@@ -322,9 +391,25 @@ impl Predictor {
         req: &NotifyRequest,
     ) -> Result<Versioned<NotifyResponse>, ServiceError> {
         let m = self.model(ModelKind::NotificationTiming)?;
-        let u = self.user("user_id", req.user_id).await?;
+        let key = self.caches.prediction_key(
+            "notify",
+            m.meta.model.as_str(),
+            m.meta.version,
+            req.user_id,
+            req,
+        );
+        if let Some(body) = self.caches.prediction::<NotifyResponse>(&key).await {
+            return Ok(Versioned {
+                body,
+                model: ModelKind::NotificationTiming,
+                version: m.meta.version,
+                cached: true,
+            });
+        }
+        let [u] = self.users([("user_id", req.user_id)]).await?;
         let x = features::timing_features(&u, &self.population);
         let scores = self.run(m, x, HOURS_PER_WEEK).await?.swap_remove(0);
+        let now = Utc::now();
         let plan = post::plan_notification(&post::NotificationRequest {
             user: &u,
             scores: &scores,
@@ -332,34 +417,39 @@ impl Predictor {
             channel_prior: self.channel_prior,
             kind: req.notification_type,
             urgency: req.urgency,
-            now: Utc::now(),
+            now,
             quiet: self.quiet_hours,
         });
+        let body = NotifyResponse {
+            send_at: plan.send_at.to_rfc3339_opts(SecondsFormat::Secs, true),
+            channel: plan.channel,
+            confidence: round4(plan.confidence),
+            reason: plan.reason,
+        };
+        self.caches
+            .put_prediction(key, &body, post::plan_valid_for(now, plan.send_at));
         Ok(Versioned {
-            body: NotifyResponse {
-                send_at: plan.send_at.to_rfc3339_opts(SecondsFormat::Secs, true),
-                channel: plan.channel,
-                confidence: round4(plan.confidence),
-                reason: plan.reason,
-            },
+            body,
             model: ModelKind::NotificationTiming,
             version: m.meta.version,
+            cached: false,
         })
     }
 
     pub async fn health(&self) -> HealthResponse {
         let models_loaded = self.models_loaded();
         let data_ok = self.data.ping().await.is_ok();
+        let redis_connected = self.caches.redis_connected();
+        let redis_ok = redis_connected || !self.caches.store.shared();
         HealthResponse {
-            status: if models_loaded && data_ok {
+            status: if models_loaded && data_ok && redis_ok {
                 "healthy"
             } else {
                 "degraded"
             }
             .into(),
             models_loaded,
-            // No Redis is configured in the embedded mode: the fact is "not connected".
-            redis_connected: false,
+            redis_connected,
             gpu_available: self.gpu,
         }
     }

@@ -33,6 +33,30 @@ pub enum Command {
         #[command(subcommand)]
         command: ModelsCommand,
     },
+    /// The feature store in Redis.
+    Features {
+        #[command(subcommand)]
+        command: FeaturesCommand,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum FeaturesCommand {
+    /// Compute users' features from the app data and write them to Redis, in
+    /// batches, so serving never computes them on a cold path.
+    Refresh(RefreshArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct RefreshArgs {
+    /// Only these user ids (default: every user).
+    #[arg(long, value_delimiter = ',')]
+    pub users: Vec<uuid::Uuid>,
+    /// Users per Redis write.
+    #[arg(long, default_value_t = 500)]
+    pub batch: usize,
+    #[command(flatten)]
+    pub settings: Settings,
 }
 
 #[derive(Debug, Subcommand)]
@@ -172,6 +196,37 @@ pub struct Settings {
     /// models: calls already run in parallel on the inference threads.
     #[arg(long, env = "ORT_INTRA_OP_THREADS", default_value_t = 1)]
     pub ort_intra_op_threads: usize,
+    /// Redis for the feature store and the prediction cache, shared by replicas
+    /// (`redis://[:password@]host:port[/db]`; for a cluster, node URLs separated
+    /// by commas). Unset: both caches are in process.
+    #[arg(long, env = "REDIS_URL", value_parser = parse_secret, hide_env_values = true)]
+    pub redis_url: Option<secrecy::SecretString>,
+    /// REDIS_URL names a Redis Cluster.
+    #[arg(long, env = "REDIS_CLUSTER", default_value_t = false, action = clap::ArgAction::Set)]
+    pub redis_cluster: bool,
+    /// Longest wait for one Redis call, in milliseconds; a slower Redis counts as a miss.
+    #[arg(long, env = "REDIS_TIMEOUT_MS", default_value_t = 50)]
+    pub redis_timeout_ms: u64,
+    /// Seconds a cached feature vector or prediction lives.
+    #[arg(long, env = "CACHE_TTL", default_value_t = 3600)]
+    pub cache_ttl: u64,
+    /// Seconds the in-process near-cache keeps a user's features when Redis is
+    /// set (capped at CACHE_TTL); without Redis it keeps them CACHE_TTL.
+    #[arg(long, env = "NEAR_CACHE_TTL", default_value_t = 30)]
+    pub near_cache_ttl: u64,
+    /// Users whose features the near-cache holds.
+    #[arg(long, env = "NEAR_CACHE_USERS", default_value_t = 100_000)]
+    pub near_cache_users: u64,
+    /// Size of the in-process prediction cache (without Redis), in MiB.
+    #[arg(long, env = "CACHE_MEMORY_MB", default_value_t = 64)]
+    pub cache_memory_mb: u64,
+    /// Prefix of every cache key (several services can share one Redis).
+    #[arg(long, env = "CACHE_PREFIX", default_value = "mls")]
+    pub cache_prefix: String,
+    /// Cache responses (the same request for the same model version gets the
+    /// stored answer until it expires).
+    #[arg(long, env = "PREDICTION_CACHE", default_value_t = true, action = clap::ArgAction::Set)]
+    pub prediction_cache: bool,
     /// Model repository folder: {MODEL_PATH}/{model}/{version}/model.onnx + model.json.
     #[arg(long, env = "MODEL_PATH", default_value = "./models")]
     pub model_path: PathBuf,
@@ -193,6 +248,14 @@ pub struct Settings {
     /// Log filter (error, warn, info, debug, trace, or a tracing directive).
     #[arg(long, env = "LOG_LEVEL", default_value = "info")]
     pub log_level: String,
+}
+
+/// A secret from the command line or environment (kept out of logs and Debug).
+pub fn parse_secret(s: &str) -> Result<secrecy::SecretString, String> {
+    if s.trim().is_empty() {
+        return Err("empty".into());
+    }
+    Ok(secrecy::SecretString::from(s.to_string()))
 }
 
 /// The inference backends.

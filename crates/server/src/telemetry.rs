@@ -14,8 +14,9 @@
 //! | `ml_process_resident_memory_bytes` | gauge | |
 //! | `ml_build_info` | gauge (1) | version |
 //!
-//! The cache metrics of the spec (`ml_cache_hits_total`, `ml_cache_misses_total`)
-//! come with the caches.
+//! | `ml_cache_hits_total` | counter | cache (`features`, `predictions`), layer (`near`, `redis`, `memory`) |
+//! | `ml_cache_misses_total` | counter | cache |
+//! | `ml_redis_failures_total` | counter | (Redis calls that failed or timed out) |
 
 use crate::routes::MODEL_VERSION_HEADER;
 use crate::service::Predictor;
@@ -91,11 +92,23 @@ fn describe() {
         Unit::Bytes,
         "Size of a loaded model's ONNX weights."
     );
-    describe_histogram!("ml_prediction_batch_size", "Rows per model run.");
+    describe_histogram!(
+        "ml_prediction_batch_size",
+        "Rows per model call (a whole batch)."
+    );
+    describe_counter!(
+        "ml_cache_hits_total",
+        "Cache hits by cache (features, predictions) and layer (near, redis, memory)."
+    );
+    describe_counter!("ml_cache_misses_total", "Cache misses by cache.");
+    describe_counter!(
+        "ml_redis_failures_total",
+        "Redis calls that failed or timed out (each is served as a miss)."
+    );
     describe_gauge!("ml_inflight_requests", "API requests being served now.");
     describe_gauge!(
         "ml_inference_queue_depth",
-        "Inference jobs waiting for a thread."
+        "Requests waiting in a model's batcher, or batches waiting for an inference thread (queue=pool)."
     );
     describe_gauge!(
         "ml_process_resident_memory_bytes",
@@ -179,6 +192,7 @@ async fn render(State(p): State<Arc<Predictor>>) -> String {
         metrics::gauge!("ml_inference_queue_depth", "queue" => k.as_str())
             .set(m.batcher.queue_depth() as f64);
     }
+    metrics::counter!("ml_redis_failures_total").absolute(p.caches.store.failures());
     if let Some(rss) = resident_memory_bytes() {
         metrics::gauge!("ml_process_resident_memory_bytes").set(rss);
     }

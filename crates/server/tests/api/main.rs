@@ -13,7 +13,9 @@ use ml_server::app;
 use ml_server::settings::Settings;
 use serde_json::{json, Value};
 use std::path::PathBuf;
-use std::sync::OnceLock;
+use std::sync::{Arc, OnceLock};
+
+mod redis_cache;
 
 /// A data store and model repository shared by the tests (built once).
 struct Fixture {
@@ -1124,6 +1126,8 @@ async fn concurrent_requests_are_batched_and_get_their_own_answers() {
     settings.batch_size = 32;
     // A long window makes batches form even on a busy test machine.
     settings.batch_max_delay_us = 20_000;
+    // Every request must reach the model (the repeat round would be cached).
+    settings.prediction_cache = false;
     let app = spawn_with(settings).await;
     let u = app.users(41);
     let body = |i: usize| json!({"user_a_id": u[i], "user_b_id": u[i + 1]});
@@ -1415,5 +1419,66 @@ async fn quantize_writes_int8_versions_that_are_measured_and_served() {
             let d = (a["score"].as_f64().unwrap() - b["score"].as_f64().unwrap()).abs();
             assert!(d < 0.05, "match score moved by {d}");
         }
+    }
+}
+
+#[tokio::test]
+async fn repeated_requests_are_answered_from_the_in_process_cache() {
+    let app = spawn_app().await;
+    let u = app.users(2);
+    let r = app
+        .post(
+            "/match/score",
+            json!({"user_a_id": u[0], "user_b_id": u[1]}),
+        )
+        .await;
+    assert_eq!(r.headers()["x-cache"], "miss");
+    let first: Value = r.json().await.unwrap();
+    // Another spelling of the same request: the same key.
+    let again = format!(
+        "{{\"user_b_id\": \"{}\", \"context\": null, \"user_a_id\": \"{}\"}}",
+        u[1].to_uppercase(),
+        u[0]
+    );
+    let mut hit = None;
+    for _ in 0..50 {
+        // The answer is stored in the background; give it a moment.
+        let r = app
+            .post_raw(
+                "/match/score",
+                "application/json",
+                again.clone().into_bytes(),
+            )
+            .await;
+        assert_eq!(r.status(), 200);
+        if r.headers()["x-cache"] == "hit" {
+            hit = Some(r.json::<Value>().await.unwrap());
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+    }
+    let hit = hit.expect("the repeat was never a cache hit");
+    assert_eq!(hit["score"], first["score"]);
+    assert_eq!(hit["factors"], first["factors"]);
+    // A different request is not.
+    let r = app
+        .post(
+            "/match/score",
+            json!({"user_a_id": u[1], "user_b_id": u[0]}),
+        )
+        .await;
+    assert_eq!(r.headers()["x-cache"], "miss");
+    // With the prediction cache off, nothing is a hit.
+    let mut s = fixture().settings.clone();
+    s.prediction_cache = false;
+    let off = spawn_with(s).await;
+    for _ in 0..3 {
+        let r = off
+            .post(
+                "/match/score",
+                json!({"user_a_id": u[0], "user_b_id": u[1]}),
+            )
+            .await;
+        assert_eq!(r.headers()["x-cache"], "miss");
     }
 }
