@@ -20,7 +20,9 @@ command -v wrk >/dev/null || { echo "wrk is missing: apt-get install wrk" >&2; e
 cargo build --release --quiet --bin ml-service
 bin=target/release/ml-service
 mkdir -p "$work"
-export SQLITE_PATH="$work/app.db" MODEL_PATH="$work/models" LOG_LEVEL=warn
+# Every request runs the model: the prediction cache is off (features still
+# come from the near-cache after the warm-up, as in production).
+export SQLITE_PATH="$work/app.db" MODEL_PATH="$work/models" LOG_LEVEL=warn PREDICTION_CACHE=false
 if [ "$backend" = onnxruntime ]; then
   ORT_DYLIB_PATH=$(scripts/fetch-onnxruntime.sh)
   export ORT_DYLIB_PATH INFERENCE_BACKEND=onnxruntime
