@@ -20,6 +20,9 @@ pub struct BatchConfig {
     /// Most requests in one model call; 1 turns batching off (each request goes
     /// straight to the inference pool).
     pub max_batch: usize,
+    /// Requests of this many rows or more skip the batcher: they already fill
+    /// a model call, and joining them only adds copies and a thread hop.
+    pub max_rows: usize,
     /// How long the first request of a batch may wait for others; zero takes
     /// only what is queued at that moment.
     pub max_delay: Duration,
@@ -34,6 +37,7 @@ impl Default for BatchConfig {
     fn default() -> Self {
         Self {
             max_batch: 32,
+            max_rows: 4,
             max_delay: Duration::ZERO,
             queue: 1024,
             concurrency: 2,
@@ -59,6 +63,7 @@ pub struct Batcher {
     pool: Arc<InferencePool>,
     /// `None` when batching is off.
     tx: Option<Sender<Request>>,
+    max_rows: usize,
     observer: BatchObserver,
 }
 
@@ -106,6 +111,7 @@ impl Batcher {
             model,
             pool,
             tx,
+            max_rows: config.max_rows,
             observer,
         }
     }
@@ -117,9 +123,12 @@ impl Batcher {
 
     /// Run `rows` rows through the model, batched with other callers' rows.
     pub async fn run(&self, input: Vec<f32>, rows: usize) -> Result<Outputs, BackendError> {
-        let Some(tx) = &self.tx else {
-            (self.observer)(1, rows);
-            return self.pool.run(Arc::clone(&self.model), input, rows).await;
+        let tx = match &self.tx {
+            Some(tx) if rows < self.max_rows => tx,
+            _ => {
+                (self.observer)(1, rows);
+                return self.pool.run(Arc::clone(&self.model), input, rows).await;
+            }
         };
         let (reply, rx) = oneshot::channel();
         tx.try_send(Request {
@@ -267,6 +276,7 @@ mod tests {
         let (obs, calls) = counting();
         let config = BatchConfig {
             max_batch: 16,
+            max_rows: 32,
             max_delay: Duration::from_millis(5),
             queue: 64,
             concurrency: 1,
@@ -300,6 +310,35 @@ mod tests {
             "a batch exceeded 16 requests"
         );
         assert_eq!(calls.load(Ordering::SeqCst), sizes.len());
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+    async fn requests_of_many_rows_skip_the_batcher() {
+        let model = Arc::new(Doubler::default());
+        let pool = Arc::new(InferencePool::new(1, 64));
+        let (obs, _) = counting();
+        let config = BatchConfig {
+            max_batch: 16,
+            max_rows: 3,
+            max_delay: Duration::from_millis(20),
+            queue: 64,
+            concurrency: 1,
+        };
+        let b = Batcher::spawn(model.clone(), pool, config, obs);
+        let tasks: Vec<_> = (0..6)
+            .map(|_| {
+                let b = b.clone();
+                tokio::spawn(async move { b.run(vec![1.0; 8], 4).await.unwrap() })
+            })
+            .collect();
+        for t in tasks {
+            t.await.unwrap();
+        }
+        assert_eq!(
+            *model.calls.lock().unwrap(),
+            vec![4; 6],
+            "large requests were batched"
+        );
     }
 
     #[tokio::test]
@@ -338,6 +377,7 @@ mod tests {
         let (obs, _) = counting();
         let config = BatchConfig {
             max_batch: 2,
+            max_rows: 32,
             max_delay: Duration::ZERO,
             queue: 2,
             concurrency: 1,
@@ -364,6 +404,7 @@ mod tests {
         let (obs, _) = counting();
         let config = BatchConfig {
             max_batch: 8,
+            max_rows: 32,
             max_delay: Duration::from_millis(50),
             queue: 64,
             concurrency: 1,

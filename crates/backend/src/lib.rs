@@ -20,6 +20,8 @@ pub use meta::ModelMeta;
 pub use pool::{InferencePool, Outputs};
 pub use repository::{LocalRepository, ModelRepository};
 
+use std::sync::Arc;
+
 /// One loaded model, ready to run. Implementations are immutable after loading,
 /// so one instance serves every inference thread.
 pub trait LoadedModel: Send + Sync + std::fmt::Debug {
@@ -42,6 +44,51 @@ pub trait InferenceBackend: Send + Sync {
     fn gpu(&self) -> bool {
         false
     }
+}
+
+/// The error of a graph that cannot be served as `model`.
+pub(crate) fn invalid_model(model: &str, reason: impl Into<String>) -> BackendError {
+    BackendError::InvalidModel {
+        model: model.to_string(),
+        reason: reason.into(),
+    }
+}
+
+/// Refuse an input that is not `rows` rows of `width` values.
+pub(crate) fn check_input(
+    model: &str,
+    input: &[f32],
+    rows: usize,
+    width: usize,
+) -> Result<(), BackendError> {
+    if input.len() == rows * width {
+        return Ok(());
+    }
+    Err(BackendError::Inference(format!(
+        "{model}: expected {} values ({rows} rows × {width}), got {}",
+        rows * width,
+        input.len()
+    )))
+}
+
+/// The smoke test every backend runs at load: two rows of zeros must give
+/// finite outputs of the declared shapes, so a graph that does not fit its
+/// signature is refused at load, never at request time.
+pub(crate) fn smoke_test(
+    model: Arc<dyn LoadedModel>,
+    name: &str,
+    width: usize,
+) -> Result<Arc<dyn LoadedModel>, BackendError> {
+    let out = model
+        .run(&vec![0f32; width * 2], 2)
+        .map_err(|e| invalid_model(name, format!("smoke test failed: {e}")))?;
+    if out.iter().flatten().any(|v| !v.is_finite()) {
+        return Err(invalid_model(
+            name,
+            "smoke test produced non-finite outputs",
+        ));
+    }
+    Ok(model)
 }
 
 #[cfg(test)]

@@ -199,18 +199,15 @@ impl InferenceBackend for OrtBackend {
     }
 
     fn load(&self, onnx: &[u8], meta: &ModelMeta) -> Result<Arc<dyn LoadedModel>, BackendError> {
-        let name = meta.model.as_str().to_string();
-        let invalid = |reason: String| BackendError::InvalidModel {
-            model: name.clone(),
-            reason,
-        };
+        let name = meta.model.as_str();
+        let invalid = |reason: String| crate::invalid_model(name, reason);
         meta.validate().map_err(invalid)?;
         let sessions = (0..self.config.sessions.max(1))
             .map(|_| self.session(onnx).map(Mutex::new))
             .collect::<Result<Vec<_>, _>>()
             .map_err(|e| invalid(e.to_string()))?;
         let model = OrtModel {
-            name: name.clone(),
+            name: name.to_string(),
             sessions,
             next: AtomicUsize::new(0),
             inputs: meta.features.len(),
@@ -221,14 +218,8 @@ impl InferenceBackend for OrtBackend {
                 .map(|o| (o.name.clone(), o.shape[1] as usize))
                 .collect(),
         };
-        let probe = vec![0f32; model.inputs * 2];
-        let out = model
-            .run(&probe, 2)
-            .map_err(|e| invalid(format!("smoke test failed: {e}")))?;
-        if out.iter().flatten().any(|v| !v.is_finite()) {
-            return Err(invalid("smoke test produced non-finite outputs".into()));
-        }
-        Ok(Arc::new(model))
+        let width = model.inputs;
+        crate::smoke_test(Arc::new(model), name, width)
     }
 
     fn gpu(&self) -> bool {
@@ -238,16 +229,7 @@ impl InferenceBackend for OrtBackend {
 
 impl LoadedModel for OrtModel {
     fn run(&self, input: &[f32], rows: usize) -> Result<Outputs, BackendError> {
-        if input.len() != rows * self.inputs {
-            return Err(BackendError::Inference(format!(
-                "{}: expected {} values ({} rows × {}), got {}",
-                self.name,
-                rows * self.inputs,
-                rows,
-                self.inputs,
-                input.len()
-            )));
-        }
+        crate::check_input(&self.name, input, rows, self.inputs)?;
         let fail = |e: ort::Error| BackendError::Inference(format!("{}: {e}", self.name));
         // Take a free session if there is one, else wait for the next in turn.
         let start = self.next.fetch_add(1, Ordering::Relaxed);

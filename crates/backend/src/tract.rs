@@ -23,11 +23,8 @@ impl InferenceBackend for TractBackend {
     }
 
     fn load(&self, onnx: &[u8], meta: &ModelMeta) -> Result<Arc<dyn LoadedModel>, BackendError> {
-        let name = meta.model.as_str().to_string();
-        let invalid = |reason: String| BackendError::InvalidModel {
-            model: name.clone(),
-            reason,
-        };
+        let name = meta.model.as_str();
+        let invalid = |reason: String| crate::invalid_model(name, reason);
         meta.validate().map_err(invalid)?;
         let inputs = meta.features.len();
         let outputs: Vec<usize> = meta
@@ -42,36 +39,18 @@ impl InferenceBackend for TractBackend {
             .and_then(|m| m.into_runnable())
             .map_err(|e| invalid(format!("{e:#}")))?;
         let model = TractModel {
-            name: name.clone(),
+            name: name.to_string(),
             plan,
             inputs,
             outputs,
         };
-        // Smoke test: a graph that does not take and give the declared shapes is
-        // rejected here, at load, never at request time.
-        let probe = vec![0f32; inputs * 2];
-        let out = model
-            .run(&probe, 2)
-            .map_err(|e| invalid(format!("smoke test failed: {e}")))?;
-        if out.iter().flatten().any(|v| !v.is_finite()) {
-            return Err(invalid("smoke test produced non-finite outputs".into()));
-        }
-        Ok(Arc::new(model))
+        crate::smoke_test(Arc::new(model), name, inputs)
     }
 }
 
 impl LoadedModel for TractModel {
     fn run(&self, input: &[f32], rows: usize) -> Result<Outputs, BackendError> {
-        if input.len() != rows * self.inputs {
-            return Err(BackendError::Inference(format!(
-                "{}: expected {} values ({} rows × {}), got {}",
-                self.name,
-                rows * self.inputs,
-                rows,
-                self.inputs,
-                input.len()
-            )));
-        }
+        crate::check_input(&self.name, input, rows, self.inputs)?;
         let t = Tensor::from_shape(&[rows, self.inputs], input)
             .map_err(|e| BackendError::Inference(e.to_string()))?;
         let out = self

@@ -144,14 +144,7 @@ impl Caches {
             self.near.insert(f.user_id, Arc::clone(f));
         }
         if self.store.shared() && !computed.is_empty() {
-            let entries = computed
-                .iter()
-                .map(|f| Entry {
-                    key: self.feature_key(f.user_id),
-                    value: ml_cache::codec::encode(f),
-                    ttl: self.ttl,
-                })
-                .collect();
+            let entries = self.feature_entries(computed.iter().map(|f| &**f));
             let store = Arc::clone(&self.store);
             tokio::spawn(async move {
                 let _ = store.set_many(entries).await;
@@ -161,15 +154,18 @@ impl Caches {
 
     /// Write features of many users to the shared store (`features refresh`).
     pub async fn store_features(&self, batch: &[UserFeatures]) -> Result<(), ml_cache::CacheError> {
-        let entries = batch
-            .iter()
-            .map(|f| Entry {
-                key: self.feature_key(f.user_id),
-                value: ml_cache::codec::encode(f),
-                ttl: self.ttl,
-            })
-            .collect();
-        self.store.set_many(entries).await
+        self.store
+            .set_many(self.feature_entries(batch.iter()))
+            .await
+    }
+
+    fn feature_entries<'a>(&self, fs: impl Iterator<Item = &'a UserFeatures>) -> Vec<Entry> {
+        fs.map(|f| Entry {
+            key: self.feature_key(f.user_id),
+            value: ml_cache::codec::encode(f),
+            ttl: self.ttl,
+        })
+        .collect()
     }
 
     /// The cache key of a response: the endpoint, the model version and a

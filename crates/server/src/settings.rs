@@ -176,6 +176,11 @@ pub struct Settings {
     /// Most requests one model call serves (dynamic batching); 1 turns batching off.
     #[arg(long, env = "BATCH_SIZE", default_value_t = 32, value_parser = clap::value_parser!(u32).range(1..=4096))]
     pub batch_size: u32,
+    /// Requests of this many model rows or more skip batching: a match is 1
+    /// row, a recommendation 4 plus one per destination in the user's history
+    /// (up to 30, for the reasons), a notification 168.
+    #[arg(long, env = "BATCH_MAX_ROWS", default_value_t = 4)]
+    pub batch_max_rows: usize,
     /// How long, in microseconds, the first request of a batch waits for more;
     /// 0 takes only what is already queued (no added latency).
     #[arg(long, env = "BATCH_MAX_DELAY_US", default_value_t = 0)]
@@ -296,6 +301,7 @@ impl Settings {
     pub fn batch_config(&self) -> ml_backend::BatchConfig {
         ml_backend::BatchConfig {
             max_batch: self.batch_size as usize,
+            max_rows: self.batch_max_rows.max(1),
             max_delay: std::time::Duration::from_micros(self.batch_max_delay_us),
             queue: self.inference_queue,
             concurrency: self.inference_threads(),

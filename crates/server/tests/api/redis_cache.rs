@@ -164,6 +164,43 @@ fn counter(text: &str, name: &str, labels: &[&str]) -> f64 {
         .sum()
 }
 
+/// Poll `/health` until Redis is connected (it reconnects by itself).
+async fn wait_until_connected(app: &TestApp) {
+    let t0 = Instant::now();
+    loop {
+        let health: Value = app.get("/health").await.json().await.unwrap();
+        if health["redis_connected"] == true {
+            return;
+        }
+        assert!(
+            t0.elapsed() < Duration::from_secs(15),
+            "Redis never (re)connected"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// Wait until the service has written something under `prefix` (writes happen
+/// in the background), sending a request now and then.
+async fn wait_for_keys(redis: &RedisServer, app: &TestApp, prefix: &str) {
+    let t0 = Instant::now();
+    let mut i = 0;
+    while redis.keys(prefix).is_empty() {
+        assert!(
+            t0.elapsed() < Duration::from_secs(5),
+            "nothing written to Redis"
+        );
+        let u = app.users(40);
+        app.post(
+            "/match/score",
+            json!({"user_a_id": u[i % 40], "user_b_id": u[(i + 1) % 40]}),
+        )
+        .await;
+        i += 2;
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
 async fn metrics_text(app: &TestApp) -> String {
     app.client
         .get(&app.metrics)
@@ -484,15 +521,7 @@ async fn redis_killed_and_restarted_under_load_costs_no_request() {
     assert_eq!(health["status"], "degraded");
     redis.restart();
     // It reconnects by itself.
-    let t0 = Instant::now();
-    loop {
-        let health: Value = app.get("/health").await.json().await.unwrap();
-        if health["redis_connected"] == true {
-            break;
-        }
-        assert!(t0.elapsed() < Duration::from_secs(15), "never reconnected");
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    wait_until_connected(&app).await;
     tokio::time::sleep(Duration::from_millis(700)).await;
     stop.store(true, std::sync::atomic::Ordering::Relaxed);
     let mut statuses = vec![];
@@ -509,20 +538,7 @@ async fn redis_killed_and_restarted_under_load_costs_no_request() {
     );
     // The failures were counted, and the restarted Redis is written again.
     assert!(counter(&metrics_text(&app).await, "ml_redis_failures_total", &[]) > 0.0);
-    let t0 = Instant::now();
-    while redis.keys(&p).is_empty() {
-        assert!(
-            t0.elapsed() < Duration::from_secs(5),
-            "nothing written after the restart"
-        );
-        let u = app.users(2);
-        app.post(
-            "/match/score",
-            json!({"user_a_id": u[0], "user_b_id": u[1]}),
-        )
-        .await;
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    wait_for_keys(&redis, &app, &p).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -544,15 +560,7 @@ async fn redis_down_at_start_then_up() {
     let health: Value = app.get("/health").await.json().await.unwrap();
     assert_eq!(health["redis_connected"], false);
     let redis = RedisServer::start_on(port, &[]);
-    let t0 = Instant::now();
-    loop {
-        let health: Value = app.get("/health").await.json().await.unwrap();
-        if health["redis_connected"] == true {
-            break;
-        }
-        assert!(t0.elapsed() < Duration::from_secs(15), "never connected");
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    wait_until_connected(&app).await;
     let u = app.users(4);
     let r = app
         .post(
@@ -561,14 +569,7 @@ async fn redis_down_at_start_then_up() {
         )
         .await;
     assert_eq!(r.status(), 200);
-    let t0 = Instant::now();
-    while redis.keys(&p).is_empty() {
-        assert!(
-            t0.elapsed() < Duration::from_secs(5),
-            "nothing written once Redis came up"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    wait_for_keys(&redis, &app, &p).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -1,0 +1,57 @@
+# Shared by the bench scripts (sourced): the release binary, the demo data and
+# models in $work (made on first use), request bodies rotating over many users
+# ($work/match.jsonl, $work/recommend.jsonl), and free_port.
+set -euo pipefail
+cd "$(dirname "${BASH_SOURCE[0]}")/.."
+duration=${DURATION:-5}
+work=${BENCH_DIR:-target/bench}
+command -v wrk >/dev/null || { echo "wrk is missing: apt-get install wrk" >&2; exit 1; }
+cargo build --release --quiet --bin ml-service
+bin=target/release/ml-service
+mkdir -p "$work"
+export SQLITE_PATH="$work/app.db" MODEL_PATH="$work/models" LOG_LEVEL=warn
+[ -f "$SQLITE_PATH" ] || "$bin" train >/dev/null
+
+python3 - "$SQLITE_PATH" "$work" <<'PY'
+import json, sqlite3, sys
+db, out = sys.argv[1:]
+ids = [r[0] for r in sqlite3.connect(db).execute("SELECT id FROM profiles ORDER BY id LIMIT 2000")]
+with open(f"{out}/match.jsonl", "w") as f:
+    for a, b in zip(ids[::2], ids[1::2]):
+        f.write(json.dumps({"user_a_id": a, "user_b_id": b}) + "\n")
+with open(f"{out}/recommend.jsonl", "w") as f:
+    for a in ids[:1000]:
+        f.write(json.dumps({"user_id": a, "limit": 10}) + "\n")
+PY
+
+free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
+
+# Start the service with extra environment ("$@"); sets $port and $pid.
+start_service() {
+  port=$(free_port)
+  local mport
+  mport=$(free_port)
+  env "$@" ML_SERVICE_PORT="$port" PROMETHEUS_PORT="$mport" "$bin" serve &
+  pid=$!
+  for _ in $(seq 1 100); do
+    curl -sf "http://127.0.0.1:$port/health" >/dev/null && return 0
+    sleep 0.1
+  done
+  echo "the service did not start" >&2
+  return 1
+}
+
+# wrk over one endpoint's bodies: run_wrk ENDPOINT(match|recommend) CONNECTIONS SECONDS
+run_wrk() {
+  local path=/match/score
+  [ "$1" = recommend ] && path=/recommend/destinations
+  wrk -t1 -c"$2" -d"$3"s --latency -s bench/post-bodies.lua \
+    "http://127.0.0.1:$port$path" -- "$work/$1.jsonl"
+}
+
+# Fields of wrk's output: requests/s, p50, p99, non-2xx, total requests.
+wrk_fields() {
+  awk '/^Requests\/sec/ {rps=$2} $1=="50%" {p50=$2} $1=="99%" {p99=$2}
+       /Non-2xx/ {bad=$5} /requests in/ {n=$1}
+       END {sub(/\..*/, "", rps); printf "%s %s %s %s %s\n", rps, p50, p99, (bad==""?0:bad), n}'
+}
