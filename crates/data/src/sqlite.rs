@@ -140,6 +140,17 @@ impl SqliteStore {
         })
     }
 
+    /// Up to `limit` user ids, in id order (tools and load tests).
+    pub fn user_ids(&self, limit: usize) -> Result<Vec<String>, DataError> {
+        self.with_blocking(|c| {
+            let mut s = c.prepare("SELECT id FROM profiles ORDER BY id LIMIT ?1")?;
+            let ids = s
+                .query_map([limit as i64], |r| r.get::<_, String>(0))?
+                .collect::<Result<Vec<_>, _>>()?;
+            Ok(ids)
+        })
+    }
+
     /// Write a whole dataset in one transaction (all or nothing).
     pub fn write_dataset(&self, d: &Dataset) -> Result<(), DataError> {
         self.with_blocking(|c| write_dataset(c, d))

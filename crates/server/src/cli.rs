@@ -64,6 +64,14 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
         }
         Command::Eval(e) => eval(e),
         Command::Data { command } => match command {
+            DataCommand::Users(u) => {
+                init_tracing(&u.settings.log_level);
+                let store = app::open_store(&u.settings)?;
+                for id in store.user_ids(u.limit)? {
+                    println!("{id}");
+                }
+                Ok(())
+            }
             DataCommand::Migrate(s) => {
                 init_tracing(&s.log_level);
                 let store = ml_data::SqliteStore::open(&s.sqlite_path, 1)?;
@@ -794,6 +802,9 @@ fn serve(settings: Settings) -> anyhow::Result<()> {
         let mlistener = tokio::net::TcpListener::bind(maddr)
             .await
             .with_context(|| format!("binding {maddr}"))?;
+        // The bound addresses, so that port 0 (the OS picks) can be found in the log.
+        let addr = listener.local_addr().unwrap_or(addr);
+        let maddr = mlistener.local_addr().unwrap_or(maddr);
         tracing::info!(%addr, metrics = %maddr, "listening");
         // One shutdown signal stops both listeners.
         let (tx, rx) = tokio::sync::watch::channel(false);

@@ -68,6 +68,17 @@ pub enum DataCommand {
     /// Load MovieLens (RecBole's files: .inter, .item, .user) as app data:
     /// users as profiles, movies as destinations, ratings ≥ 3 as interactions.
     Import(ImportArgs),
+    /// Print user ids, one per line (for scripts and load tests).
+    Users(UsersArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct UsersArgs {
+    /// How many (in id order).
+    #[arg(long, default_value_t = 10)]
+    pub limit: usize,
+    #[command(flatten)]
+    pub settings: Settings,
 }
 
 #[derive(Debug, Args)]

@@ -1482,3 +1482,48 @@ async fn repeated_requests_are_answered_from_the_in_process_cache() {
         assert_eq!(r.headers()["x-cache"], "miss");
     }
 }
+
+/// The TypeScript client's own tests (`clients/typescript`, `node --test`),
+/// run against this build's binary. Without Node.js and npm the test is skipped
+/// with a message, except under CI=true, where it fails.
+#[test]
+fn the_typescript_client_passes_its_tests_against_the_real_service() {
+    use std::process::Command;
+    let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../clients/typescript");
+    let have_npm = Command::new("npm")
+        .arg("--version")
+        .output()
+        .is_ok_and(|o| o.status.success());
+    if !have_npm {
+        assert!(
+            std::env::var("CI").as_deref() != Ok("true"),
+            "npm is missing under CI"
+        );
+        eprintln!("SKIPPED: Node.js/npm not installed: the TypeScript client is not tested");
+        return;
+    }
+    if !dir.join("node_modules/typescript").is_dir() {
+        let out = Command::new("npm")
+            .args(["ci", "--no-audit", "--no-fund"])
+            .current_dir(&dir)
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "npm ci: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    let out = Command::new("npm")
+        .arg("test")
+        .current_dir(&dir)
+        .env("ML_SERVICE_BIN", env!("CARGO_BIN_EXE_ml-service"))
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "npm test failed:\n{}\n{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
