@@ -15,6 +15,7 @@ use serde_json::{json, Value};
 use std::path::PathBuf;
 use std::sync::{Arc, OnceLock};
 
+mod observability;
 mod redis_cache;
 
 /// A data store and model repository shared by the tests (built once).

@@ -1,0 +1,245 @@
+//! The Grafana dashboard and the alert rules (`deploy/`) against a real
+//! Prometheus (Debian package `prometheus`) that scrapes a running ml-service:
+//! every expression of both returns data, the rules pass `promtool check rules`
+//! and Prometheus evaluates them without error.
+
+use super::*;
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+fn deploy() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../deploy")
+}
+
+/// Whether `prometheus` and `promtool` exist; missing: skipped loudly, or a
+/// failure under CI.
+fn have_prometheus() -> bool {
+    let ok = ["prometheus", "promtool"].iter().all(|b| {
+        Command::new(b)
+            .arg("--version")
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status()
+            .is_ok_and(|s| s.success())
+    });
+    if !ok {
+        assert!(
+            std::env::var("CI").as_deref() != Ok("true"),
+            "prometheus/promtool missing under CI"
+        );
+        eprintln!("SKIPPED: prometheus is not installed (apt-get install prometheus)");
+    }
+    ok
+}
+
+/// Expressions of the dashboard's panels, with Grafana's `$__rate_interval`
+/// set to a window the test's scrapes fill.
+fn dashboard_exprs() -> Vec<(String, String)> {
+    let text =
+        std::fs::read_to_string(deploy().join("grafana/dashboards/ml-service.json")).unwrap();
+    let d: Value = serde_json::from_str(&text).unwrap();
+    let mut out = vec![];
+    for p in d["panels"].as_array().unwrap() {
+        for t in p["targets"].as_array().unwrap() {
+            out.push((
+                p["title"].as_str().unwrap().to_string(),
+                t["expr"]
+                    .as_str()
+                    .unwrap()
+                    .replace("$__rate_interval", "1m"),
+            ));
+        }
+    }
+    out
+}
+
+/// The alert rules' expressions without their threshold (an alert that does
+/// not fire returns nothing; the query under it must still return data).
+fn alert_exprs() -> Vec<(String, String)> {
+    let text = std::fs::read_to_string(deploy().join("prometheus/alerts.yml")).unwrap();
+    let mut out = vec![];
+    let mut name = String::new();
+    for line in text.lines() {
+        let l = line.trim();
+        if let Some(n) = l.strip_prefix("- alert: ") {
+            name = n.to_string();
+        } else if let Some(e) = l.strip_prefix("expr: ") {
+            let cut = [" > ", " == ", " < "]
+                .iter()
+                .filter_map(|op| e.rfind(op))
+                .max()
+                .expect("an alert compares with a threshold");
+            out.push((name.clone(), e[..cut].to_string()));
+        }
+    }
+    out
+}
+
+async fn query(client: &reqwest::Client, prom: &str, expr: &str) -> Value {
+    client
+        .get(format!("{prom}/api/v1/query"))
+        .query(&[("query", expr)])
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_dashboard_and_alerts_work_against_a_real_prometheus() {
+    if !have_prometheus() {
+        return;
+    }
+    let rules = deploy().join("prometheus/alerts.yml");
+    let check = Command::new("promtool")
+        .arg("check")
+        .arg("rules")
+        .arg(&rules)
+        .output()
+        .unwrap();
+    assert!(
+        check.status.success(),
+        "{}",
+        String::from_utf8_lossy(&check.stderr)
+    );
+    assert_eq!(alert_exprs().len(), 6);
+
+    let app = spawn_app().await;
+    let target = app
+        .metrics
+        .trim_start_matches("http://")
+        .trim_end_matches("/metrics")
+        .to_string();
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("prometheus.yml");
+    std::fs::write(
+        &config,
+        format!(
+            "global:\n  scrape_interval: 1s\n  evaluation_interval: 1s\nrule_files:\n  - {}\nscrape_configs:\n  - job_name: ml-service\n    static_configs:\n      - targets: [\"{target}\"]\n",
+            rules.display()
+        ),
+    )
+    .unwrap();
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let mut prom_proc = Command::new("prometheus")
+        .arg(format!("--config.file={}", config.display()))
+        .arg(format!(
+            "--storage.tsdb.path={}",
+            dir.path().join("data").display()
+        ))
+        .arg(format!("--web.listen-address=127.0.0.1:{port}"))
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    struct Kill<'a>(&'a mut std::process::Child);
+    impl Drop for Kill<'_> {
+        fn drop(&mut self) {
+            let _ = self.0.kill();
+            let _ = self.0.wait();
+        }
+    }
+    let _guard = Kill(&mut prom_proc);
+    let prom = format!("http://127.0.0.1:{port}");
+    let t0 = Instant::now();
+    while app
+        .client
+        .get(format!("{prom}/-/ready"))
+        .send()
+        .await
+        .map(|r| !r.status().is_success())
+        .unwrap_or(true)
+    {
+        assert!(
+            t0.elapsed() < Duration::from_secs(30),
+            "Prometheus did not start"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+
+    // Prometheus applies discovered targets every few seconds: wait for the
+    // first good scrape.
+    let t0 = Instant::now();
+    loop {
+        let targets: Value = app
+            .client
+            .get(format!("{prom}/api/v1/targets"))
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        let t = &targets["data"]["activeTargets"][0];
+        if t["health"] == "up" {
+            break;
+        }
+        assert!(
+            t0.elapsed() < Duration::from_secs(30),
+            "no good scrape: {t}"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+
+    // Traffic on every endpoint for several scrapes: new pairs all along (so
+    // the model keeps running: a counter's rate needs increases between
+    // scrapes), repeats (cache hits), and errors.
+    let u = app.users(30);
+    let t0 = Instant::now();
+    let mut i = 0;
+    while t0.elapsed() < Duration::from_secs(5) {
+        let (a, b) = (&u[i % 30], &u[(i + 1 + i / 30) % 30]);
+        app.post("/match/score", json!({"user_a_id": a, "user_b_id": b}))
+            .await;
+        app.post("/recommend/destinations", json!({"user_id": a}))
+            .await;
+        app.post(
+            "/notifications/optimize",
+            json!({"user_id": a, "notification_type": "reminder"}),
+        )
+        .await;
+        app.post("/match/score", json!({"user_a_id": a})).await;
+        i += 1;
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+
+    // Every expression returns data.
+    for (what, expr) in dashboard_exprs().into_iter().chain(alert_exprs()) {
+        let v = query(&app.client, &prom, &expr).await;
+        assert_eq!(v["status"], "success", "{what}: {expr}: {v}");
+        let result = v["data"]["result"].as_array().unwrap();
+        assert!(!result.is_empty(), "{what}: {expr} returned no data");
+        assert!(
+            result
+                .iter()
+                .any(|r| r["value"][1].as_str().is_some_and(|x| x != "NaN")),
+            "{what}: {expr} is NaN everywhere: {v}"
+        );
+    }
+    // Prometheus itself loaded and evaluated every rule without error.
+    let rules: Value = app
+        .client
+        .get(format!("{prom}/api/v1/rules"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let loaded: Vec<&Value> = rules["data"]["groups"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .flat_map(|g| g["rules"].as_array().unwrap())
+        .collect();
+    assert_eq!(loaded.len(), 6);
+    for r in loaded {
+        assert_eq!(r["health"], "ok", "{r}");
+    }
+}
