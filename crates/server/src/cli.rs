@@ -14,18 +14,37 @@ use std::time::Instant;
 
 /// Logs at `level`: human-readable on a terminal, JSON lines otherwise.
 fn init_tracing(level: &str) {
+    init_tracing_with_traces(level, None);
+}
+
+/// Logs, plus OpenTelemetry spans exported over OTLP when `otlp` names an
+/// endpoint. Returns the tracer provider, to flush at exit.
+fn init_tracing_with_traces(
+    level: &str,
+    otlp: Option<&str>,
+) -> Option<opentelemetry_sdk::trace::SdkTracerProvider> {
     use std::io::IsTerminal;
+    use tracing_subscriber::prelude::*;
     let filter = tracing_subscriber::EnvFilter::try_new(level)
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
+    let (otel, provider) = match otlp.map(crate::telemetry::otlp_layer) {
+        Some(Ok((layer, provider))) => (Some(layer), Some(provider)),
+        Some(Err(e)) => {
+            eprintln!("OpenTelemetry export is off: {e:#}");
+            (None, None)
+        }
+        None => (None, None),
+    };
+    let registry = tracing_subscriber::registry().with(otel).with(filter);
+    let fmt = tracing_subscriber::fmt::layer()
         .with_target(false)
         .with_writer(std::io::stderr);
     let _ = if std::io::stderr().is_terminal() {
-        builder.try_init()
+        registry.with(fmt).try_init()
     } else {
-        builder.json().flatten_event(true).try_init()
+        registry.with(fmt.json().flatten_event(true)).try_init()
     };
+    provider
 }
 
 /// Run one command.
@@ -787,7 +806,7 @@ fn eval_timing(e: &EvalArgs) -> anyhow::Result<()> {
 }
 
 fn serve(settings: Settings) -> anyhow::Result<()> {
-    init_tracing(&settings.log_level);
+    let traces = init_tracing_with_traces(&settings.log_level, settings.otlp_endpoint.as_deref());
     let rt = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()?;
@@ -824,6 +843,11 @@ fn serve(settings: Settings) -> anyhow::Result<()> {
             ),
             app::run_metrics(mlistener, predictor, stop(rx)),
         )?;
-        Ok(())
-    })
+        Ok::<_, anyhow::Error>(())
+    })?;
+    // Send the spans still buffered.
+    if let Some(p) = traces {
+        let _ = p.shutdown();
+    }
+    Ok(())
 }

@@ -106,7 +106,15 @@ fn request_span(req: &axum::extract::Request) -> tracing::Span {
         .get("x-request-id")
         .and_then(|v| v.to_str().ok())
         .unwrap_or("");
-    tracing::info_span!("request", method = %req.method(), path = %req.uri().path(), request_id = %id)
+    let span = tracing::info_span!("request", method = %req.method(), path = %req.uri().path(), request_id = %id);
+    // W3C trace context (`traceparent`): the caller's trace continues here.
+    // Without an OTLP endpoint the propagator is a no-op.
+    let parent = opentelemetry::global::get_text_map_propagator(|p| {
+        p.extract(&opentelemetry_http::HeaderExtractor(req.headers()))
+    });
+    use tracing_opentelemetry::OpenTelemetrySpanExt as _;
+    let _ = span.set_parent(parent);
+    span
 }
 
 /// The router of the API.

@@ -188,7 +188,14 @@ impl Predictor {
         input: Vec<f32>,
         rows: usize,
     ) -> Result<Vec<Vec<f32>>, ServiceError> {
-        Ok(m.batcher.run(input, rows).await?)
+        use tracing::Instrument as _;
+        let span = tracing::info_span!(
+            "inference",
+            model = m.meta.model.as_str(),
+            version = m.meta.version,
+            rows
+        );
+        Ok(m.batcher.run(input, rows).instrument(span).await?)
     }
 
     pub async fn score_match(

@@ -261,6 +261,10 @@ pub struct Settings {
     /// Local hours in which only urgent notifications are sent, as START-END (24 h clock).
     #[arg(long, env = "QUIET_HOURS", default_value = "22-8", value_parser = parse_quiet_hours)]
     pub quiet_hours: ml_core::post::QuietHours,
+    /// OTLP/HTTP endpoint for traces, e.g. `http://otel-collector:4318`
+    /// (spans go to `{endpoint}/v1/traces`); unset: no traces are exported.
+    #[arg(long, env = "OTEL_EXPORTER_OTLP_ENDPOINT")]
+    pub otlp_endpoint: Option<String>,
     /// Log filter (error, warn, info, debug, trace, or a tracing directive).
     #[arg(long, env = "LOG_LEVEL", default_value = "info")]
     pub log_level: String,

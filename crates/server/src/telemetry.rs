@@ -203,3 +203,38 @@ async fn render(State(p): State<Arc<Predictor>>) -> String {
 pub fn metrics_router(p: Arc<Predictor>) -> Router {
     Router::new().route("/metrics", get(render)).with_state(p)
 }
+
+/// The OTLP/HTTP span exporter and the `tracing` layer that feeds it: every
+/// `tracing` span (one per request, one per model call) becomes an
+/// OpenTelemetry span, batched and sent to `{endpoint}/v1/traces`. W3C trace
+/// context is read from incoming requests (see `routes::request_span`).
+pub fn otlp_layer<S>(
+    endpoint: &str,
+) -> anyhow::Result<(
+    tracing_opentelemetry::OpenTelemetryLayer<S, opentelemetry_sdk::trace::Tracer>,
+    opentelemetry_sdk::trace::SdkTracerProvider,
+)>
+where
+    S: tracing::Subscriber + for<'a> tracing_subscriber::registry::LookupSpan<'a>,
+{
+    use opentelemetry::trace::TracerProvider as _;
+    use opentelemetry_otlp::WithExportConfig as _;
+    let exporter = opentelemetry_otlp::SpanExporter::builder()
+        .with_http()
+        .with_endpoint(format!("{}/v1/traces", endpoint.trim_end_matches('/')))
+        .build()
+        .map_err(|e| anyhow::anyhow!("OTLP exporter for {endpoint}: {e}"))?;
+    let provider = opentelemetry_sdk::trace::SdkTracerProvider::builder()
+        .with_batch_exporter(exporter)
+        .with_resource(
+            opentelemetry_sdk::Resource::builder()
+                .with_service_name("ml-service")
+                .build(),
+        )
+        .build();
+    opentelemetry::global::set_text_map_propagator(
+        opentelemetry_sdk::propagation::TraceContextPropagator::new(),
+    );
+    let tracer = provider.tracer("ml-service");
+    Ok((tracing_opentelemetry::layer().with_tracer(tracer), provider))
+}

@@ -243,3 +243,117 @@ async fn the_dashboard_and_alerts_work_against_a_real_prometheus() {
         assert_eq!(r["health"], "ok", "{r}");
     }
 }
+
+/// Spans an OTLP/HTTP receiver of this test got: (name, trace id, parent span id).
+type Received = Arc<std::sync::Mutex<Vec<(String, String, String)>>>;
+
+/// A minimal OTLP/HTTP trace receiver (`POST /v1/traces`, protobuf), on a port
+/// the OS picked: a real protocol peer for the exporter.
+async fn otlp_receiver() -> (String, Received) {
+    use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest;
+    use prost::Message;
+    let got: Received = Arc::default();
+    let sink = got.clone();
+    let app = axum::Router::new().route(
+        "/v1/traces",
+        axum::routing::post(move |body: axum::body::Bytes| {
+            let sink = sink.clone();
+            async move {
+                let req = ExportTraceServiceRequest::decode(body).unwrap();
+                let hex = |b: &[u8]| b.iter().map(|x| format!("{x:02x}")).collect::<String>();
+                for rs in req.resource_spans {
+                    for ss in rs.scope_spans {
+                        for s in ss.spans {
+                            sink.lock().unwrap().push((
+                                s.name,
+                                hex(&s.trace_id),
+                                hex(&s.parent_span_id),
+                            ));
+                        }
+                    }
+                }
+                axum::http::StatusCode::OK
+            }
+        }),
+    );
+    let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = l.local_addr().unwrap();
+    tokio::spawn(async move { axum::serve(l, app).await });
+    (format!("http://{addr}"), got)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn traces_reach_an_otlp_receiver_and_continue_the_callers_trace() {
+    use std::io::BufRead;
+    let (endpoint, got) = otlp_receiver().await;
+    let s = &fixture().settings;
+    let mut child = Command::new(env!("CARGO_BIN_EXE_ml-service"))
+        .arg("serve")
+        .env("SQLITE_PATH", &s.sqlite_path)
+        .env("MODEL_PATH", &s.model_path)
+        .env("ML_SERVICE_PORT", "0")
+        .env("PROMETHEUS_PORT", "0")
+        .env("LOG_LEVEL", "info")
+        .env("OTEL_EXPORTER_OTLP_ENDPOINT", &endpoint)
+        .env("OTEL_BSP_SCHEDULE_DELAY", "100")
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    struct Kill(std::process::Child);
+    impl Drop for Kill {
+        fn drop(&mut self) {
+            let _ = self.0.kill();
+            let _ = self.0.wait();
+        }
+    }
+    let stderr = child.stderr.take().unwrap();
+    let _guard = Kill(child);
+    // The log line that says where it listens (port 0: the OS chose).
+    let addr = tokio::task::spawn_blocking(move || {
+        for line in std::io::BufReader::new(stderr).lines() {
+            let line = line.unwrap();
+            if let Ok(v) = serde_json::from_str::<Value>(&line) {
+                if v["message"] == "listening" {
+                    return v["addr"].as_str().unwrap().to_string();
+                }
+            }
+        }
+        panic!("ml-service exited without listening");
+    })
+    .await
+    .unwrap();
+    let client = reqwest::Client::new();
+    let u = {
+        let store = SqliteStore::open(&s.sqlite_path, 1).unwrap();
+        store.user_ids(2).unwrap()
+    };
+    let trace_id = "4bf92f3577b34da6a3ce929d0e0e4736";
+    let caller_span = "00f067aa0ba902b7";
+    let r = client
+        .post(format!("http://{addr}/match/score"))
+        .header("traceparent", format!("00-{trace_id}-{caller_span}-01"))
+        .json(&json!({"user_a_id": u[0], "user_b_id": u[1]}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    let t0 = Instant::now();
+    loop {
+        let spans = got.lock().unwrap().clone();
+        let request = spans
+            .iter()
+            .find(|(n, t, p)| n == "request" && t == trace_id && p == caller_span);
+        let inference = spans
+            .iter()
+            .find(|(n, t, _)| n == "inference" && t == trace_id);
+        if request.is_some() && inference.is_some() {
+            break;
+        }
+        assert!(
+            t0.elapsed() < Duration::from_secs(15),
+            "spans received: {spans:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
