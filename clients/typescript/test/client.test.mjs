@@ -225,6 +225,23 @@ test("a restart during the call is bridged by retries", async () => {
   assert.ok(retries.every((i) => i.error.kind === "network"), JSON.stringify(retries.map((i) => i.error.kind)));
 });
 
+test("the bearer key is sent, and a refusal is not retried", async () => {
+  const keyed = await startService({ ML_SERVICE_API_KEY: "edge-fn-key,next-key" });
+  const retries = [];
+  const anon = new MlServiceClient({ baseUrl: keyed.url, onRetry: (i) => retries.push(i) });
+  await assert.rejects(anon.matchScore({ user_a_id: users[0], user_b_id: users[1] }), (e) => {
+    assert.equal(e.status, 401);
+    assert.equal(e.code, "unauthorized");
+    assert.equal(e.attempts, 1);
+    return true;
+  });
+  assert.equal(retries.length, 0);
+  const ml = new MlServiceClient({ baseUrl: keyed.url, apiKey: "next-key" });
+  const m = await ml.matchScore({ user_a_id: users[0], user_b_id: users[1] });
+  assert.equal(m.modelVersion, "travel_match/1");
+  await stop(keyed.proc);
+});
+
 test("backoff and Retry-After parsing", () => {
   assert.equal(parseRetryAfter("2"), 2000);
   assert.equal(parseRetryAfter(null), null);

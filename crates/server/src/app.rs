@@ -217,10 +217,14 @@ pub fn prepare(settings: &Settings) -> anyhow::Result<Arc<Predictor>> {
 pub async fn run(
     listener: tokio::net::TcpListener,
     predictor: Arc<Predictor>,
-    max_body: usize,
+    settings: &Settings,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
-    let app = routes::router(predictor, max_body);
+    let app = routes::router(
+        predictor,
+        settings.max_body_bytes,
+        routes::ApiKeys::new(settings.api_keys.clone()),
+    );
     axum::serve(listener, app)
         .with_graceful_shutdown(shutdown)
         .await

@@ -812,6 +812,10 @@ fn serve(settings: Settings) -> anyhow::Result<()> {
         .build()?;
     rt.block_on(async move {
         let s = settings.clone();
+        settings.check_exposure().map_err(anyhow::Error::msg)?;
+        if settings.api_keys.is_empty() {
+            tracing::warn!(host = %settings.host, "no ML_SERVICE_API_KEY: the prediction endpoints accept any caller");
+        }
         let predictor = tokio::task::spawn_blocking(move || app::prepare(&s)).await??;
         let addr = std::net::SocketAddr::new(settings.host, settings.port);
         let listener = tokio::net::TcpListener::bind(addr)
@@ -835,12 +839,7 @@ fn serve(settings: Settings) -> anyhow::Result<()> {
             let _ = rx.changed().await;
         };
         tokio::try_join!(
-            app::run(
-                listener,
-                predictor.clone(),
-                settings.max_body_bytes,
-                stop(rx.clone())
-            ),
+            app::run(listener, predictor.clone(), &settings, stop(rx.clone())),
             app::run_metrics(mlistener, predictor, stop(rx)),
         )?;
         Ok::<_, anyhow::Error>(())

@@ -26,6 +26,9 @@ pub enum ServiceError {
     /// No such endpoint.
     #[error("no endpoint at {0}")]
     NoRoute(String),
+    /// No or a wrong API key (`Authorization: Bearer …`).
+    #[error("a valid API key is required: send Authorization: Bearer <key>")]
+    Unauthorized,
     /// A user id that the app data does not know.
     #[error("unknown user {id}")]
     UnknownUser { field: String, id: uuid::Uuid },
@@ -70,6 +73,7 @@ impl ServiceError {
             }
             ServiceError::TooLarge { .. } => (StatusCode::PAYLOAD_TOO_LARGE, "payload_too_large"),
             ServiceError::NoRoute(_) => (StatusCode::NOT_FOUND, "not_found"),
+            ServiceError::Unauthorized => (StatusCode::UNAUTHORIZED, "unauthorized"),
             ServiceError::UnknownUser { .. } => (StatusCode::NOT_FOUND, "unknown_user"),
             ServiceError::ModelUnavailable(_) => {
                 (StatusCode::SERVICE_UNAVAILABLE, "model_unavailable")
@@ -124,6 +128,10 @@ impl IntoResponse for ServiceError {
         let mut resp = (status, axum::Json(body)).into_response();
         resp.extensions_mut()
             .insert(crate::telemetry::ErrorKind(code));
+        if status == StatusCode::UNAUTHORIZED {
+            resp.headers_mut()
+                .insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
+        }
         if status == StatusCode::SERVICE_UNAVAILABLE {
             resp.headers_mut()
                 .insert(header::RETRY_AFTER, HeaderValue::from_static("1"));

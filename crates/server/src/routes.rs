@@ -41,7 +41,7 @@ type AppState = Arc<Predictor>;
 #[utoipa::path(post, path = "/match/score", request_body = MatchRequest,
     responses((status = 200, body = MatchResponse, headers(("x-model-version" = String, description = "model/version"))),
         (status = 400, body = ErrorBody), (status = 404, body = ErrorBody), (status = 413, body = ErrorBody),
-        (status = 415, body = ErrorBody), (status = 422, body = ErrorBody), (status = 503, body = ErrorBody)))]
+        (status = 401, body = ErrorBody), (status = 415, body = ErrorBody), (status = 422, body = ErrorBody), (status = 503, body = ErrorBody)))]
 async fn match_score(
     State(p): State<AppState>,
     ApiJson(req): ApiJson<MatchRequest>,
@@ -53,7 +53,7 @@ async fn match_score(
 #[utoipa::path(post, path = "/recommend/destinations", request_body = RecommendRequest,
     responses((status = 200, body = RecommendResponse, headers(("x-model-version" = String, description = "model/version"))),
         (status = 400, body = ErrorBody), (status = 404, body = ErrorBody), (status = 413, body = ErrorBody),
-        (status = 415, body = ErrorBody), (status = 422, body = ErrorBody), (status = 503, body = ErrorBody)))]
+        (status = 401, body = ErrorBody), (status = 415, body = ErrorBody), (status = 422, body = ErrorBody), (status = 503, body = ErrorBody)))]
 async fn recommend(
     State(p): State<AppState>,
     ApiJson(req): ApiJson<RecommendRequest>,
@@ -65,7 +65,7 @@ async fn recommend(
 #[utoipa::path(post, path = "/notifications/optimize", request_body = NotifyRequest,
     responses((status = 200, body = NotifyResponse, headers(("x-model-version" = String, description = "model/version"))),
         (status = 400, body = ErrorBody), (status = 404, body = ErrorBody), (status = 413, body = ErrorBody),
-        (status = 415, body = ErrorBody), (status = 422, body = ErrorBody), (status = 503, body = ErrorBody)))]
+        (status = 401, body = ErrorBody), (status = 415, body = ErrorBody), (status = 422, body = ErrorBody), (status = 503, body = ErrorBody)))]
 async fn notify(
     State(p): State<AppState>,
     ApiJson(req): ApiJson<NotifyRequest>,
@@ -79,13 +79,80 @@ async fn health(State(p): State<AppState>) -> Json<HealthResponse> {
     Json(p.health().await)
 }
 
+/// Kubernetes liveness: the process answers (nothing else is checked, so a
+/// slow dependency never gets the pod restarted).
+#[utoipa::path(get, path = "/health/live", responses((status = 200, description = "alive")))]
+async fn live() -> Json<serde_json::Value> {
+    Json(serde_json::json!({"status": "alive"}))
+}
+
+/// Kubernetes readiness: every model is loaded and the data store answers.
+/// A down Redis does not make the service unready (it serves without it).
+#[utoipa::path(get, path = "/health/ready", responses((status = 200, description = "ready"), (status = 503, description = "not ready")))]
+async fn ready(State(p): State<AppState>) -> Response {
+    let h = p.health().await;
+    let ok = h.models_loaded && p.data.ping().await.is_ok();
+    let status = if ok {
+        axum::http::StatusCode::OK
+    } else {
+        axum::http::StatusCode::SERVICE_UNAVAILABLE
+    };
+    (
+        status,
+        Json(serde_json::json!({"ready": ok, "models_loaded": h.models_loaded})),
+    )
+        .into_response()
+}
+
+/// API keys, compared in constant time.
+#[derive(Clone)]
+pub struct ApiKeys(Arc<Vec<secrecy::SecretString>>);
+
+impl ApiKeys {
+    pub fn new(keys: Vec<secrecy::SecretString>) -> Self {
+        Self(Arc::new(keys))
+    }
+
+    /// Whether `presented` is one of the keys. Every key is compared, each in
+    /// time independent of where the bytes differ.
+    fn accepts(&self, presented: &str) -> bool {
+        use secrecy::ExposeSecret as _;
+        use subtle::ConstantTimeEq as _;
+        self.0.iter().fold(false, |ok, k| {
+            ok | bool::from(k.expose_secret().as_bytes().ct_eq(presented.as_bytes()))
+        })
+    }
+}
+
+/// Middleware: the prediction endpoints need `Authorization: Bearer <key>`
+/// when keys are configured.
+async fn authenticate(
+    State(keys): State<ApiKeys>,
+    req: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> Response {
+    if keys.0.is_empty() {
+        return next.run(req).await;
+    }
+    let presented = req
+        .headers()
+        .get(axum::http::header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .map(str::trim);
+    match presented {
+        Some(k) if keys.accepts(k) => next.run(req).await,
+        _ => ServiceError::Unauthorized.into_response(),
+    }
+}
+
 #[derive(OpenApi)]
 #[openapi(
     info(
         title = "ml-service",
         description = "Match scoring, destination recommendations and notification timing."
     ),
-    paths(match_score, recommend, notify, health),
+    paths(match_score, recommend, notify, health, live, ready),
     components(schemas(ErrorBody))
 )]
 pub struct ApiDoc;
@@ -117,13 +184,19 @@ fn request_span(req: &axum::extract::Request) -> tracing::Span {
     span
 }
 
-/// The router of the API.
-pub fn router(p: Arc<Predictor>, max_body: usize) -> Router {
-    Router::new()
+/// The router of the API. The prediction endpoints need an API key when
+/// `keys` is not empty; health and the OpenAPI document stay open.
+pub fn router(p: Arc<Predictor>, max_body: usize, keys: ApiKeys) -> Router {
+    let predictions = Router::new()
         .route("/match/score", post(match_score))
         .route("/recommend/destinations", post(recommend))
         .route("/notifications/optimize", post(notify))
+        .route_layer(axum::middleware::from_fn_with_state(keys, authenticate));
+    Router::new()
+        .merge(predictions)
         .route("/health", get(health))
+        .route("/health/live", get(live))
+        .route("/health/ready", get(ready))
         .route("/openapi.json", get(openapi))
         .fallback(not_found)
         .layer(DefaultBodyLimit::max(max_body))

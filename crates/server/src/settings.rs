@@ -175,6 +175,15 @@ pub struct Settings {
     /// Address to listen on. Loopback by default; use 0.0.0.0 in a container.
     #[arg(long, env = "ML_SERVICE_HOST", default_value = "127.0.0.1")]
     pub host: IpAddr,
+    /// API keys callers must send as `Authorization: Bearer <key>`; several,
+    /// separated by commas, for rotation. Unset: no authentication, and the
+    /// service listens on loopback only unless --insecure-no-auth.
+    #[arg(long, env = "ML_SERVICE_API_KEY", value_parser = parse_secret, value_delimiter = ',', hide_env_values = true)]
+    pub api_keys: Vec<secrecy::SecretString>,
+    /// Listen on a non-loopback address without API keys (only behind a
+    /// gateway that authenticates callers).
+    #[arg(long, env = "ML_SERVICE_INSECURE_NO_AUTH", default_value_t = false, action = clap::ArgAction::Set)]
+    pub insecure_no_auth: bool,
     /// Port of the Prometheus metrics listener (`/metrics`), on the same host.
     #[arg(long, env = "PROMETHEUS_PORT", default_value_t = 9090)]
     pub prometheus_port: u16,
@@ -312,6 +321,18 @@ impl Settings {
         Only::parse_from(["ml-service"]).s
     }
 
+    /// Refuse to serve unauthenticated on a public address: without API keys
+    /// only a loopback `ML_SERVICE_HOST` is allowed, unless --insecure-no-auth.
+    pub fn check_exposure(&self) -> Result<(), String> {
+        if self.api_keys.is_empty() && !self.host.is_loopback() && !self.insecure_no_auth {
+            return Err(format!(
+                "refusing to listen on {} without ML_SERVICE_API_KEY: set a key, listen on loopback, or pass --insecure-no-auth",
+                self.host
+            ));
+        }
+        Ok(())
+    }
+
     /// How each model's requests are batched.
     pub fn batch_config(&self) -> ml_backend::BatchConfig {
         ml_backend::BatchConfig {
@@ -344,6 +365,43 @@ mod tests {
         assert_eq!((q.start, q.end), (23, 7));
         assert!(parse_quiet_hours("25-7").is_err());
         assert!(parse_quiet_hours("night").is_err());
+    }
+
+    #[test]
+    fn no_key_means_loopback_only_unless_told_otherwise() {
+        let mut s = Settings::from_env();
+        s.api_keys.clear();
+        s.host = "127.0.0.1".parse().unwrap();
+        assert!(s.check_exposure().is_ok());
+        s.host = "::1".parse().unwrap();
+        assert!(s.check_exposure().is_ok());
+        s.host = "0.0.0.0".parse().unwrap();
+        let err = s.check_exposure().unwrap_err();
+        assert!(err.contains("ML_SERVICE_API_KEY"), "{err}");
+        s.insecure_no_auth = true;
+        assert!(s.check_exposure().is_ok());
+        s.insecure_no_auth = false;
+        s.api_keys = vec!["k".to_string().into()];
+        assert!(s.check_exposure().is_ok());
+    }
+
+    #[test]
+    fn several_api_keys_parse_and_stay_out_of_debug_output() {
+        let c = Cli::parse_from([
+            "ml-service",
+            "serve",
+            "--api-keys",
+            "alpha-secret,beta-secret",
+        ]);
+        let Command::Serve(s) = c.command else {
+            panic!("not serve")
+        };
+        assert_eq!(s.api_keys.len(), 2);
+        let debug = format!("{s:?}");
+        assert!(
+            !debug.contains("alpha-secret") && !debug.contains("beta-secret"),
+            "{debug}"
+        );
     }
 
     #[test]

@@ -112,12 +112,8 @@ async fn spawn_with(settings: Settings) -> TestApp {
         predictor.clone(),
         std::future::pending(),
     ));
-    tokio::spawn(app::run(
-        listener,
-        predictor,
-        settings.max_body_bytes,
-        std::future::pending(),
-    ));
+    let s = settings.clone();
+    tokio::spawn(async move { app::run(listener, predictor, &s, std::future::pending()).await });
     TestApp {
         base: format!("http://{addr}"),
         metrics: format!("http://{maddr}/metrics"),
@@ -640,6 +636,8 @@ async fn the_openapi_document_matches_what_the_server_accepts() {
         paths,
         [
             "/health",
+            "/health/live",
+            "/health/ready",
             "/match/score",
             "/notifications/optimize",
             "/recommend/destinations"
@@ -1527,4 +1525,75 @@ fn the_typescript_client_passes_its_tests_against_the_real_service() {
         String::from_utf8_lossy(&out.stdout),
         String::from_utf8_lossy(&out.stderr)
     );
+}
+
+#[tokio::test]
+async fn with_api_keys_the_prediction_endpoints_need_one_of_them() {
+    let mut s = fixture().settings.clone();
+    s.api_keys = vec![
+        "old-key-1".to_string().into(),
+        "new-key-2".to_string().into(),
+    ];
+    let app = spawn_with(s).await;
+    let u = app.users(2);
+    let body = json!({"user_a_id": u[0], "user_b_id": u[1]});
+    let call = |key: Option<&'static str>| {
+        let mut r = app
+            .client
+            .post(format!("{}/match/score", app.base))
+            .json(&body);
+        if let Some(k) = key {
+            r = r.header("authorization", k);
+        }
+        r.send()
+    };
+    for bad in [
+        None,
+        Some("Bearer wrong"),
+        Some("Bearer old-key-"),
+        Some("old-key-1"),
+        Some("Basic b2xkLWtleS0x"),
+    ] {
+        let r = call(bad).await.unwrap();
+        assert_eq!(r.status(), 401, "{bad:?}");
+        assert_eq!(r.headers()["www-authenticate"], "Bearer");
+        let text = r.text().await.unwrap();
+        assert!(text.contains("\"unauthorized\""), "{text}");
+        assert!(
+            !text.contains("key-1") && !text.contains("key-2"),
+            "a key leaked: {text}"
+        );
+    }
+    // Both keys work (rotation), and health, readiness, metrics and the API
+    // description stay open.
+    for good in ["Bearer old-key-1", "Bearer new-key-2"] {
+        assert_eq!(call(Some(good)).await.unwrap().status(), 200, "{good}");
+    }
+    for path in ["/health", "/health/live", "/health/ready", "/openapi.json"] {
+        assert_eq!(app.get(path).await.status(), 200, "{path}");
+    }
+    let m = app.client.get(&app.metrics).send().await.unwrap();
+    assert_eq!(m.status(), 200);
+}
+
+#[tokio::test]
+async fn liveness_and_readiness_tell_apart_a_running_process_and_a_serving_one() {
+    let app = spawn_app().await;
+    assert_eq!(app.get("/health/live").await.status(), 200);
+    let r = app.get("/health/ready").await;
+    assert_eq!(r.status(), 200);
+    assert_eq!(r.json::<Value>().await.unwrap()["ready"], true);
+    // A repository whose match model is corrupt: alive, not ready.
+    let dir = tempfile::tempdir().unwrap();
+    let mut s = fixture().settings.clone();
+    copy_dir(&s.model_path, dir.path());
+    s.model_path = dir.path().to_path_buf();
+    for v in std::fs::read_dir(dir.path().join("travel_match")).unwrap() {
+        std::fs::write(v.unwrap().path().join("model.onnx"), b"not a model").unwrap();
+    }
+    let broken = spawn_with(s).await;
+    assert_eq!(broken.get("/health/live").await.status(), 200);
+    let r = broken.get("/health/ready").await;
+    assert_eq!(r.status(), 503);
+    assert_eq!(r.json::<Value>().await.unwrap()["models_loaded"], false);
 }
