@@ -12,17 +12,13 @@ mkdir -p "$work"
 export SQLITE_PATH="$work/app.db" MODEL_PATH="$work/models" LOG_LEVEL=warn
 [ -f "$SQLITE_PATH" ] || "$bin" train >/dev/null
 
-python3 - "$SQLITE_PATH" "$work" <<'PY'
-import json, sqlite3, sys
-db, out = sys.argv[1:]
-ids = [r[0] for r in sqlite3.connect(db).execute("SELECT id FROM profiles ORDER BY id LIMIT 2000")]
-with open(f"{out}/match.jsonl", "w") as f:
-    for a, b in zip(ids[::2], ids[1::2]):
-        f.write(json.dumps({"user_a_id": a, "user_b_id": b}) + "\n")
-with open(f"{out}/recommend.jsonl", "w") as f:
-    for a in ids[:1000]:
-        f.write(json.dumps({"user_id": a, "limit": 10}) + "\n")
-PY
+# 2,000 user ids (the service's own listing), as 1,000 match pairs and 1,000
+# recommendation requests.
+"$bin" data users --limit 2000 --log-level warn > "$work/users.txt"
+paste -d' ' - - < "$work/users.txt" |
+  awk '{printf "{\"user_a_id\": \"%s\", \"user_b_id\": \"%s\"}\n", $1, $2}' > "$work/match.jsonl"
+head -n 1000 "$work/users.txt" |
+  awk '{printf "{\"user_id\": \"%s\", \"limit\": 10}\n", $1}' > "$work/recommend.jsonl"
 
 free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
 

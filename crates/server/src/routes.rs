@@ -90,8 +90,8 @@ async fn live() -> Json<serde_json::Value> {
 /// A down Redis does not make the service unready (it serves without it).
 #[utoipa::path(get, path = "/health/ready", responses((status = 200, description = "ready"), (status = 503, description = "not ready")))]
 async fn ready(State(p): State<AppState>) -> Response {
-    let h = p.health().await;
-    let ok = h.models_loaded && p.data.ping().await.is_ok();
+    let models_loaded = p.models_loaded();
+    let ok = models_loaded && p.data.ping().await.is_ok();
     let status = if ok {
         axum::http::StatusCode::OK
     } else {
@@ -99,7 +99,7 @@ async fn ready(State(p): State<AppState>) -> Response {
     };
     (
         status,
-        Json(serde_json::json!({"ready": ok, "models_loaded": h.models_loaded})),
+        Json(serde_json::json!({"ready": ok, "models_loaded": models_loaded})),
     )
         .into_response()
 }

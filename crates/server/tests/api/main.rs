@@ -85,14 +85,18 @@ impl TestApp {
     }
     /// Ids of users in the store, in a stable order.
     fn users(&self, n: usize) -> Vec<String> {
-        self.store
-            .with_blocking(|c| {
-                let mut s = c
-                    .prepare("SELECT id FROM profiles ORDER BY id LIMIT ?1")
-                    .unwrap();
-                let rows = s.query_map([n as i64], |r| r.get::<_, String>(0)).unwrap();
-                Ok(rows.map(|r| r.unwrap()).collect())
-            })
+        self.store.user_ids(n).unwrap()
+    }
+
+    /// GET a URL and parse the JSON answer.
+    async fn get_json(&self, url: &str) -> Value {
+        self.client
+            .get(url)
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
             .unwrap()
     }
 }

@@ -167,15 +167,7 @@ async fn the_dashboard_and_alerts_work_against_a_real_prometheus() {
     // first good scrape.
     let t0 = Instant::now();
     loop {
-        let targets: Value = app
-            .client
-            .get(format!("{prom}/api/v1/targets"))
-            .send()
-            .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap();
+        let targets: Value = app.get_json(&format!("{prom}/api/v1/targets")).await;
         let t = &targets["data"]["activeTargets"][0];
         if t["health"] == "up" {
             break;
@@ -223,15 +215,7 @@ async fn the_dashboard_and_alerts_work_against_a_real_prometheus() {
         );
     }
     // Prometheus itself loaded and evaluated every rule without error.
-    let rules: Value = app
-        .client
-        .get(format!("{prom}/api/v1/rules"))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let rules: Value = app.get_json(&format!("{prom}/api/v1/rules")).await;
     let loaded: Vec<&Value> = rules["data"]["groups"]
         .as_array()
         .unwrap()
