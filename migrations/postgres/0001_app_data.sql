@@ -1,6 +1,6 @@
 -- App data, Postgres (Supabase) flavour: uuid keys, timestamptz, text[] lists.
--- Profiles are keyed by the auth.users id in a Supabase project. A later issue
--- wires `ml-service data migrate` to Postgres; the columns match the SQLite
+-- Profiles are keyed by the auth.users id in a Supabase project; `ml-service
+-- data migrate` applies this file (recorded in schema_migrations); the columns match the SQLite
 -- migration one for one.
 CREATE TABLE IF NOT EXISTS profiles (
     id                 uuid PRIMARY KEY,

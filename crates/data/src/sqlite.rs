@@ -1,6 +1,7 @@
 //! The embedded SQLite store. Connections live in a small bounded pool; every
 //! query runs on the blocking thread pool, never on the async runtime's threads.
 
+use crate::sample::{DatasetBuilder, TrainingSample};
 use crate::{DataError, DataSource};
 use chrono::{DateTime, NaiveDate, TimeZone, Utc};
 use crossbeam_channel::{bounded, Receiver, Sender};
@@ -151,9 +152,10 @@ impl SqliteStore {
         })
     }
 
-    /// Write a whole dataset in one transaction (all or nothing).
-    pub fn write_dataset(&self, d: &Dataset) -> Result<(), DataError> {
-        self.with_blocking(|c| write_dataset(c, d))
+    /// Write a whole dataset in one transaction (all or nothing); `replace`
+    /// empties every table first, in the same transaction.
+    pub fn write_dataset(&self, d: &Dataset, replace: bool) -> Result<(), DataError> {
+        self.with_blocking(|c| write_dataset(c, d, replace))
     }
 
     /// The destination catalogue (start-up).
@@ -161,9 +163,28 @@ impl SqliteStore {
         self.with_blocking(|c| destinations(c))
     }
 
-    /// Load everything (for training).
+    /// Load everything (tests and tools).
     pub fn load_dataset(&self) -> Result<Dataset, DataError> {
-        self.with_blocking(|c| load_dataset(c))
+        self.with_blocking(|c| load_dataset(c, TrainingSample::ALL))
+    }
+
+    /// Load what training reads: at most `sample`'s users (see [`crate::sample`]).
+    pub fn load_sample(&self, sample: TrainingSample) -> Result<Dataset, DataError> {
+        self.with_blocking(move |c| load_dataset(c, sample))
+    }
+
+    /// Ids of every profile and destination (import checks references).
+    pub fn ids(&self) -> Result<(Vec<Uuid>, Vec<Uuid>), DataError> {
+        self.with_blocking(|c| {
+            let mut out = (vec![], vec![]);
+            for (table, v) in [("profiles", &mut out.0), ("destinations", &mut out.1)] {
+                let mut s = c.prepare(&format!("SELECT id FROM {table}"))?;
+                for id in s.query_map([], |r| r.get::<_, String>(0))? {
+                    v.push(uuid(table, &id?)?);
+                }
+            }
+            Ok(out)
+        })
     }
 }
 
@@ -196,8 +217,15 @@ pub fn migrate(c: &Connection) -> Result<(), DataError> {
     Ok(())
 }
 
-fn write_dataset(c: &mut Connection, d: &Dataset) -> Result<(), DataError> {
+fn write_dataset(c: &mut Connection, d: &Dataset, replace: bool) -> Result<(), DataError> {
     let tx = c.transaction()?;
+    if replace {
+        // Children before parents, for the foreign keys.
+        tx.execute_batch(
+            "DELETE FROM notification_log; DELETE FROM activity_events; DELETE FROM match_outcomes;
+             DELETE FROM interactions; DELETE FROM profiles; DELETE FROM destinations;",
+        )?;
+    }
     {
         let mut s = tx.prepare(
             "INSERT INTO destinations (id, name, country, tags, cost_level, trip_lengths, latitude, longitude)
@@ -441,23 +469,18 @@ fn user_history(c: &Connection, id: Uuid) -> Result<Option<UserHistory>, DataErr
     }))
 }
 
-fn load_dataset(c: &Connection) -> Result<Dataset, DataError> {
-    let mut d = Dataset {
-        destinations: destinations(c)?,
-        ..Default::default()
+fn load_dataset(c: &Connection, sample: TrainingSample) -> Result<Dataset, DataError> {
+    let count = |table: &str| -> Result<u64, DataError> {
+        Ok(c.query_row(&format!("SELECT count(*) FROM {table}"), [], |r| {
+            r.get::<_, i64>(0)
+        })? as u64)
     };
-    let mut s = c.prepare(&format!(
-        "SELECT {PROFILE_COLUMNS} FROM profiles ORDER BY id"
-    ))?;
-    for p in s.query_map([], profile_row)? {
-        d.profiles.push(p??);
+    let mut b = DatasetBuilder::new(sample, count("profiles")?, count("match_outcomes")?);
+    for d in destinations(c)? {
+        b.destination(d);
     }
-    let mut s = c.prepare(
-        "SELECT user_id, destination_id, kind, rating, occurred_at FROM interactions ORDER BY id",
-    )?;
-    for r in s.query_map([], interaction_row)? {
-        d.interactions.push(to_interaction(r?)?);
-    }
+    // rusqlite steps through rows one at a time: the builder, not the query,
+    // decides what stays in memory.
     let mut s = c.prepare(
         "SELECT user_a, user_b, destination_id, trip_start, matched, decided_at, true_probability, trip_interests
          FROM match_outcomes ORDER BY id",
@@ -476,10 +499,10 @@ fn load_dataset(c: &Connection) -> Result<Dataset, DataError> {
         ))
     })?;
     for r in rows {
-        let (a, b, dest, start, matched, decided, p, trip) = r?;
-        d.matches.push(MatchOutcome {
+        let (a, bb, dest, start, matched, decided, p, trip) = r?;
+        b.match_outcome(MatchOutcome {
             user_a: uuid(M, &a)?,
-            user_b: uuid(M, &b)?,
+            user_b: uuid(M, &bb)?,
             destination_id: dest.map(|x| uuid(M, &x)).transpose()?,
             trip_start: start.map(|x| parse::<NaiveDate>(M, &x)).transpose()?,
             trip_interests: list(M, &trip)?,
@@ -488,19 +511,31 @@ fn load_dataset(c: &Connection) -> Result<Dataset, DataError> {
             true_probability: p.map(|v| v as f32),
         });
     }
+    let mut s = c.prepare(&format!(
+        "SELECT {PROFILE_COLUMNS} FROM profiles ORDER BY id"
+    ))?;
+    for p in s.query_map([], profile_row)? {
+        b.profile(p??);
+    }
+    let mut s = c.prepare(
+        "SELECT user_id, destination_id, kind, rating, occurred_at FROM interactions ORDER BY id",
+    )?;
+    for r in s.query_map([], interaction_row)? {
+        b.interaction(to_interaction(r?)?);
+    }
     let mut s = c.prepare("SELECT user_id, occurred_at FROM activity_events ORDER BY id")?;
     for r in s.query_map([], |r| Ok((r.get::<_, String>(0)?, r.get::<_, i64>(1)?)))? {
         let (u, t) = r?;
-        d.activity.push(ActivityEvent {
+        b.activity(ActivityEvent {
             user_id: uuid("activity_events", &u)?,
             occurred_at: at(t),
         });
     }
     let mut s = c.prepare("SELECT user_id, notification_type, channel, sent_at, opened_at FROM notification_log ORDER BY id")?;
     for r in s.query_map([], notification_row)? {
-        d.notifications.push(to_notification(r?)?);
+        b.notification(to_notification(r?)?);
     }
-    Ok(d)
+    Ok(b.finish())
 }
 
 #[async_trait::async_trait]
@@ -513,8 +548,8 @@ impl DataSource for SqliteStore {
         self.with(|c| destinations(c)).await
     }
 
-    async fn dataset(&self) -> Result<Dataset, DataError> {
-        self.with(|c| load_dataset(c)).await
+    async fn dataset(&self, sample: TrainingSample) -> Result<Dataset, DataError> {
+        self.with(move |c| load_dataset(c, sample)).await
     }
 
     async fn ping(&self) -> Result<(), DataError> {
@@ -543,9 +578,9 @@ mod tests {
             users: 50,
             ..Default::default()
         });
-        store.write_dataset(&d).unwrap();
+        store.write_dataset(&d, false).unwrap();
         assert_eq!(store.count_profiles().unwrap(), 50);
-        let back = store.dataset().await.unwrap();
+        let back = store.dataset(TrainingSample::ALL).await.unwrap();
         let mut profiles = d.profiles.clone();
         profiles.sort_by_key(|p| p.id.to_string());
         // Floats go through REAL (f64) and back: equal at f32 precision.
@@ -578,7 +613,7 @@ mod tests {
             ..Default::default()
         });
         d.profiles[4].age = 7; // violates the age CHECK
-        assert!(store.write_dataset(&d).is_err());
+        assert!(store.write_dataset(&d, false).is_err());
         assert_eq!(
             store.count_profiles().unwrap(),
             0,
