@@ -80,6 +80,8 @@ export interface NotifyResponse {
 export interface HealthResponse {
   status: "healthy" | "degraded";
   models_loaded: boolean;
+  /** The app-data store (SQLite or Postgres) answered a ping just now. */
+  database_connected: boolean;
   redis_connected: boolean;
   gpu_available: boolean;
 }
@@ -104,7 +106,7 @@ export const FIELDS = {
   Recommendation: { destination: "required", score: "required", reason: "required" },
   NotifyRequest: { user_id: "required", notification_type: "required", urgency: "optional" },
   NotifyResponse: { send_at: "required", channel: "required", confidence: "required", reason: "required" },
-  HealthResponse: { status: "required", models_loaded: "required", redis_connected: "required", gpu_available: "required" },
+  HealthResponse: { status: "required", models_loaded: "required", database_connected: "required", redis_connected: "required", gpu_available: "required" },
 } as const satisfies {
   MatchRequest: Fields<MatchRequest>;
   MatchContextBody: Fields<MatchContextBody>;

@@ -96,7 +96,7 @@ test("every endpoint answers with its typed body and the model version", async (
   assert.ok(Date.parse(n.data.send_at) > Date.now() - 1000);
   assert.ok(ENUMS.Channel.includes(n.data.channel));
   const h = await ml.health();
-  assert.deepEqual(h.data, { status: "healthy", models_loaded: true, redis_connected: false, gpu_available: false });
+  assert.deepEqual(h.data, { status: "healthy", models_loaded: true, database_connected: true, redis_connected: false, gpu_available: false });
   // The same request again is answered by the service's prediction cache.
   let again;
   for (let i = 0; i < 50; i++) {

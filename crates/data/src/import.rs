@@ -201,7 +201,10 @@ impl Record {
         let s = self.text(field)?;
         let t = parse_time(&s);
         if t.is_none() {
-            self.bad(field, format!("{s:?} is not a time (RFC 3339, e.g. 2024-05-01T10:00:00Z)"));
+            self.bad(
+                field,
+                format!("{s:?} is not a time (RFC 3339, e.g. 2024-05-01T10:00:00Z)"),
+            );
         }
         t
     }
@@ -278,21 +281,62 @@ fn split_list(s: &str) -> Vec<String> {
 fn columns(table: &str) -> &'static [&'static str] {
     match table {
         "destinations" => &[
-            "id", "name", "country", "tags", "cost_level", "trip_lengths", "latitude", "longitude",
+            "id",
+            "name",
+            "country",
+            "tags",
+            "cost_level",
+            "trip_lengths",
+            "latitude",
+            "longitude",
         ],
         "profiles" => &[
-            "id", "display_name", "age", "interests", "travel_style", "style_pace", "style_comfort",
-            "style_spontaneity", "openness", "conscientiousness", "extraversion", "agreeableness",
-            "neuroticism", "languages", "timezone", "budget", "preferred_duration", "created_at",
+            "id",
+            "display_name",
+            "age",
+            "interests",
+            "travel_style",
+            "style_pace",
+            "style_comfort",
+            "style_spontaneity",
+            "openness",
+            "conscientiousness",
+            "extraversion",
+            "agreeableness",
+            "neuroticism",
+            "languages",
+            "timezone",
+            "budget",
+            "preferred_duration",
+            "created_at",
         ],
-        "interactions" => &["id", "user_id", "destination_id", "kind", "rating", "occurred_at"],
+        "interactions" => &[
+            "id",
+            "user_id",
+            "destination_id",
+            "kind",
+            "rating",
+            "occurred_at",
+        ],
         "match_outcomes" => &[
-            "id", "user_a", "user_b", "destination_id", "trip_start", "trip_interests", "matched",
-            "decided_at", "true_probability",
+            "id",
+            "user_a",
+            "user_b",
+            "destination_id",
+            "trip_start",
+            "trip_interests",
+            "matched",
+            "decided_at",
+            "true_probability",
         ],
         "activity_events" => &["id", "user_id", "occurred_at"],
         "notification_log" => &[
-            "id", "user_id", "notification_type", "channel", "sent_at", "opened_at",
+            "id",
+            "user_id",
+            "notification_type",
+            "channel",
+            "sent_at",
+            "opened_at",
         ],
         _ => &[],
     }
@@ -331,7 +375,9 @@ impl Import {
             r.unknown_fields(columns(table));
             let ok = self.row(table, &mut r);
             if ok && r.errors.is_empty() {
-                self.lines.get_mut(table).map(|e| e.1.push(line));
+                if let Some(e) = self.lines.get_mut(table) {
+                    e.1.push(line);
+                }
             } else {
                 // A row that failed is not kept; drop what it may have pushed.
                 if ok {
@@ -366,8 +412,12 @@ impl Import {
         let d = &mut self.data;
         match table {
             "destinations" => {
-                let (id, name, country, tags) =
-                    (r.uuid("id"), r.text("name"), r.text("country"), r.list("tags"));
+                let (id, name, country, tags) = (
+                    r.uuid("id"),
+                    r.text("name"),
+                    r.text("country"),
+                    r.list("tags"),
+                );
                 let cost = r.one_of::<Budget>("cost_level", &names(Budget::ALL));
                 let lengths = r.list("trip_lengths").and_then(|v| {
                     v.iter()
@@ -382,8 +432,16 @@ impl Import {
                     r.number("latitude", -90.0, 90.0),
                     r.number("longitude", -180.0, 180.0),
                 );
-                let (Some(id), Some(name), Some(country), Some(tags), Some(cost_level), Some(trip_lengths), Some(latitude), Some(longitude)) =
-                    (id, name, country, tags, cost, lengths, lat, lon)
+                let (
+                    Some(id),
+                    Some(name),
+                    Some(country),
+                    Some(tags),
+                    Some(cost_level),
+                    Some(trip_lengths),
+                    Some(latitude),
+                    Some(longitude),
+                ) = (id, name, country, tags, cost, lengths, lat, lon)
                 else {
                     return false;
                 };
@@ -432,8 +490,20 @@ impl Import {
                 let duration =
                     r.one_of::<TripDuration>("preferred_duration", &names(TripDuration::ALL));
                 let created = r.opt_time("created_at");
-                let (Some(id), Some(display_name), Some(age), Some(interests), Some(travel_style), Some(languages), Some(timezone), Some(budget), Some(preferred_duration), Some(created)) =
-                    (id, name, age, interests, style, languages, tz, budget, duration, created)
+                let (
+                    Some(id),
+                    Some(display_name),
+                    Some(age),
+                    Some(interests),
+                    Some(travel_style),
+                    Some(languages),
+                    Some(timezone),
+                    Some(budget),
+                    Some(preferred_duration),
+                    Some(created),
+                ) = (
+                    id, name, age, interests, style, languages, tz, budget, duration, created,
+                )
                 else {
                     return false;
                 };
@@ -469,8 +539,13 @@ impl Import {
                 let kind = r.one_of::<InteractionKind>("kind", &names(InteractionKind::ALL));
                 let rating = r.opt_number("rating", 1.0, 5.0);
                 let at = r.time("occurred_at");
-                let (Some(user_id), Some(destination_id), Some(kind), Some(rating), Some(occurred_at)) =
-                    (u, dest, kind, rating, at)
+                let (
+                    Some(user_id),
+                    Some(destination_id),
+                    Some(kind),
+                    Some(rating),
+                    Some(occurred_at),
+                ) = (u, dest, kind, rating, at)
                 else {
                     return false;
                 };
@@ -490,8 +565,16 @@ impl Import {
                 let matched = r.boolean("matched");
                 let at = r.time("decided_at");
                 let p = r.opt_number("true_probability", 0.0, 1.0);
-                let (Some(user_a), Some(user_b), Some(destination_id), Some(trip_start), Some(trip_interests), Some(matched), Some(decided_at), Some(p)) =
-                    (a, b, dest, start, trip, matched, at, p)
+                let (
+                    Some(user_a),
+                    Some(user_b),
+                    Some(destination_id),
+                    Some(trip_start),
+                    Some(trip_interests),
+                    Some(matched),
+                    Some(decided_at),
+                    Some(p),
+                ) = (a, b, dest, start, trip, matched, at, p)
                 else {
                     return false;
                 };
@@ -522,14 +605,17 @@ impl Import {
             }
             _ => {
                 let u = r.uuid("user_id");
-                let t = r.one_of::<NotificationType>(
-                    "notification_type",
-                    &names(NotificationType::ALL),
-                );
+                let t = r
+                    .one_of::<NotificationType>("notification_type", &names(NotificationType::ALL));
                 let c = r.one_of::<Channel>("channel", &names(Channel::ALL));
                 let (sent, opened) = (r.time("sent_at"), r.opt_time("opened_at"));
-                let (Some(user_id), Some(notification_type), Some(channel), Some(sent_at), Some(opened_at)) =
-                    (u, t, c, sent, opened)
+                let (
+                    Some(user_id),
+                    Some(notification_type),
+                    Some(channel),
+                    Some(sent_at),
+                    Some(opened_at),
+                ) = (u, t, c, sent, opened)
                 else {
                     return false;
                 };
@@ -574,50 +660,94 @@ impl Import {
         let mut users = stored_u.clone();
         for (i, p) in d.profiles.iter().enumerate() {
             if stored_u.contains(&p.id) {
-                err(at(&self.lines, "profiles", i), "id", format!("profile {} is already stored", p.id));
+                err(
+                    at(&self.lines, "profiles", i),
+                    "id",
+                    format!("profile {} is already stored", p.id),
+                );
             } else if !users.insert(p.id) {
-                err(at(&self.lines, "profiles", i), "id", format!("profile {} appears twice", p.id));
+                err(
+                    at(&self.lines, "profiles", i),
+                    "id",
+                    format!("profile {} appears twice", p.id),
+                );
             }
         }
         let mut dests = stored_d.clone();
         let mut names = HashSet::new();
         for (i, x) in d.destinations.iter().enumerate() {
             if stored_d.contains(&x.id) {
-                err(at(&self.lines, "destinations", i), "id", format!("destination {} is already stored", x.id));
+                err(
+                    at(&self.lines, "destinations", i),
+                    "id",
+                    format!("destination {} is already stored", x.id),
+                );
             } else if !dests.insert(x.id) {
-                err(at(&self.lines, "destinations", i), "id", format!("destination {} appears twice", x.id));
+                err(
+                    at(&self.lines, "destinations", i),
+                    "id",
+                    format!("destination {} appears twice", x.id),
+                );
             }
             if !names.insert(x.name.to_lowercase()) {
-                err(at(&self.lines, "destinations", i), "name", format!("{:?} appears twice", x.name));
+                err(
+                    at(&self.lines, "destinations", i),
+                    "name",
+                    format!("{:?} appears twice", x.name),
+                );
             }
         }
         let user = |u: &Uuid| users.contains(u);
         for (i, x) in d.interactions.iter().enumerate() {
             if !user(&x.user_id) {
-                err(at(&self.lines, "interactions", i), "user_id", format!("no profile {}", x.user_id));
+                err(
+                    at(&self.lines, "interactions", i),
+                    "user_id",
+                    format!("no profile {}", x.user_id),
+                );
             }
             if !dests.contains(&x.destination_id) {
-                err(at(&self.lines, "interactions", i), "destination_id", format!("no destination {}", x.destination_id));
+                err(
+                    at(&self.lines, "interactions", i),
+                    "destination_id",
+                    format!("no destination {}", x.destination_id),
+                );
             }
         }
         for (i, m) in d.matches.iter().enumerate() {
             for (field, u) in [("user_a", m.user_a), ("user_b", m.user_b)] {
                 if !user(&u) {
-                    err(at(&self.lines, "match_outcomes", i), field, format!("no profile {u}"));
+                    err(
+                        at(&self.lines, "match_outcomes", i),
+                        field,
+                        format!("no profile {u}"),
+                    );
                 }
             }
             if let Some(x) = m.destination_id.filter(|x| !dests.contains(x)) {
-                err(at(&self.lines, "match_outcomes", i), "destination_id", format!("no destination {x}"));
+                err(
+                    at(&self.lines, "match_outcomes", i),
+                    "destination_id",
+                    format!("no destination {x}"),
+                );
             }
         }
         for (i, a) in d.activity.iter().enumerate() {
             if !user(&a.user_id) {
-                err(at(&self.lines, "activity_events", i), "user_id", format!("no profile {}", a.user_id));
+                err(
+                    at(&self.lines, "activity_events", i),
+                    "user_id",
+                    format!("no profile {}", a.user_id),
+                );
             }
         }
         for (i, n) in d.notifications.iter().enumerate() {
             if !user(&n.user_id) {
-                err(at(&self.lines, "notification_log", i), "user_id", format!("no profile {}", n.user_id));
+                err(
+                    at(&self.lines, "notification_log", i),
+                    "user_id",
+                    format!("no profile {}", n.user_id),
+                );
             }
         }
         self.errors.extend(errors);
@@ -787,7 +917,10 @@ mod tests {
             d.profiles[0].created_at.to_rfc3339(),
             "2024-01-02T10:00:00+00:00"
         );
-        assert_eq!(d.destinations[0].trip_lengths, vec![TripDuration::Weekend, TripDuration::Week]);
+        assert_eq!(
+            d.destinations[0].trip_lengths,
+            vec![TripDuration::Weekend, TripDuration::Week]
+        );
         assert_eq!(d.interactions[0].rating, Some(4.5));
         assert_eq!(
             d.interactions[0].occurred_at.to_rfc3339(),
@@ -802,7 +935,9 @@ mod tests {
             "{},Cy,9,,pirate,1.5,0.3,0.5,0.6,0.5,0.4,0.7,0.3,en,Mars/Olympus,medium,week,\n",
             Uuid::new_v4()
         ));
-        csv.push_str("not-a-uuid,Di,30,,cultural,0.1,0.3,0.5,0.6,0.5,0.4,0.7,0.3,en,UTC,huge,week,\n");
+        csv.push_str(
+            "not-a-uuid,Di,30,,cultural,0.1,0.3,0.5,0.6,0.5,0.4,0.7,0.3,en,UTC,huge,week,\n",
+        );
         let mut imp = Import::default();
         imp.read("profiles", "profiles.csv", Format::Csv, &csv);
         imp.read(
@@ -847,8 +982,16 @@ mod tests {
         imp.read("profiles", "p.csv", Format::Csv, &csv);
         imp.check_references(&[P1.parse().unwrap()], &[]);
         let got: Vec<String> = imp.errors.iter().map(|e| e.to_string()).collect();
-        assert!(got.iter().any(|e| e.starts_with("p.csv:2: id: profile") && e.ends_with("already stored")), "{got:?}");
-        assert!(got.iter().any(|e| e.starts_with("p.csv:4: id: profile") && e.ends_with("appears twice")), "{got:?}");
+        assert!(
+            got.iter()
+                .any(|e| e.starts_with("p.csv:2: id: profile") && e.ends_with("already stored")),
+            "{got:?}"
+        );
+        assert!(
+            got.iter()
+                .any(|e| e.starts_with("p.csv:4: id: profile") && e.ends_with("appears twice")),
+            "{got:?}"
+        );
     }
 
     #[test]

@@ -9,6 +9,8 @@ pub mod import;
 pub mod postgres;
 pub mod sample;
 pub mod sqlite;
+#[cfg(feature = "test-util")]
+pub mod testing;
 
 pub use postgres::{PgOptions, PgStore};
 pub use sample::TrainingSample;

@@ -109,6 +109,13 @@ impl PgStore {
         let mut config: tokio_postgres::Config = url
             .parse()
             .map_err(|e| DataError::Unavailable(format!("DATABASE_URL does not parse: {e}")))?;
+        // This build speaks plain TCP to Postgres: refuse a URL that demands
+        // TLS at start-up, clearly, rather than failing on every connection.
+        if config.get_ssl_mode() == tokio_postgres::config::SslMode::Require {
+            return Err(DataError::Unavailable(
+                "DATABASE_URL asks for sslmode=require, and this build connects without TLS: reach Postgres over a private network or a local TLS-terminating proxy, and drop sslmode=require".into(),
+            ));
+        }
         let mut options = config.get_options().unwrap_or_default().to_string();
         if opts.read_only {
             options.push_str(" -c default_transaction_read_only=on");
@@ -253,10 +260,7 @@ impl PgStore {
     pub async fn ids(&self) -> Result<(Vec<Uuid>, Vec<Uuid>), DataError> {
         self.call(|c| {
             Box::pin(async move {
-                let p = c
-                    .query("SELECT id FROM profiles", &[])
-                    .await
-                    .map_err(pg)?;
+                let p = c.query("SELECT id FROM profiles", &[]).await.map_err(pg)?;
                 let d = c
                     .query("SELECT id FROM destinations", &[])
                     .await
@@ -287,7 +291,16 @@ impl PgStore {
         copy(
             &tx,
             "destinations (id, name, country, tags, cost_level, trip_lengths, latitude, longitude)",
-            &[T::UUID, T::TEXT, T::TEXT, T::TEXT_ARRAY, T::TEXT, T::TEXT_ARRAY, T::FLOAT8, T::FLOAT8],
+            &[
+                T::UUID,
+                T::TEXT,
+                T::TEXT,
+                T::TEXT_ARRAY,
+                T::TEXT,
+                T::TEXT_ARRAY,
+                T::FLOAT8,
+                T::FLOAT8,
+            ],
             d.destinations.iter().map(|x| {
                 let lengths: Vec<&str> = x.trip_lengths.iter().map(|t| t.as_str()).collect();
                 vec![
@@ -425,7 +438,11 @@ impl PgStore {
                 Ok::<_, DataError>(r.get::<_, i64>(0) as u64)
             }
         };
-        let mut b = DatasetBuilder::new(sample, count("profiles").await?, count("match_outcomes").await?);
+        let mut b = DatasetBuilder::new(
+            sample,
+            count("profiles").await?,
+            count("match_outcomes").await?,
+        );
         for d in destinations(&*tx).await? {
             b.destination(d);
         }
@@ -598,7 +615,9 @@ fn match_row(r: &Row) -> Result<MatchOutcome, DataError> {
     })
 }
 
-async fn destinations(c: &impl tokio_postgres::GenericClient) -> Result<Vec<Destination>, DataError> {
+async fn destinations(
+    c: &impl tokio_postgres::GenericClient,
+) -> Result<Vec<Destination>, DataError> {
     const T: &str = "destinations";
     let rows = c
         .query(
@@ -698,5 +717,37 @@ impl DataSource for PgStore {
 
     fn describe(&self) -> String {
         self.describe.clone()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn opts() -> PgOptions {
+        PgOptions {
+            pool_size: 1,
+            timeout: Some(Duration::from_millis(100)),
+            read_only: true,
+        }
+    }
+
+    #[test]
+    fn descriptions_never_carry_credentials() {
+        let s = PgStore::connect(
+            "postgres://svc:hunter2-secret@db.example.com:6543/app",
+            &opts(),
+        )
+        .unwrap();
+        assert_eq!(s.describe(), "postgres db.example.com:6543/app");
+        assert!(!format!("{s:?}").contains("hunter2"));
+    }
+
+    #[test]
+    fn a_url_that_demands_tls_is_refused_with_the_reason() {
+        let e = PgStore::connect("postgres://u@h/db?sslmode=require", &opts()).unwrap_err();
+        assert!(e.to_string().contains("sslmode=require"), "{e}");
+        let e = PgStore::connect("mysql://nope", &opts()).unwrap_err();
+        assert!(e.to_string().contains("DATABASE_URL"), "{e}");
     }
 }

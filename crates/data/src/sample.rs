@@ -151,10 +151,16 @@ impl DatasetBuilder {
 /// Feed a whole in-memory dataset through a builder (tests and tools).
 pub fn sample_dataset(d: &Dataset, sample: TrainingSample) -> Dataset {
     let mut b = DatasetBuilder::new(sample, d.profiles.len() as u64, d.matches.len() as u64);
-    d.destinations.iter().cloned().for_each(|x| b.destination(x));
+    d.destinations
+        .iter()
+        .cloned()
+        .for_each(|x| b.destination(x));
     d.matches.iter().cloned().for_each(|x| b.match_outcome(x));
     d.profiles.iter().cloned().for_each(|x| b.profile(x));
-    d.interactions.iter().cloned().for_each(|x| b.interaction(x));
+    d.interactions
+        .iter()
+        .cloned()
+        .for_each(|x| b.interaction(x));
     d.activity.iter().copied().for_each(|x| b.activity(x));
     d.notifications
         .iter()

@@ -471,9 +471,11 @@ fn user_history(c: &Connection, id: Uuid) -> Result<Option<UserHistory>, DataErr
 
 fn load_dataset(c: &Connection, sample: TrainingSample) -> Result<Dataset, DataError> {
     let count = |table: &str| -> Result<u64, DataError> {
-        Ok(c.query_row(&format!("SELECT count(*) FROM {table}"), [], |r| {
-            r.get::<_, i64>(0)
-        })? as u64)
+        Ok(
+            c.query_row(&format!("SELECT count(*) FROM {table}"), [], |r| {
+                r.get::<_, i64>(0)
+            })? as u64,
+        )
     };
     let mut b = DatasetBuilder::new(sample, count("profiles")?, count("match_outcomes")?);
     for d in destinations(c)? {

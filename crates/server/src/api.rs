@@ -209,6 +209,8 @@ pub struct HealthResponse {
     /// Redis is unavailable.
     pub status: String,
     pub models_loaded: bool,
+    /// The app-data store (SQLite or Postgres) answered a ping just now.
+    pub database_connected: bool,
     pub redis_connected: bool,
     pub gpu_available: bool,
 }

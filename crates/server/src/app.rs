@@ -1,5 +1,5 @@
-//! Start-up and the server loop: open the data store (filling it with the demo
-//! dataset on first start), train any model the repository lacks, load the
+//! Start-up and the server loop: open the data store (Postgres, or the SQLite
+//! file filled with the demo dataset on first start), train any model the repository lacks, load the
 //! newest loadable version of each, and serve until the shutdown signal, letting
 //! in-flight requests finish.
 
@@ -13,17 +13,44 @@ use ml_backend::{InferenceBackend, LoadedModel, LocalRepository, ModelMeta, Mode
 use ml_core::catalogue::Catalogue;
 use ml_core::generator::{generate, GeneratorConfig};
 use ml_core::train::{ModelKind, TrainingData};
-use ml_data::{DataSource, SqliteStore};
+use ml_data::{AppStore, DataSource, PgOptions, PgStore, SqliteStore, TrainingSample};
 use std::collections::HashMap;
 use std::future::Future;
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 /// Connections in the SQLite pool.
 const SQLITE_CONNECTIONS: usize = 4;
 
-/// Open the embedded store; on first start create it and fill it with the demo dataset.
-pub fn open_store(settings: &Settings) -> anyhow::Result<SqliteStore> {
+/// How long start-up waits for Postgres before giving up.
+const DATABASE_STARTUP_WAIT: Duration = Duration::from_secs(30);
+
+/// Who opens the store, which decides how Postgres sessions behave.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Access {
+    /// The request path: read-only sessions, each call within DATABASE_TIMEOUT_MS.
+    Serve,
+    /// Training and reports: read-only, no deadline (whole tables are read).
+    Read,
+    /// The `data` commands: writes, no deadline.
+    Write,
+}
+
+/// Open the app-data store: Postgres when DATABASE_URL is set (nothing is
+/// written to it here), else the embedded SQLite file, created and filled
+/// with the demo dataset on first start.
+pub fn open_store(settings: &Settings, access: Access) -> anyhow::Result<AppStore> {
+    if let Some(url) = settings.database_url() {
+        let opts = PgOptions {
+            pool_size: settings.database_pool_size,
+            timeout: (access == Access::Serve)
+                .then(|| Duration::from_millis(settings.database_timeout_ms.max(1))),
+            read_only: access != Access::Write,
+        };
+        return Ok(AppStore::Postgres(
+            PgStore::connect(url, &opts).context("DATABASE_URL")?,
+        ));
+    }
     let store = SqliteStore::open(&settings.sqlite_path, SQLITE_CONNECTIONS)
         .with_context(|| format!("opening {}", settings.sqlite_path.display()))?;
     if store.count_profiles()? == 0 {
@@ -34,7 +61,7 @@ pub fn open_store(settings: &Settings) -> anyhow::Result<SqliteStore> {
             ..Default::default()
         });
         store
-            .write_dataset(&d)
+            .write_dataset(&d, false)
             .context("writing the demo dataset")?;
         tracing::info!(
             users = d.profiles.len(),
@@ -47,12 +74,42 @@ pub fn open_store(settings: &Settings) -> anyhow::Result<SqliteStore> {
             "created the app-data store with the demo dataset"
         );
     }
-    Ok(store)
+    Ok(AppStore::Sqlite(store))
+}
+
+/// What training reads, as the settings bound it.
+pub fn training_sample(settings: &Settings) -> TrainingSample {
+    TrainingSample {
+        max_users: settings.train_max_users.max(1),
+    }
+}
+
+/// Wait until the store answers (Postgres may still be starting beside us).
+async fn wait_for_store(store: &AppStore) -> anyhow::Result<()> {
+    let t0 = Instant::now();
+    loop {
+        match store.source().ping().await {
+            Ok(()) => return Ok(()),
+            Err(e) if t0.elapsed() < DATABASE_STARTUP_WAIT => {
+                tracing::warn!(data = %store.describe(), error = %e, "the data store does not answer yet; retrying");
+                tokio::time::sleep(Duration::from_secs(1)).await;
+            }
+            Err(e) => {
+                return Err(e).with_context(|| {
+                    format!(
+                        "{} did not answer within {}s",
+                        store.describe(),
+                        DATABASE_STARTUP_WAIT.as_secs()
+                    )
+                })
+            }
+        }
+    }
 }
 
 /// Train and write version 1 of every model the repository lacks.
 pub fn train_missing(
-    store: &SqliteStore,
+    settings: &Settings,
     repo: &dyn ModelRepository,
     backend: &dyn InferenceBackend,
 ) -> anyhow::Result<()> {
@@ -67,8 +124,9 @@ pub fn train_missing(
     }
     let t0 = Instant::now();
     tracing::info!(models = ?missing.iter().map(|k| k.as_str()).collect::<Vec<_>>(), repository = %repo.describe(), "no trained models found: training them now");
-    let data = store
-        .load_dataset()
+    let store = open_store(settings, Access::Read)?;
+    let data = tokio::runtime::Handle::current()
+        .block_on(store.load_sample(training_sample(settings)))
         .context("loading the app data for training")?;
     let td = TrainingData::new(&data);
     for k in missing {
@@ -167,25 +225,34 @@ pub fn backend(settings: &Settings) -> anyhow::Result<Arc<dyn InferenceBackend>>
 /// Everything `serve` needs, ready before the port opens.
 pub fn prepare(settings: &Settings) -> anyhow::Result<Arc<Predictor>> {
     let t0 = Instant::now();
-    let store = open_store(settings)?;
-    let repo = LocalRepository::new(&settings.model_path);
+    let handle = tokio::runtime::Handle::try_current()
+        .context("start-up runs on the tokio runtime (the caches and Postgres need it)")?;
+    // The calls below block on that runtime: this must run off its threads
+    // (`serve` calls it through spawn_blocking).
+    // A missing inference library is the cheapest thing to find out first.
     let backend = backend(settings)?;
-    train_missing(&store, &repo, backend.as_ref())?;
+    let store = open_store(settings, Access::Serve)?;
+    handle.block_on(wait_for_store(&store))?;
+    let repo = LocalRepository::new(&settings.model_path);
+    train_missing(settings, &repo, backend.as_ref())?;
     let models = load_models(&repo, backend.as_ref());
     let catalogue = Catalogue::new(
-        store
-            .load_destinations()
+        handle
+            .block_on(store.destinations())
             .context("reading the destination catalogue")?,
     );
-    anyhow::ensure!(!catalogue.is_empty(), "the destination catalogue is empty");
+    anyhow::ensure!(
+        !catalogue.is_empty(),
+        "the destination catalogue of {} is empty: fill it with `ml-service data demo` or `data import`",
+        store.describe()
+    );
     let fingerprint = crate::cache::catalogue_fingerprint(
         catalogue.destinations.iter().map(|d| d.id.to_string()),
     );
-    let caches = tokio::runtime::Handle::try_current()
-        .context("start-up runs on the tokio runtime (the caches need it)")?
+    let caches = handle
         .block_on(crate::cache::Caches::new(settings, fingerprint))
         .context("setting up the caches")?;
-    let data: Arc<dyn DataSource> = Arc::new(store);
+    let data: Arc<dyn DataSource> = store.source();
     let engine = Engine::new(
         settings.inference_threads(),
         settings.inference_queue,

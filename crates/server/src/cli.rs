@@ -49,7 +49,20 @@ fn init_tracing_with_traces(
 
 /// Run one command.
 pub fn run(cli: Cli) -> anyhow::Result<()> {
-    match cli.command {
+    if let Command::Serve(s) = cli.command {
+        return serve(s);
+    }
+    // The other commands are synchronous, around a few async store calls
+    // that run on this runtime (`block_on`).
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?;
+    let _entered = rt.enter();
+    run_command(cli.command)
+}
+
+fn run_command(command: Command) -> anyhow::Result<()> {
+    match command {
         Command::Serve(s) => serve(s),
         Command::Train(t) => {
             init_tracing(&t.settings.log_level);
@@ -61,8 +74,7 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
                     .filter_map(|m| ModelKind::parse(m))
                     .collect()
             };
-            let store = app::open_store(&t.settings)?;
-            let data = store.load_dataset()?;
+            let data = load_app_data(&t.settings)?;
             let td = TrainingData::new(&data);
             let repo = LocalRepository::new(&t.settings.model_path);
             let backend = app::backend(&t.settings)?;
@@ -85,51 +97,23 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Data { command } => match command {
             DataCommand::Users(u) => {
                 init_tracing(&u.settings.log_level);
-                let store = app::open_store(&u.settings)?;
-                for id in store.user_ids(u.limit)? {
+                let store = app::open_store(&u.settings, app::Access::Read)?;
+                for id in block_on(store.user_ids(u.limit))? {
                     println!("{id}");
                 }
                 Ok(())
             }
             DataCommand::Migrate(s) => {
                 init_tracing(&s.log_level);
-                let store = ml_data::SqliteStore::open(&s.sqlite_path, 1)?;
-                println!("schema of {} is up to date", store.path().display());
+                let store = writable_store(&s)?;
+                println!("schema of {} is up to date", store.describe());
                 Ok(())
             }
-            DataCommand::Import(i) => {
-                init_tracing(&i.settings.log_level);
-                let read = |ext: &str| -> anyhow::Result<String> {
-                    let f = std::fs::read_dir(&i.movielens)
-                        .with_context(|| format!("reading {}", i.movielens.display()))?
-                        .filter_map(|f| f.ok().map(|f| f.path()))
-                        .find(|p| p.extension().is_some_and(|x| x == ext))
-                        .with_context(|| format!("no .{ext} file in {}", i.movielens.display()))?;
-                    Ok(std::fs::read_to_string(f)?)
-                };
-                let ratings = ml_core::movielens::parse_inter(&read("inter")?)?;
-                let data = ml_core::movielens::to_dataset(
-                    &ratings,
-                    &read("item").unwrap_or_default(),
-                    &read("user").unwrap_or_default(),
-                    3.0,
-                );
-                let store = fresh_store(&i.settings, i.replace)?;
-                store.write_dataset(&data)?;
-                println!(
-                    "{} users, {} movies as destinations, {} ratings ≥ 3 as interactions, {} sessions: written to {}",
-                    data.profiles.len(),
-                    data.destinations.len(),
-                    data.interactions.len(),
-                    data.activity.len(),
-                    i.settings.sqlite_path.display()
-                );
-                Ok(())
-            }
+            DataCommand::Import(i) => import(i),
             DataCommand::Demo(d) => {
                 init_tracing(&d.settings.log_level);
                 let s = &d.settings;
-                let store = fresh_store(s, d.replace)?;
+                let store = empty_store(s, d.replace)?;
                 let t0 = Instant::now();
                 let data = generate(&GeneratorConfig {
                     users: d.users.unwrap_or(s.demo_users),
@@ -137,7 +121,8 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
                     ..Default::default()
                 });
                 let generated = t0.elapsed();
-                store.write_dataset(&data)?;
+                block_on(store.write_dataset(&data, d.replace))
+                    .with_context(|| format!("writing to {}", store.describe()))?;
                 println!(
                     "{} users, {} interactions, {} match outcomes, {} activity events, {} notifications: generated in {:.2}s, written in {:.2}s to {}",
                     data.profiles.len(),
@@ -147,7 +132,7 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
                     data.notifications.len(),
                     generated.as_secs_f64(),
                     (t0.elapsed() - generated).as_secs_f64(),
-                    s.sqlite_path.display()
+                    store.describe()
                 );
                 Ok(())
             }
@@ -186,16 +171,12 @@ fn refresh_features(r: crate::settings::RefreshArgs) -> anyhow::Result<()> {
         r.settings.redis_url.is_some(),
         "features refresh writes to Redis: set REDIS_URL"
     );
-    let store = app::open_store(&r.settings)?;
-    let data = store.load_dataset()?;
+    let data = load_app_data(&r.settings)?;
     let td = TrainingData::new(&data);
     let fingerprint = crate::cache::catalogue_fingerprint(
         td.catalogue.destinations.iter().map(|d| d.id.to_string()),
     );
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()?;
-    rt.block_on(async {
+    block_on(async {
         let caches = crate::cache::Caches::new(&r.settings, fingerprint).await?;
         anyhow::ensure!(
             caches.redis_connected(),
@@ -337,8 +318,7 @@ fn quantize(q: crate::settings::QuantizeArgs) -> anyhow::Result<()> {
         .load(&int8, &meta)
         .context("the INT8 graph does not load")?;
     let width = meta.features.len();
-    let store = app::open_store(&q.settings)?;
-    let data = store.load_dataset()?;
+    let data = load_app_data(&q.settings)?;
     let td = TrainingData::new(&data);
     let (metric, float_metric) = holdout_metric(&meta, float_model.clone(), &td)?;
     let (_, int8_metric) = holdout_metric(&meta, int8_model.clone(), &td)?;
@@ -394,23 +374,165 @@ fn quantize(q: crate::settings::QuantizeArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// The store, emptied first when `replace` (refused when it holds data otherwise).
-fn fresh_store(s: &Settings, replace: bool) -> anyhow::Result<ml_data::SqliteStore> {
-    let store = ml_data::SqliteStore::open(&s.sqlite_path, 1)?;
-    if store.count_profiles()? > 0 {
-        anyhow::ensure!(
-            replace,
-            "{} already holds data; pass --replace to overwrite it",
-            s.sqlite_path.display()
-        );
-        drop(store);
-        std::fs::remove_file(&s.sqlite_path).context("removing the old database")?;
-        for ext in ["-wal", "-shm"] {
-            let _ = std::fs::remove_file(format!("{}{ext}", s.sqlite_path.display()));
+/// The configured store for writing, its schema migrated.
+fn writable_store(s: &Settings) -> anyhow::Result<ml_data::AppStore> {
+    if s.database_url().is_some() {
+        let store = app::open_store(s, app::Access::Write)?;
+        if let ml_data::AppStore::Postgres(pg) = &store {
+            let applied = block_on(pg.migrate())
+                .with_context(|| format!("migrating {}", store.describe()))?;
+            if !applied.is_empty() {
+                tracing::info!(versions = ?applied, data = %store.describe(), "migrations applied");
+            }
         }
-        return Ok(ml_data::SqliteStore::open(&s.sqlite_path, 1)?);
+        return Ok(store);
     }
+    // Not app::open_store: that would fill an empty file with the demo data.
+    Ok(ml_data::AppStore::Sqlite(ml_data::SqliteStore::open(
+        &s.sqlite_path,
+        1,
+    )?))
+}
+
+/// The store to write a whole dataset into: refused when it holds data,
+/// unless `replace` (the write then empties it in the same transaction).
+fn empty_store(s: &Settings, replace: bool) -> anyhow::Result<ml_data::AppStore> {
+    let store = writable_store(s)?;
+    let n = block_on(store.count_profiles())?;
+    anyhow::ensure!(
+        n == 0 || replace,
+        "{} already holds data ({n} profiles); pass --replace to overwrite it",
+        store.describe()
+    );
     Ok(store)
+}
+
+/// What training and the reports read, from the configured store: at most
+/// TRAIN_MAX_USERS users.
+fn load_app_data(s: &Settings) -> anyhow::Result<ml_core::types::Dataset> {
+    let store = app::open_store(s, app::Access::Read)?;
+    block_on(store.load_sample(app::training_sample(s)))
+        .with_context(|| format!("reading {}", store.describe()))
+}
+
+/// Run a future on the command's runtime (the commands other than `serve`
+/// are synchronous code around a few async store calls).
+fn block_on<F: std::future::Future>(f: F) -> F::Output {
+    tokio::runtime::Handle::current().block_on(f)
+}
+
+/// `data import`: MovieLens, or table files validated row by row.
+fn import(i: crate::settings::ImportArgs) -> anyhow::Result<()> {
+    init_tracing(&i.settings.log_level);
+    let files: Vec<std::path::PathBuf> = if i.path.is_dir() {
+        let mut v: Vec<_> = std::fs::read_dir(&i.path)
+            .with_context(|| format!("reading {}", i.path.display()))?
+            .filter_map(|f| f.ok().map(|f| f.path()))
+            .collect();
+        v.sort();
+        v
+    } else {
+        vec![i.path.clone()]
+    };
+    if files
+        .iter()
+        .any(|p| p.extension().is_some_and(|x| x == "inter"))
+    {
+        return import_movielens(&i, &files);
+    }
+    let mut imp = ml_data::import::Import::default();
+    let mut read = 0;
+    for table in ml_data::import::TABLES {
+        for f in &files {
+            let name = f.file_name().and_then(|n| n.to_str()).unwrap_or_default();
+            let (Some((stem, _)), Some(format)) =
+                (name.split_once('.'), ml_data::import::Format::of(name))
+            else {
+                continue;
+            };
+            if stem != table {
+                continue;
+            }
+            let text =
+                std::fs::read_to_string(f).with_context(|| format!("reading {}", f.display()))?;
+            imp.read(table, name, format, &text);
+            read += 1;
+        }
+    }
+    anyhow::ensure!(
+        read > 0,
+        "no table files in {} (expected names like profiles.csv or interactions.jsonl, for the tables {})",
+        i.path.display(),
+        ml_data::import::TABLES.join(", ")
+    );
+    // Rows are added to what is stored; --replace replaces it instead.
+    let store = writable_store(&i.settings)?;
+    let (users, destinations) = if i.replace {
+        (vec![], vec![])
+    } else {
+        block_on(store.ids())?
+    };
+    imp.check_references(&users, &destinations);
+    if !imp.errors.is_empty() {
+        const SHOWN: usize = 50;
+        for e in imp.errors.iter().take(SHOWN) {
+            eprintln!("{e}");
+        }
+        if imp.errors.len() > SHOWN {
+            eprintln!("… and {} more", imp.errors.len() - SHOWN);
+        }
+        anyhow::bail!(
+            "{} problem(s) in the import; nothing was written to {}",
+            imp.errors.len(),
+            store.describe()
+        );
+    }
+    let d = &imp.data;
+    block_on(store.write_dataset(d, i.replace))
+        .with_context(|| format!("writing to {}", store.describe()))?;
+    println!(
+        "{} profiles, {} destinations, {} interactions, {} match outcomes, {} activity events, {} notifications: written to {}",
+        d.profiles.len(),
+        d.destinations.len(),
+        d.interactions.len(),
+        d.matches.len(),
+        d.activity.len(),
+        d.notifications.len(),
+        store.describe()
+    );
+    Ok(())
+}
+
+fn import_movielens(
+    i: &crate::settings::ImportArgs,
+    files: &[std::path::PathBuf],
+) -> anyhow::Result<()> {
+    let read = |ext: &str| -> anyhow::Result<String> {
+        let f = files
+            .iter()
+            .find(|p| p.extension().is_some_and(|x| x == ext))
+            .with_context(|| format!("no .{ext} file in {}", i.path.display()))?;
+        Ok(std::fs::read_to_string(f)?)
+    };
+    let ratings = ml_core::movielens::parse_inter(&read("inter")?)?;
+    let data = ml_core::movielens::to_dataset(
+        &ratings,
+        &read("item").unwrap_or_default(),
+        &read("user").unwrap_or_default(),
+        3.0,
+    );
+    let store = empty_store(&i.settings, i.replace)?;
+    block_on(store.write_dataset(&data, i.replace))
+        .with_context(|| format!("writing to {}", store.describe()))?;
+    println!(
+        "{} users, {} movies as destinations, {} ratings ≥ 3 as interactions, {} sessions: written to {}",
+        data.profiles.len(),
+        data.destinations.len(),
+        data.interactions.len(),
+        data.activity.len(),
+        store.describe()
+    );
+    Ok(())
 }
 
 /// A predictor over a loaded ONNX model, for the evaluation code.
@@ -445,8 +567,7 @@ fn eval(e: EvalArgs) -> anyhow::Result<()> {
         .clone()
         .context("model.json has no training window")?;
     let model = TractBackend.load(&bytes, &meta)?;
-    let store = app::open_store(&e.settings)?;
-    let data = store.load_dataset()?;
+    let data = load_app_data(&e.settings)?;
     let td = TrainingData::new(&data);
     let mut predict = onnx_predictor(model);
     let ev = ml_core::eval::evaluate_match(&td, window.holdout_from, &mut predict, None)?;

@@ -456,6 +456,7 @@ impl Predictor {
             }
             .into(),
             models_loaded,
+            database_connected: data_ok,
             redis_connected,
             gpu_available: self.gpu,
         }

@@ -23,7 +23,8 @@ pub enum Command {
     /// Offline metrics of the served model version on its held-out period,
     /// against the ceiling and baselines; optionally a report with plots.
     Eval(EvalArgs),
-    /// Manage the app data: schema and demo dataset.
+    /// Manage the app data (the SQLite file, or Postgres when DATABASE_URL is
+    /// set): schema, demo dataset, import.
     Data {
         #[command(subcommand)]
         command: DataCommand,
@@ -65,8 +66,11 @@ pub enum DataCommand {
     Migrate(Settings),
     /// Generate the demo dataset into the data store.
     Demo(DemoArgs),
-    /// Load MovieLens (RecBole's files: .inter, .item, .user) as app data:
-    /// users as profiles, movies as destinations, ratings ≥ 3 as interactions.
+    /// Load app data from CSV or JSON Lines files, every row validated (all
+    /// problems reported by file, line and field; nothing written unless none),
+    /// in one transaction; or MovieLens (RecBole's .inter, .item, .user) as app
+    /// data: users as profiles, movies as destinations, ratings ≥ 3 as
+    /// interactions.
     Import(ImportArgs),
     /// Print user ids, one per line (for scripts and load tests).
     Users(UsersArgs),
@@ -83,8 +87,11 @@ pub struct UsersArgs {
 
 #[derive(Debug, Args)]
 pub struct ImportArgs {
-    /// Folder holding one MovieLens dataset, e.g. .fixtures/ml-100k.
-    pub movielens: std::path::PathBuf,
+    /// A folder of table files named after their tables (`profiles.csv`,
+    /// `interactions.jsonl`, …; CSV or JSON Lines), one such file, or a
+    /// folder holding one MovieLens dataset in RecBole's format (e.g.
+    /// .fixtures/ml-100k).
+    pub path: std::path::PathBuf,
     /// Replace any data already in the store.
     #[arg(long)]
     pub replace: bool,
@@ -255,6 +262,25 @@ pub struct Settings {
     /// Model repository folder: {MODEL_PATH}/{model}/{version}/model.onnx + model.json.
     #[arg(long, env = "MODEL_PATH", default_value = "./models")]
     pub model_path: PathBuf,
+    /// The app's Postgres, e.g. a Supabase project's database
+    /// (`postgres://user:password@host:5432/postgres`; direct or session
+    /// pooler). Set: app data is read from it (read-only sessions) instead of
+    /// the SQLite file, and the `data` commands write to it.
+    #[arg(long, env = "DATABASE_URL", value_parser = parse_secret, hide_env_values = true)]
+    pub database_url: Option<secrecy::SecretString>,
+    /// Connections in the Postgres pool of each replica.
+    #[arg(long, env = "DATABASE_POOL_SIZE", default_value_t = 8)]
+    pub database_pool_size: usize,
+    /// Longest wait, in milliseconds, for one read of a user's data from
+    /// Postgres (a connection included); a slower read fails the request with
+    /// 503 unless the user's features are cached.
+    #[arg(long, env = "DATABASE_TIMEOUT_MS", default_value_t = 500)]
+    pub database_timeout_ms: u64,
+    /// Training reads at most about this many users (a deterministic sample,
+    /// plus the pairs of sampled match outcomes), so memory stays bounded
+    /// however large the app's data grows.
+    #[arg(long, env = "TRAIN_MAX_USERS", default_value_t = 100_000)]
+    pub train_max_users: usize,
     /// SQLite file of the embedded app-data store (created with the demo data on first start).
     #[arg(long, env = "SQLITE_PATH", default_value = "./data/ml-service.db")]
     pub sqlite_path: PathBuf,
@@ -342,6 +368,12 @@ impl Settings {
             queue: self.inference_queue,
             concurrency: self.inference_threads(),
         }
+    }
+
+    /// The Postgres URL, when one is set (kept secret everywhere else).
+    pub fn database_url(&self) -> Option<&str> {
+        use secrecy::ExposeSecret;
+        self.database_url.as_ref().map(|u| u.expose_secret())
     }
 
     pub fn inference_threads(&self) -> usize {

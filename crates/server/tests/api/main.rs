@@ -16,6 +16,7 @@ use std::path::PathBuf;
 use std::sync::{Arc, OnceLock};
 
 mod observability;
+mod postgres;
 mod redis_cache;
 
 /// A data store and model repository shared by the tests (built once).
@@ -29,9 +30,18 @@ fn fixture() -> &'static Fixture {
     F.get_or_init(|| {
         let dir = tempfile::tempdir().unwrap();
         let settings = settings_in(dir.path().join("data/app.db"), dir.path().join("models"));
-        let store = app::open_store(&settings).unwrap();
-        let repo = LocalRepository::new(&settings.model_path);
-        app::train_missing(&store, &repo, &ml_backend::tract::TractBackend).unwrap();
+        // Start-up code, run as `serve` runs it: off any async runtime's
+        // threads, with a runtime to block on.
+        let s = settings.clone();
+        std::thread::spawn(move || {
+            let rt = tokio::runtime::Runtime::new().unwrap();
+            let _entered = rt.enter();
+            app::open_store(&s, app::Access::Serve).unwrap();
+            let repo = LocalRepository::new(&s.model_path);
+            app::train_missing(&s, &repo, &ml_backend::tract::TractBackend).unwrap();
+        })
+        .join()
+        .unwrap();
         Fixture {
             _dir: dir,
             settings,
@@ -41,6 +51,8 @@ fn fixture() -> &'static Fixture {
 
 fn settings_in(sqlite: PathBuf, models: PathBuf) -> Settings {
     let mut s = Settings::from_env();
+    // The embedded store, even where the environment names a Postgres.
+    s.database_url = None;
     s.sqlite_path = sqlite;
     s.model_path = models;
     s.demo_users = 800;
@@ -136,6 +148,7 @@ async fn try_cli(args: &[&str], settings: &Settings) -> anyhow::Result<()> {
     use clap::Parser;
     let sqlite = settings.sqlite_path.display().to_string();
     let models = settings.model_path.display().to_string();
+    let database = settings.database_url().map(str::to_string);
     let mut argv = vec!["ml-service"];
     argv.extend_from_slice(args);
     argv.extend([
@@ -146,6 +159,9 @@ async fn try_cli(args: &[&str], settings: &Settings) -> anyhow::Result<()> {
         "--log-level",
         "warn",
     ]);
+    if let Some(url) = &database {
+        argv.extend(["--database-url", url]);
+    }
     let cli = ml_server::settings::Cli::parse_from(argv);
     tokio::task::spawn_blocking(move || ml_server::cli::run(cli))
         .await
@@ -175,7 +191,7 @@ async fn health_tells_the_truth() {
     let v: Value = r.json().await.unwrap();
     assert_eq!(
         v,
-        json!({"status": "healthy", "models_loaded": true, "redis_connected": false, "gpu_available": false})
+        json!({"status": "healthy", "models_loaded": true, "database_connected": true, "redis_connected": false, "gpu_available": false})
     );
 }
 
