@@ -287,11 +287,7 @@ pub async fn run(
     settings: &Settings,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
-    let app = routes::router(
-        predictor,
-        settings.max_body_bytes,
-        routes::ApiKeys::new(settings.api_keys.clone()),
-    );
+    let app = routes::router(predictor, settings);
     axum::serve(listener, app)
         .with_graceful_shutdown(shutdown)
         .await

@@ -75,6 +75,15 @@ fn run_command(command: Command) -> anyhow::Result<()> {
                     .collect()
             };
             let data = load_app_data(&t.settings)?;
+            println!(
+                "read {} users, {} match outcomes, {} interactions, {} activity events, {} notifications (TRAIN_MAX_USERS={})",
+                data.profiles.len(),
+                data.matches.len(),
+                data.interactions.len(),
+                data.activity.len(),
+                data.notifications.len(),
+                t.settings.train_max_users
+            );
             let td = TrainingData::new(&data);
             let repo = LocalRepository::new(&t.settings.model_path);
             let backend = app::backend(&t.settings)?;

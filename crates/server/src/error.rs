@@ -38,6 +38,9 @@ pub enum ServiceError {
     /// Too much load: retry later.
     #[error("overloaded, retry later")]
     Overloaded,
+    /// The request ran past its deadline (REQUEST_TIMEOUT_MS) and was stopped.
+    #[error("no answer within {ms} ms, retry later")]
+    DeadlineExceeded { ms: u64 },
     /// The app-data store failed.
     #[error("data store error")]
     Data(#[from] DataError),
@@ -79,6 +82,9 @@ impl ServiceError {
                 (StatusCode::SERVICE_UNAVAILABLE, "model_unavailable")
             }
             ServiceError::Overloaded => (StatusCode::SERVICE_UNAVAILABLE, "overloaded"),
+            ServiceError::DeadlineExceeded { .. } => {
+                (StatusCode::SERVICE_UNAVAILABLE, "deadline_exceeded")
+            }
             ServiceError::Data(_) => (StatusCode::SERVICE_UNAVAILABLE, "data_unavailable"),
             ServiceError::Inference(_) => (StatusCode::SERVICE_UNAVAILABLE, "inference_failed"),
         }

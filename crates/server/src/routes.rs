@@ -5,8 +5,10 @@ use crate::api::*;
 use crate::error::{ErrorBody, ServiceError};
 use crate::extract::{ApiJson, BodyLimit};
 use crate::service::{Predictor, Versioned};
+use crate::settings::Settings;
 use axum::extract::{DefaultBodyLimit, State};
 use axum::http::{HeaderName, HeaderValue};
+use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Extension, Json, Router};
@@ -186,13 +188,60 @@ fn request_span(req: &axum::extract::Request) -> tracing::Span {
     span
 }
 
-/// The router of the API. The prediction endpoints need an API key when
-/// `keys` is not empty; health and the OpenAPI document stay open.
-pub fn router(p: Arc<Predictor>, max_body: usize, keys: ApiKeys) -> Router {
+/// Admission of prediction requests: at most `permits` at once, a short wait
+/// for a turn, then shedding; and a deadline on each admitted request.
+#[derive(Clone)]
+pub struct Admission {
+    permits: Arc<tokio::sync::Semaphore>,
+    queue_wait: std::time::Duration,
+    deadline: std::time::Duration,
+}
+
+impl Admission {
+    pub fn new(settings: &Settings) -> Self {
+        Self {
+            permits: Arc::new(tokio::sync::Semaphore::new(
+                settings.max_in_flight.max(1) as usize
+            )),
+            queue_wait: std::time::Duration::from_millis(settings.queue_timeout_ms),
+            deadline: std::time::Duration::from_millis(settings.request_timeout_ms.max(1)),
+        }
+    }
+}
+
+/// Wait briefly for a turn (else 503 `overloaded`), then run the request
+/// within its deadline (else 503 `deadline_exceeded`). A request that runs
+/// out of time, or whose caller hangs up, is dropped: its pending work (a
+/// queued model call, a database read) is cancelled with it.
+async fn admit(State(a): State<Admission>, req: axum::extract::Request, next: Next) -> Response {
+    let permit = match tokio::time::timeout(a.queue_wait, a.permits.acquire_owned()).await {
+        Ok(Ok(p)) => p,
+        _ => return ServiceError::Overloaded.into_response(),
+    };
+    let response = tokio::time::timeout(a.deadline, next.run(req)).await;
+    drop(permit);
+    response.unwrap_or_else(|_| {
+        ServiceError::DeadlineExceeded {
+            ms: a.deadline.as_millis() as u64,
+        }
+        .into_response()
+    })
+}
+
+/// The router of the API. The prediction endpoints need an API key when keys
+/// are configured and pass admission control; health and the OpenAPI
+/// document stay open.
+pub fn router(p: Arc<Predictor>, settings: &Settings) -> Router {
+    let max_body = settings.max_body_bytes;
+    let keys = ApiKeys::new(settings.api_keys.clone());
     let predictions = Router::new()
         .route("/match/score", post(match_score))
         .route("/recommend/destinations", post(recommend))
         .route("/notifications/optimize", post(notify))
+        .route_layer(axum::middleware::from_fn_with_state(
+            Admission::new(settings),
+            admit,
+        ))
         .route_layer(axum::middleware::from_fn_with_state(keys, authenticate));
     Router::new()
         .merge(predictions)

@@ -290,6 +290,18 @@ pub struct Settings {
     /// Seed of the demo dataset.
     #[arg(long, env = "DEMO_SEED", default_value_t = 42)]
     pub demo_seed: u64,
+    /// Prediction requests handled at once; more wait (up to QUEUE_TIMEOUT_MS)
+    /// for a turn, so memory and latency stay bounded under any load.
+    #[arg(long, env = "MAX_IN_FLIGHT", default_value_t = 50, value_parser = clap::value_parser!(u32).range(1..))]
+    pub max_in_flight: u32,
+    /// Longest wait, in milliseconds, for a turn when MAX_IN_FLIGHT requests
+    /// are being handled; then the request is shed with 503 and Retry-After.
+    #[arg(long, env = "QUEUE_TIMEOUT_MS", default_value_t = 100)]
+    pub queue_timeout_ms: u64,
+    /// Deadline of a whole prediction request, in milliseconds (the spec's
+    /// client timeout); past it, the work is dropped and the caller gets 503.
+    #[arg(long, env = "REQUEST_TIMEOUT_MS", default_value_t = 5000, value_parser = clap::value_parser!(u64).range(1..))]
+    pub request_timeout_ms: u64,
     /// Largest request body accepted, in bytes; larger bodies get 413.
     #[arg(long, env = "MAX_BODY_BYTES", default_value_t = 64 * 1024)]
     pub max_body_bytes: usize,

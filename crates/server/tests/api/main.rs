@@ -1617,3 +1617,43 @@ async fn liveness_and_readiness_tell_apart_a_running_process_and_a_serving_one()
     assert_eq!(r.status(), 503);
     assert_eq!(r.json::<Value>().await.unwrap()["models_loaded"], false);
 }
+
+#[tokio::test]
+async fn requests_beyond_the_in_flight_bound_are_shed_and_a_deadline_ends_slow_ones() {
+    let mut s = fixture().settings.clone();
+    s.max_in_flight = 2;
+    s.queue_timeout_ms = 50;
+    // Each match call waits 400 ms for company in its batch: slow on purpose.
+    s.batch_max_delay_us = 400_000;
+    s.prediction_cache = false;
+    let app = spawn_with(s.clone()).await;
+    let u = app.users(2);
+    let body = json!({"user_a_id": u[0], "user_b_id": u[1]});
+    let (answers, health) = tokio::join!(
+        futures::future::join_all((0..6).map(|_| app.post("/match/score", body.clone()))),
+        async {
+            tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+            app.get("/health").await.status()
+        }
+    );
+    assert_eq!(health, 200, "health is not subject to admission");
+    let mut ok = 0;
+    for r in answers {
+        if r.status() == 200 {
+            ok += 1;
+            continue;
+        }
+        assert!(r.headers().contains_key("retry-after"));
+        assert_eq!(error_of(r).await, (503, "overloaded".into(), None));
+    }
+    assert_eq!(ok, 2, "exactly MAX_IN_FLIGHT requests were admitted");
+
+    // A deadline shorter than the work: the request is stopped and says so.
+    s.request_timeout_ms = 100;
+    let app = spawn_with(s).await;
+    let t0 = std::time::Instant::now();
+    let r = app.post("/match/score", body).await;
+    assert!(t0.elapsed() < std::time::Duration::from_millis(390));
+    assert!(r.headers().contains_key("retry-after"));
+    assert_eq!(error_of(r).await, (503, "deadline_exceeded".into(), None));
+}
