@@ -276,10 +276,11 @@ pub struct Settings {
     /// 503 unless the user's features are cached.
     #[arg(long, env = "DATABASE_TIMEOUT_MS", default_value_t = 500)]
     pub database_timeout_ms: u64,
-    /// Training reads at most about this many users (a deterministic sample,
-    /// plus the pairs of sampled match outcomes), so memory stays bounded
-    /// however large the app's data grows.
-    #[arg(long, env = "TRAIN_MAX_USERS", default_value_t = 100_000)]
+    /// Training samples about this many users (a deterministic sample, plus
+    /// both users of a sampled share of match outcomes: about 2.6× as many
+    /// users in all), so memory stays bounded however large the app's data
+    /// grows: about 37 KiB per user read (bench/train-memory.sh).
+    #[arg(long, env = "TRAIN_MAX_USERS", default_value_t = 20_000)]
     pub train_max_users: usize,
     /// SQLite file of the embedded app-data store (created with the demo data on first start).
     #[arg(long, env = "SQLITE_PATH", default_value = "./data/ml-service.db")]
