@@ -446,72 +446,54 @@ impl PgStore {
         for d in destinations(&*tx).await? {
             b.destination(d);
         }
-        let scan = |sql: &'static str| {
-            let tx = &tx;
-            async move {
-                let portal = tx.bind(sql, &[]).await.map_err(pg)?;
-                Ok::<_, DataError>(portal)
-            }
-        };
-        let p = scan(
+        scan(
+            &tx,
             "SELECT user_a, user_b, destination_id, trip_start, trip_interests, matched, decided_at, true_probability
              FROM match_outcomes ORDER BY id",
+            match_row,
+            |m| b.match_outcome(m),
         )
         .await?;
-        loop {
-            let rows = tx.query_portal(&p, BATCH_ROWS).await.map_err(pg)?;
-            if rows.is_empty() {
-                break;
-            }
-            for r in &rows {
-                b.match_outcome(match_row(r)?);
-            }
-        }
-        let p = scan(PROFILES_SQL).await?;
-        loop {
-            let rows = tx.query_portal(&p, BATCH_ROWS).await.map_err(pg)?;
-            if rows.is_empty() {
-                break;
-            }
-            for r in &rows {
-                b.profile(profile_row(r)?);
-            }
-        }
-        let p = scan(INTERACTIONS_SQL).await?;
-        loop {
-            let rows = tx.query_portal(&p, BATCH_ROWS).await.map_err(pg)?;
-            if rows.is_empty() {
-                break;
-            }
-            for r in &rows {
-                b.interaction(interaction_row(r)?);
-            }
-        }
-        let p = scan("SELECT user_id, occurred_at FROM activity_events ORDER BY id").await?;
-        loop {
-            let rows = tx.query_portal(&p, BATCH_ROWS).await.map_err(pg)?;
-            if rows.is_empty() {
-                break;
-            }
-            for r in &rows {
-                b.activity(ActivityEvent {
+        scan(&tx, PROFILES_SQL, profile_row, |p| b.profile(p)).await?;
+        scan(&tx, INTERACTIONS_SQL, interaction_row, |i| b.interaction(i)).await?;
+        scan(
+            &tx,
+            "SELECT user_id, occurred_at FROM activity_events ORDER BY id",
+            |r| {
+                Ok(ActivityEvent {
                     user_id: get("activity_events", r, 0)?,
                     occurred_at: get("activity_events", r, 1)?,
-                });
-            }
-        }
-        let p = scan(NOTIFICATIONS_SQL).await?;
-        loop {
-            let rows = tx.query_portal(&p, BATCH_ROWS).await.map_err(pg)?;
-            if rows.is_empty() {
-                break;
-            }
-            for r in &rows {
-                b.notification(notification_row(r)?);
-            }
-        }
+                })
+            },
+            |a| b.activity(a),
+        )
+        .await?;
+        scan(&tx, NOTIFICATIONS_SQL, notification_row, |n| {
+            b.notification(n)
+        })
+        .await?;
         tx.commit().await.map_err(pg)?;
         Ok(b.finish())
+    }
+}
+
+/// Feed `sql`'s rows to `f`, `BATCH_ROWS` at a time through a portal, so
+/// neither side holds more than one batch.
+async fn scan<T>(
+    tx: &tokio_postgres::Transaction<'_>,
+    sql: &str,
+    parse: impl Fn(&Row) -> Result<T, DataError>,
+    mut sink: impl FnMut(T),
+) -> Result<(), DataError> {
+    let portal = tx.bind(sql, &[]).await.map_err(pg)?;
+    loop {
+        let rows = tx.query_portal(&portal, BATCH_ROWS).await.map_err(pg)?;
+        if rows.is_empty() {
+            return Ok(());
+        }
+        for r in &rows {
+            sink(parse(r)?);
+        }
     }
 }
 
