@@ -218,10 +218,9 @@ impl Record {
 
     fn list(&mut self, field: &str) -> Option<Vec<String>> {
         let items = match self.raw(field).cloned() {
-            None => vec![],
+            None | Some(Cell::Null) => vec![],
             Some(Cell::List(v)) => v,
             Some(Cell::Text(s)) => split_list(&s),
-            Some(Cell::Null) => vec![],
         };
         if items.len() > MAX_ITEMS {
             self.bad(field, format!("more than {MAX_ITEMS} items"));

@@ -534,9 +534,16 @@ async fn copy(
     Ok(())
 }
 
-const PROFILES_SQL: &str = "SELECT id, display_name, age, interests, travel_style, style_pace, style_comfort,
-    style_spontaneity, openness, conscientiousness, extraversion, agreeableness, neuroticism, languages,
-    timezone, budget, preferred_duration, created_at FROM profiles ORDER BY id";
+/// The profile columns in the order `profile_row` reads them.
+macro_rules! select_profiles {
+    () => {
+        "SELECT id, display_name, age, interests, travel_style, style_pace, style_comfort,
+         style_spontaneity, openness, conscientiousness, extraversion, agreeableness, neuroticism,
+         languages, timezone, budget, preferred_duration, created_at FROM profiles"
+    };
+}
+const PROFILES_SQL: &str = concat!(select_profiles!(), " ORDER BY id");
+const PROFILE_BY_ID_SQL: &str = concat!(select_profiles!(), " WHERE id = $1");
 const INTERACTIONS_SQL: &str =
     "SELECT user_id, destination_id, kind, rating, occurred_at FROM interactions ORDER BY id";
 const NOTIFICATIONS_SQL: &str =
@@ -629,10 +636,9 @@ async fn destinations(
 
 /// A user's profile and history in one round trip (four pipelined queries).
 async fn user_history(c: &Object, id: Uuid) -> Result<Option<UserHistory>, DataError> {
-    let profile_sql = PROFILES_SQL.replace("ORDER BY id", "WHERE id = $1");
     let params: [&(dyn ToSql + Sync); 1] = [&id];
     let (s_profile, s_inter, s_act, s_notif) = futures::try_join!(
-        c.prepare_cached(&profile_sql),
+        c.prepare_cached(PROFILE_BY_ID_SQL),
         c.prepare_cached(
             "SELECT user_id, destination_id, kind, rating, occurred_at FROM interactions
              WHERE user_id = $1 ORDER BY occurred_at"
