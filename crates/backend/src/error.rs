@@ -26,6 +26,9 @@ pub enum BackendError {
         #[source]
         source: std::io::Error,
     },
+    /// The model store (local folder or S3) failed or timed out.
+    #[error("model repository: {0}")]
+    Storage(String),
     /// The inference runtime could not be loaded or started.
     #[error("inference runtime: {0}")]
     Runtime(String),

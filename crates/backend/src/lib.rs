@@ -18,7 +18,7 @@ pub use batcher::{BatchConfig, BatchObserver, Batcher};
 pub use error::BackendError;
 pub use meta::ModelMeta;
 pub use pool::{InferencePool, Outputs};
-pub use repository::{LocalRepository, ModelRepository};
+pub use repository::{Desired, ModelRepository, Route, S3Config, ServingPolicy};
 
 use std::sync::Arc;
 

@@ -16,15 +16,16 @@ async fn exported_models_match_the_trainer_through_repository_and_pool() {
     });
     let td = TrainingData::new(&data);
     let dir = tempfile::tempdir().unwrap();
-    let repo = LocalRepository::new(dir.path());
+    let repo = ModelRepository::local(dir.path()).unwrap();
     let pool = InferencePool::new(2, 16);
     for kind in ModelKind::ALL {
         let art = train(kind, &td, 1).unwrap();
         let written = repo
             .write(&export::to_onnx(&art), ModelMeta::from_artifact(&art, 0))
+            .await
             .unwrap();
         assert_eq!(written.version, 1);
-        let (bytes, meta) = repo.read(kind, 1).unwrap();
+        let (bytes, meta) = repo.read(kind, 1).await.unwrap();
         assert!(!art.reference_inputs.is_empty());
         export::check_parity(&art, &bytes, &meta, &TractBackend).unwrap();
         // The same rows through the inference threads give the same outputs.
@@ -49,9 +50,13 @@ async fn exported_models_match_the_trainer_through_repository_and_pool() {
     let art = train(ModelKind::TravelMatch, &td, 2).unwrap();
     let meta = repo
         .write(&export::to_onnx(&art), ModelMeta::from_artifact(&art, 0))
+        .await
         .unwrap();
     assert_eq!(meta.version, 2);
-    assert_eq!(repo.versions(ModelKind::TravelMatch).unwrap(), vec![1, 2]);
+    assert_eq!(
+        repo.versions(ModelKind::TravelMatch).await.unwrap(),
+        vec![1, 2]
+    );
 }
 
 #[test]

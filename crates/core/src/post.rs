@@ -81,6 +81,33 @@ pub enum RecDriver {
     Popularity,
 }
 
+/// A match answer without the model: what `/match/score` says, marked as a
+/// fallback, when the model fails or times out and no cached answer exists.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct MatchFallback {
+    pub score: f32,
+    pub interest_overlap: f32,
+    pub travel_style: f32,
+    pub personality: f32,
+}
+
+/// The documented fallback match: the Jaccard overlap of the two users'
+/// interests, their travel-style agreement (1 − the RMS distance of their
+/// style vectors) and personality similarity (1 − the mean absolute
+/// difference of the five traits), each in [0, 1]; the score is their mean.
+/// `x` is `features::match_features`' row.
+pub fn match_fallback(x: &[f32; 31]) -> MatchFallback {
+    let interest_overlap = x[0].clamp(0.0, 1.0);
+    let travel_style = (1.0 - x[15]).clamp(0.0, 1.0);
+    let personality = (1.0 - x[21..26].iter().sum::<f32>() / 5.0).clamp(0.0, 1.0);
+    MatchFallback {
+        score: (interest_overlap + travel_style + personality) / 3.0,
+        interest_overlap,
+        travel_style,
+        personality,
+    }
+}
+
 /// The reason shown with a recommendation.
 pub fn recommendation_reason(driver: &RecDriver) -> String {
     match driver {
@@ -376,6 +403,32 @@ mod tests {
     fn flat_pop() -> PopulationActivity {
         PopulationActivity {
             hour_of_week: vec![1.0 / 168.0; 168],
+        }
+    }
+
+    #[test]
+    fn the_fallback_match_ranks_alike_users_above_unalike_ones() {
+        let a = user("UTC", None);
+        let mut b = user("UTC", None);
+        let ctx = crate::features::MatchContext::default();
+        let same = match_fallback(&crate::features::match_features(&a, &a, &ctx));
+        assert!((same.score - 1.0).abs() < 1e-6, "{same:?}");
+        // Other interests, style and personality: every factor and the score drop.
+        b.interests = crate::types::TagSet::from_names(&["nightlife", "beach"]);
+        b.style_vector = [0.0, 1.0, 0.0];
+        b.personality = [0.0, 1.0, 0.0, 1.0, 0.0];
+        let other = match_fallback(&crate::features::match_features(&a, &b, &ctx));
+        assert!(other.interest_overlap < same.interest_overlap);
+        assert!(other.travel_style < same.travel_style);
+        assert!(other.personality < same.personality);
+        assert!(other.score < same.score);
+        for v in [
+            other.score,
+            other.interest_overlap,
+            other.travel_style,
+            other.personality,
+        ] {
+            assert!((0.0..=1.0).contains(&v), "{other:?}");
         }
     }
 

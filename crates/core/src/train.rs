@@ -88,6 +88,11 @@ pub struct ModelParams {
     /// Recommendation: the blend's hyper-parameters (its weights are in the graph).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub recommendation_blend: Option<RecBlend>,
+    /// Recommendation: standardised log popularity of each output column's
+    /// destination (the graph's bias, unweighted), for the fallback ranking
+    /// when the model cannot run.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub destination_popularity: Option<Vec<f32>>,
     /// Timing: the population's share of sessions per local hour of week.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub population_activity: Option<PopulationActivity>,
@@ -844,6 +849,7 @@ pub fn train_recommendation(td: &TrainingData, seed: u64) -> Result<ModelArtifac
         baseline_name: "most popular destinations".into(),
         params: ModelParams {
             recommendation_blend: Some(blend),
+            destination_popularity: Some(pop.clone()),
             ..Default::default()
         },
         window: TrainingWindow {

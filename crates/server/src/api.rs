@@ -118,6 +118,11 @@ pub struct MatchResponse {
     pub factors: MatchFactors,
     /// Time spent in the server, in milliseconds.
     pub latency_ms: f64,
+    /// Present (true) only when the model could not answer (error or
+    /// timeout) and this answer is a cached one of another version or the
+    /// documented default.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub fallback: bool,
 }
 
 /// `POST /recommend/destinations` request.
@@ -175,6 +180,11 @@ pub struct Recommendation {
 #[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
 pub struct RecommendResponse {
     pub recommendations: Vec<Recommendation>,
+    /// Present (true) only when the model could not answer (error or
+    /// timeout) and this answer is a cached one of another version or the
+    /// documented default.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub fallback: bool,
 }
 
 /// `POST /notifications/optimize` request.
@@ -200,6 +210,11 @@ pub struct NotifyResponse {
     pub channel: Channel,
     pub confidence: f32,
     pub reason: String,
+    /// Present (true) only when the model could not answer (error or
+    /// timeout) and this answer is a cached one of another version or the
+    /// documented default.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub fallback: bool,
 }
 
 /// `GET /health` response.

@@ -1,20 +1,21 @@
 //! Start-up and the server loop: open the data store (Postgres, or the SQLite
-//! file filled with the demo dataset on first start), train any model the repository lacks, load the
-//! newest loadable version of each, and serve until the shutdown signal, letting
-//! in-flight requests finish.
+//! file filled with the demo dataset on first start), train any model the
+//! repository (local or S3) lacks, load what should serve, and serve until
+//! the shutdown signal, letting in-flight requests finish, while a poller
+//! picks up new model versions.
 
+use crate::lifecycle::Registry;
 use crate::routes;
 use crate::service::{Engine, Predictor};
 use crate::settings::Settings;
 use crate::training::train_and_publish;
 use anyhow::Context;
 use ml_backend::tract::TractBackend;
-use ml_backend::{InferenceBackend, LoadedModel, LocalRepository, ModelMeta, ModelRepository};
+use ml_backend::{InferenceBackend, ModelRepository};
 use ml_core::catalogue::Catalogue;
 use ml_core::generator::{generate, GeneratorConfig};
 use ml_core::train::{ModelKind, TrainingData};
 use ml_data::{AppStore, DataSource, PgOptions, PgStore, SqliteStore, TrainingSample};
-use std::collections::HashMap;
 use std::future::Future;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -110,12 +111,17 @@ async fn wait_for_store(store: &AppStore) -> anyhow::Result<()> {
 /// Train and write version 1 of every model the repository lacks.
 pub fn train_missing(
     settings: &Settings,
-    repo: &dyn ModelRepository,
+    repo: &ModelRepository,
     backend: &dyn InferenceBackend,
 ) -> anyhow::Result<()> {
+    let handle = tokio::runtime::Handle::current();
     let mut missing = vec![];
     for k in ModelKind::ALL {
-        if repo.latest(k)?.is_none() {
+        if handle
+            .block_on(repo.latest(k))
+            .with_context(|| format!("listing {k} in {}", repo.describe()))?
+            .is_none()
+        {
             missing.push(k);
         }
     }
@@ -125,7 +131,7 @@ pub fn train_missing(
     let t0 = Instant::now();
     tracing::info!(models = ?missing.iter().map(|k| k.as_str()).collect::<Vec<_>>(), repository = %repo.describe(), "no trained models found: training them now");
     let store = open_store(settings, Access::Read)?;
-    let data = tokio::runtime::Handle::current()
+    let data = handle
         .block_on(store.load_sample(training_sample(settings)))
         .context("loading the app data for training")?;
     let td = TrainingData::new(&data);
@@ -142,47 +148,6 @@ pub fn train_missing(
         "training finished"
     );
     Ok(())
-}
-
-/// Load the newest version of each model that loads and passes its smoke test;
-/// a corrupt newest version falls back to the one before it.
-pub fn load_models(
-    repo: &dyn ModelRepository,
-    backend: &dyn InferenceBackend,
-) -> HashMap<ModelKind, (ModelMeta, Arc<dyn LoadedModel>)> {
-    let mut out = HashMap::new();
-    for k in ModelKind::ALL {
-        let versions = repo.versions(k).unwrap_or_else(|e| {
-            tracing::error!(model = %k, error = %e, "cannot list model versions");
-            vec![]
-        });
-        for v in versions.into_iter().rev() {
-            let t0 = Instant::now();
-            match repo
-                .read(k, v)
-                .and_then(|(bytes, meta)| Ok((backend.load(&bytes, &meta)?, meta, bytes.len())))
-            {
-                Ok((model, meta, bytes)) => {
-                    crate::telemetry::model_loaded(
-                        k.as_str(),
-                        v,
-                        t0.elapsed().as_secs_f64(),
-                        bytes,
-                    );
-                    tracing::info!(model = %k, version = v, ms = format!("{:.1}", t0.elapsed().as_secs_f64() * 1e3), "model loaded");
-                    out.insert(k, (meta, model));
-                    break;
-                }
-                Err(e) => {
-                    tracing::error!(model = %k, version = v, error = %e, "model version unusable; trying an older one")
-                }
-            }
-        }
-        if !out.contains_key(&k) {
-            tracing::error!(model = %k, "no usable version: its endpoint answers 503 until one is trained");
-        }
-    }
-    out
 }
 
 /// The inference backend the settings ask for. A missing or unloadable ONNX
@@ -224,18 +189,26 @@ pub fn backend(settings: &Settings) -> anyhow::Result<Arc<dyn InferenceBackend>>
 
 /// Everything `serve` needs, ready before the port opens.
 pub fn prepare(settings: &Settings) -> anyhow::Result<Arc<Predictor>> {
+    // A missing inference library is the cheapest thing to find out first.
+    prepare_with(settings, backend(settings)?)
+}
+
+/// `prepare` with a given inference backend (tests wrap the real one).
+pub fn prepare_with(
+    settings: &Settings,
+    backend: Arc<dyn InferenceBackend>,
+) -> anyhow::Result<Arc<Predictor>> {
     let t0 = Instant::now();
     let handle = tokio::runtime::Handle::try_current()
         .context("start-up runs on the tokio runtime (the caches and Postgres need it)")?;
     // The calls below block on that runtime: this must run off its threads
     // (`serve` calls it through spawn_blocking).
-    // A missing inference library is the cheapest thing to find out first.
-    let backend = backend(settings)?;
     let store = open_store(settings, Access::Serve)?;
     handle.block_on(wait_for_store(&store))?;
-    let repo = LocalRepository::new(&settings.model_path);
+    let repo = settings
+        .repository()
+        .context("opening the model repository (MODEL_STORAGE)")?;
     train_missing(settings, &repo, backend.as_ref())?;
-    let models = load_models(&repo, backend.as_ref());
     let catalogue = Catalogue::new(
         handle
             .block_on(store.destinations())
@@ -258,10 +231,23 @@ pub fn prepare(settings: &Settings) -> anyhow::Result<Arc<Predictor>> {
         settings.inference_queue,
         settings.batch_config(),
     );
+    // The newest version of each model that loads (a corrupt newest version
+    // falls back to the one before it), or what serving.json says.
+    let models = Arc::new(Registry::new(
+        repo,
+        Arc::clone(&backend),
+        engine.clone(),
+        catalogue.clone(),
+    ));
+    for status in handle.block_on(models.reload(true)) {
+        if status.serving.is_empty() {
+            tracing::error!(model = %status.model, error = ?status.error, "no usable version: its endpoint answers 503 until one loads");
+        }
+    }
     tracing::info!(
         ms = format!("{:.1}", t0.elapsed().as_secs_f64() * 1e3),
         data = %data.describe(),
-        models = %repo.describe(),
+        models = %models.repository().describe(),
         backend = backend.name(),
         cache = %caches.store.describe(),
         inference_threads = settings.inference_threads(),
@@ -269,15 +255,16 @@ pub fn prepare(settings: &Settings) -> anyhow::Result<Arc<Predictor>> {
         batch_max_delay_us = settings.batch_max_delay_us,
         "ready"
     );
-    Ok(Arc::new(Predictor::new(
+    Ok(Arc::new(Predictor {
         data,
         catalogue,
         models,
         engine,
         caches,
-        settings.quiet_hours,
-        backend.gpu(),
-    )))
+        quiet_hours: settings.quiet_hours,
+        gpu: backend.gpu(),
+        inference_timeout: Duration::from_millis(settings.inference_timeout_ms.max(1)),
+    }))
 }
 
 /// Serve the API on `listener` until `shutdown` completes, then drain in-flight requests.
@@ -287,10 +274,20 @@ pub async fn run(
     settings: &Settings,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
+    // New, promoted or re-routed model versions are picked up while serving.
+    let poller = (settings.model_poll_interval_s > 0).then(|| {
+        tokio::spawn(
+            Arc::clone(&predictor.models).poll(Duration::from_secs(settings.model_poll_interval_s)),
+        )
+    });
     let app = routes::router(predictor, settings);
-    axum::serve(listener, app)
+    let served = axum::serve(listener, app)
         .with_graceful_shutdown(shutdown)
-        .await
+        .await;
+    if let Some(p) = poller {
+        p.abort();
+    }
+    served
 }
 
 /// Serve `/metrics` on `listener` until `shutdown` completes.

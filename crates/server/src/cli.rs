@@ -1,5 +1,5 @@
 //! The subcommands: `serve`, `train`, `eval`, `data migrate|demo|import`,
-//! `models list|quantize`.
+//! `models list|promote|rollback|split|shadow|quantize`.
 
 use crate::app;
 use crate::report::{self, RobustnessRow};
@@ -7,7 +7,7 @@ use crate::settings::{Cli, Command, DataCommand, EvalArgs, ModelsCommand, Settin
 use crate::training::{summary, train_and_publish};
 use anyhow::Context;
 use ml_backend::tract::TractBackend;
-use ml_backend::{InferenceBackend as _, LocalRepository, ModelMeta, ModelRepository as _};
+use ml_backend::{InferenceBackend as _, ModelMeta, ModelRepository, Route, ServingPolicy};
 use ml_core::generator::{generate, GeneratorConfig};
 use ml_core::train::{ModelKind, TrainingData};
 use std::time::Instant;
@@ -85,7 +85,7 @@ fn run_command(command: Command) -> anyhow::Result<()> {
                 t.settings.train_max_users
             );
             let td = TrainingData::new(&data);
-            let repo = LocalRepository::new(&t.settings.model_path);
+            let repo = repository(&t.settings)?;
             let backend = app::backend(&t.settings)?;
             for k in kinds {
                 let meta = train_and_publish(k, &td, t.seed, &repo, backend.as_ref())?;
@@ -146,27 +146,7 @@ fn run_command(command: Command) -> anyhow::Result<()> {
                 Ok(())
             }
         },
-        Command::Models {
-            command: ModelsCommand::List(s),
-        } => {
-            let repo = LocalRepository::new(&s.model_path);
-            for k in ModelKind::ALL {
-                for v in repo.versions(k)? {
-                    match repo.read(k, v) {
-                        Ok((_, meta)) => println!(
-                            "{k} v{v} ({}): {}",
-                            meta.created_at.format("%Y-%m-%d %H:%M"),
-                            summary(&meta)
-                        ),
-                        Err(e) => println!("{k} v{v}: unreadable ({e})"),
-                    }
-                }
-            }
-            Ok(())
-        }
-        Command::Models {
-            command: ModelsCommand::Quantize(q),
-        } => quantize(q),
+        Command::Models { command } => models(command),
         Command::Features {
             command: crate::settings::FeaturesCommand::Refresh(r),
         } => refresh_features(r),
@@ -308,14 +288,13 @@ pub fn holdout_metric(
 fn quantize(q: crate::settings::QuantizeArgs) -> anyhow::Result<()> {
     init_tracing(&q.settings.log_level);
     let kind = ModelKind::parse(&q.model).context("unknown model")?;
-    let repo = LocalRepository::new(&q.settings.model_path);
+    let repo = repository(&q.settings)?;
     let version = match q.version {
         Some(v) => v,
-        None => repo
-            .latest(kind)?
+        None => block_on(repo.latest(kind))?
             .with_context(|| format!("no {kind} model in {}", repo.describe()))?,
     };
-    let (onnx, meta) = repo.read(kind, version)?;
+    let (onnx, meta) = block_on(repo.read(kind, version))?;
     anyhow::ensure!(
         meta.quantization.is_none(),
         "{kind} v{version} is already an INT8 variant; name a float version with --version"
@@ -348,7 +327,7 @@ fn quantize(q: crate::settings::QuantizeArgs) -> anyhow::Result<()> {
         float_us_batch32: median_call_us(float_model.as_ref(), width, 32)?,
         int8_us_batch32: median_call_us(int8_model.as_ref(), width, 32)?,
     });
-    let written = repo.write(&int8, out)?;
+    let written = block_on(repo.write(&int8, out))?;
     let qz = written.quantization.as_ref().expect("just set");
     println!(
         "{kind} v{} = INT8 of v{version} ({} MatMuls quantized), latency on {}:",
@@ -428,6 +407,207 @@ fn load_app_data(s: &Settings) -> anyhow::Result<ml_core::types::Dataset> {
 /// are synchronous code around a few async store calls).
 fn block_on<F: std::future::Future>(f: F) -> F::Output {
     tokio::runtime::Handle::current().block_on(f)
+}
+
+/// The model repository the settings name.
+fn repository(s: &Settings) -> anyhow::Result<ModelRepository> {
+    s.repository()
+        .context("opening the model repository (MODEL_STORAGE)")
+}
+
+/// The version most users get: the heaviest route of `serving.json`, else
+/// the newest version.
+async fn serving_version(repo: &ModelRepository, kind: ModelKind) -> anyhow::Result<Option<u64>> {
+    Ok(match repo.desired(kind).await? {
+        Some(ml_backend::Desired::Pinned(p)) => {
+            p.routes.iter().max_by_key(|r| r.weight).map(|r| r.version)
+        }
+        Some(ml_backend::Desired::Latest(v)) => v.last().copied(),
+        None => None,
+    })
+}
+
+fn parse_model(name: &str) -> anyhow::Result<ModelKind> {
+    ModelKind::parse(name).with_context(|| {
+        format!(
+            "unknown model {name:?}: expected travel_match, recommendation or notification_timing"
+        )
+    })
+}
+
+/// `models …`: list versions and what serves; change what serves.
+fn models(command: ModelsCommand) -> anyhow::Result<()> {
+    match command {
+        ModelsCommand::List(s) => {
+            let repo = repository(&s)?;
+            block_on(async {
+                for k in ModelKind::ALL {
+                    let policy = repo.serving(k).await?;
+                    let versions = repo.versions(k).await?;
+                    match &policy {
+                        Some(p) => println!("{k}: serving {}", describe_policy(p)),
+                        None => match versions.last() {
+                            Some(v) => println!("{k}: serving the newest version (v{v})"),
+                            None => println!("{k}: no versions"),
+                        },
+                    }
+                    for v in versions {
+                        match repo.read(k, v).await {
+                            Ok((_, meta)) => println!(
+                                "  v{v} ({}){}: {}",
+                                meta.created_at.format("%Y-%m-%d %H:%M"),
+                                if meta.quantization.is_some() {
+                                    " INT8"
+                                } else {
+                                    ""
+                                },
+                                summary(&meta)
+                            ),
+                            Err(e) => println!("  v{v}: unreadable ({e})"),
+                        }
+                    }
+                }
+                anyhow::Ok(())
+            })
+        }
+        ModelsCommand::Quantize(q) => quantize(q),
+        ModelsCommand::Promote(a) => {
+            let kind = parse_model(&a.model)?;
+            change_policy(&a.settings, kind, &[a.version], |p| {
+                let routes = vec![Route {
+                    version: a.version,
+                    weight: 100,
+                }];
+                push_history(p, routes);
+            })
+        }
+        ModelsCommand::Split(a) => {
+            let kind = parse_model(&a.model)?;
+            let versions: Vec<u64> = a.routes.iter().map(|r| r.version).collect();
+            change_policy(&a.settings, kind, &versions, |p| {
+                push_history(p, a.routes.clone());
+            })
+        }
+        ModelsCommand::Shadow(a) => {
+            let kind = parse_model(&a.model)?;
+            let versions: Vec<u64> = a.version.into_iter().collect();
+            change_policy(&a.settings, kind, &versions, |p| p.shadow = a.version)
+        }
+        ModelsCommand::Rollback(a) => {
+            let kind = parse_model(&a.model)?;
+            let repo = repository(&a.settings)?;
+            let current = block_on(repo.serving(kind))?;
+            let versions = block_on(repo.versions(kind))?;
+            let policy = match current {
+                Some(mut p) if !p.history.is_empty() => {
+                    p.routes = p.history.pop().expect("not empty");
+                    p
+                }
+                current => {
+                    // No history: step back from the serving version to the
+                    // newest version before it.
+                    let serving = block_on(serving_version(&repo, kind))?
+                        .with_context(|| format!("no {kind} model in {}", repo.describe()))?;
+                    let previous = versions
+                        .iter()
+                        .rev()
+                        .find(|v| **v < serving)
+                        .copied()
+                        .with_context(|| {
+                            format!(
+                                "{kind} v{serving} is the oldest version: nothing to roll back to"
+                            )
+                        })?;
+                    ServingPolicy {
+                        routes: vec![Route {
+                            version: previous,
+                            weight: 100,
+                        }],
+                        shadow: current.and_then(|c| c.shadow),
+                        history: vec![],
+                    }
+                }
+            };
+            block_on(repo.set_serving(kind, &policy))?;
+            println!("{kind}: serving {}", describe_policy(&policy));
+            Ok(())
+        }
+    }
+}
+
+/// Record the routes serving now, then serve `routes`.
+fn push_history(p: &mut ServingPolicy, routes: Vec<Route>) {
+    if !p.routes.is_empty() && p.routes != routes {
+        p.history.push(std::mem::replace(&mut p.routes, routes));
+        // A short memory is enough to undo recent changes.
+        if p.history.len() > 20 {
+            p.history.remove(0);
+        }
+    } else {
+        p.routes = routes;
+    }
+}
+
+/// Change `serving.json` after checking every version it will name exists.
+fn change_policy(
+    settings: &Settings,
+    kind: ModelKind,
+    versions: &[u64],
+    change: impl FnOnce(&mut ServingPolicy),
+) -> anyhow::Result<()> {
+    let repo = repository(settings)?;
+    block_on(async {
+        let existing = repo.versions(kind).await?;
+        for v in versions {
+            anyhow::ensure!(
+                existing.contains(v),
+                "{kind} has no version {v} in {} (versions: {existing:?})",
+                repo.describe()
+            );
+        }
+        let mut policy = match repo.serving(kind).await? {
+            Some(p) => p,
+            // Nothing pinned yet: the newest version is what serves now.
+            None => ServingPolicy {
+                routes: existing
+                    .last()
+                    .map(|v| {
+                        vec![Route {
+                            version: *v,
+                            weight: 100,
+                        }]
+                    })
+                    .unwrap_or_default(),
+                ..Default::default()
+            },
+        };
+        change(&mut policy);
+        repo.set_serving(kind, &policy)
+            .await
+            .with_context(|| format!("writing {kind}/serving.json"))?;
+        println!("{kind}: serving {}", describe_policy(&policy));
+        Ok(())
+    })
+}
+
+fn describe_policy(p: &ServingPolicy) -> String {
+    let total: u32 = p.routes.iter().map(|r| r.weight).sum();
+    let mut s = p
+        .routes
+        .iter()
+        .map(|r| {
+            format!(
+                "v{} ({:.0}%)",
+                r.version,
+                100.0 * r.weight as f64 / total.max(1) as f64
+            )
+        })
+        .collect::<Vec<_>>()
+        .join(", ");
+    if let Some(v) = p.shadow {
+        s.push_str(&format!(", shadow v{v}"));
+    }
+    s
 }
 
 /// `data import`: MovieLens, or table files validated row by row.
@@ -558,11 +738,10 @@ fn onnx_predictor(
 fn eval(e: EvalArgs) -> anyhow::Result<()> {
     init_tracing(&e.settings.log_level);
     let kind = ModelKind::parse(&e.model).context("unknown model")?;
-    let repo = LocalRepository::new(&e.settings.model_path);
-    let version = repo
-        .latest(kind)?
+    let repo = repository(&e.settings)?;
+    let version = block_on(serving_version(&repo, kind))?
         .with_context(|| format!("no {kind} model in {}", repo.describe()))?;
-    let (bytes, meta) = repo.read(kind, version)?;
+    let (bytes, meta) = block_on(repo.read(kind, version))?;
     match kind {
         ModelKind::TravelMatch => {}
         ModelKind::NotificationTiming => return eval_timing(&e),

@@ -29,6 +29,9 @@ pub enum ServiceError {
     /// No or a wrong API key (`Authorization: Bearer …`).
     #[error("a valid API key is required: send Authorization: Bearer <key>")]
     Unauthorized,
+    /// An admin endpoint while no ML_SERVICE_ADMIN_KEY is configured.
+    #[error("admin endpoints are disabled: set ML_SERVICE_ADMIN_KEY")]
+    AdminDisabled,
     /// A user id that the app data does not know.
     #[error("unknown user {id}")]
     UnknownUser { field: String, id: uuid::Uuid },
@@ -77,6 +80,7 @@ impl ServiceError {
             ServiceError::TooLarge { .. } => (StatusCode::PAYLOAD_TOO_LARGE, "payload_too_large"),
             ServiceError::NoRoute(_) => (StatusCode::NOT_FOUND, "not_found"),
             ServiceError::Unauthorized => (StatusCode::UNAUTHORIZED, "unauthorized"),
+            ServiceError::AdminDisabled => (StatusCode::FORBIDDEN, "admin_disabled"),
             ServiceError::UnknownUser { .. } => (StatusCode::NOT_FOUND, "unknown_user"),
             ServiceError::ModelUnavailable(_) => {
                 (StatusCode::SERVICE_UNAVAILABLE, "model_unavailable")

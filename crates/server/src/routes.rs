@@ -21,6 +21,8 @@ use utoipa::OpenApi;
 pub const MODEL_VERSION_HEADER: &str = "x-model-version";
 /// `hit` when the answer came from the prediction cache, else `miss`.
 pub const CACHE_HEADER: &str = "x-cache";
+/// `true` when the model could not answer and a fallback did.
+pub const FALLBACK_HEADER: &str = "x-fallback";
 
 impl<T: serde::Serialize> IntoResponse for Versioned<T> {
     fn into_response(self) -> Response {
@@ -33,6 +35,12 @@ impl<T: serde::Serialize> IntoResponse for Versioned<T> {
             HeaderName::from_static(CACHE_HEADER),
             HeaderValue::from_static(if self.cached { "hit" } else { "miss" }),
         );
+        if self.fallback {
+            r.headers_mut().insert(
+                HeaderName::from_static(FALLBACK_HEADER),
+                HeaderValue::from_static("true"),
+            );
+        }
         r
     }
 }
@@ -108,6 +116,37 @@ async fn ready(State(p): State<AppState>) -> Response {
         .into_response()
 }
 
+/// What serves now: each model's versions with their share of users, and
+/// the shadow version. Needs an admin key.
+#[utoipa::path(get, path = "/admin/models", responses((status = 200, body = Vec<crate::lifecycle::ModelStatus>),
+    (status = 401, body = ErrorBody), (status = 403, body = ErrorBody)))]
+async fn admin_models(State(p): State<AppState>) -> Json<Vec<crate::lifecycle::ModelStatus>> {
+    Json(p.models.statuses())
+}
+
+/// Read the model repository now and swap in what changed (new, promoted or
+/// re-routed versions), retrying versions that failed to load before. A
+/// version that does not load is reported in `error` and the old one keeps
+/// serving. Needs an admin key.
+#[utoipa::path(post, path = "/admin/models/reload", responses((status = 200, body = Vec<crate::lifecycle::ModelStatus>),
+    (status = 401, body = ErrorBody), (status = 403, body = ErrorBody)))]
+async fn admin_reload(State(p): State<AppState>) -> Json<Vec<crate::lifecycle::ModelStatus>> {
+    Json(p.models.reload(true).await)
+}
+
+/// Middleware: admin endpoints need one of the admin keys; without any
+/// configured they are off (403).
+async fn authenticate_admin(
+    State(keys): State<ApiKeys>,
+    req: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> Response {
+    if keys.0.is_empty() {
+        return ServiceError::AdminDisabled.into_response();
+    }
+    authenticate(State(keys), req, next).await
+}
+
 /// API keys, compared in constant time.
 #[derive(Clone)]
 pub struct ApiKeys(Arc<Vec<secrecy::SecretString>>);
@@ -156,7 +195,16 @@ async fn authenticate(
         title = "ml-service",
         description = "Match scoring, destination recommendations and notification timing."
     ),
-    paths(match_score, recommend, notify, health, live, ready),
+    paths(
+        match_score,
+        recommend,
+        notify,
+        health,
+        live,
+        ready,
+        admin_models,
+        admin_reload
+    ),
     components(schemas(ErrorBody))
 )]
 pub struct ApiDoc;
@@ -243,8 +291,16 @@ pub fn router(p: Arc<Predictor>, settings: &Settings) -> Router {
             admit,
         ))
         .route_layer(axum::middleware::from_fn_with_state(keys, authenticate));
+    let admin = Router::new()
+        .route("/admin/models", get(admin_models))
+        .route("/admin/models/reload", post(admin_reload))
+        .route_layer(axum::middleware::from_fn_with_state(
+            ApiKeys::new(settings.admin_keys.clone()),
+            authenticate_admin,
+        ));
     Router::new()
         .merge(predictions)
+        .merge(admin)
         .route("/health", get(health))
         .route("/health/live", get(live))
         .route("/health/ready", get(ready))

@@ -4,27 +4,20 @@
 
 use crate::api::*;
 use crate::error::ServiceError;
+use crate::lifecycle::{Registry, ServedModel, Variants};
 use chrono::{SecondsFormat, Utc};
-use ml_backend::{BatchConfig, Batcher, InferencePool, LoadedModel, ModelMeta};
+use ml_backend::{BackendError, BatchConfig, Batcher, InferencePool, LoadedModel, ModelMeta};
 use ml_core::catalogue::Catalogue;
-use ml_core::features::{self, PopulationActivity, UserFeatures, HOURS_PER_WEEK};
+use ml_core::features::{self, UserFeatures, HOURS_PER_WEEK};
 use ml_core::post;
 use ml_core::train::ModelKind;
 use ml_data::DataSource;
-use std::collections::HashMap;
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 use uuid::Uuid;
 
 /// History destinations whose share of a recommendation is measured.
 const MAX_ATTRIBUTED_HISTORY: usize = 30;
-
-/// A model version in memory, with its batcher.
-#[derive(Debug, Clone)]
-pub struct ServedModel {
-    pub meta: ModelMeta,
-    pub batcher: Batcher,
-}
 
 /// The inference engine: the pool of inference threads shared by all models
 /// and how each model's requests are batched in front of it.
@@ -42,15 +35,18 @@ impl Engine {
         }
     }
 
-    /// Serve a loaded model version: start its batcher (on the current runtime).
-    pub fn serve(&self, meta: ModelMeta, model: Arc<dyn LoadedModel>) -> ServedModel {
+    /// Serve a loaded model version: start its batcher.
+    pub fn serve_model(
+        &self,
+        meta: ModelMeta,
+        model: Arc<dyn LoadedModel>,
+        catalogue: &Catalogue,
+    ) -> Arc<ServedModel> {
         let name = meta.model.as_str();
         let observer: ml_backend::BatchObserver =
             Arc::new(move |_requests, rows| crate::telemetry::batch(name, rows));
-        ServedModel {
-            batcher: Batcher::spawn(model, Arc::clone(&self.pool), self.batch, observer),
-            meta,
-        }
+        let batcher = Batcher::spawn(model, Arc::clone(&self.pool), self.batch, observer);
+        Arc::new(ServedModel::new(meta, batcher, catalogue))
     }
 }
 
@@ -62,79 +58,63 @@ pub struct Versioned<T> {
     pub version: u64,
     /// Whether the prediction cache answered.
     pub cached: bool,
+    /// Whether the model could not answer and this is a fallback.
+    pub fallback: bool,
 }
+
+impl<T> Versioned<T> {
+    fn new(body: T, m: &ServedModel, cached: bool) -> Self {
+        Self {
+            body,
+            model: m.meta.model,
+            version: m.meta.version,
+            cached,
+            fallback: false,
+        }
+    }
+
+    fn fallback(body: T, m: &ServedModel) -> Self {
+        Self {
+            fallback: true,
+            ..Self::new(body, m, false)
+        }
+    }
+}
+
+/// Versions before the answering one whose cached answer may stand in for it.
+const FALLBACK_PREVIOUS_VERSIONS: u64 = 2;
 
 /// Everything a prediction needs, shared by all requests.
 pub struct Predictor {
     pub data: Arc<dyn DataSource>,
     pub catalogue: Catalogue,
-    pub models: HashMap<ModelKind, ServedModel>,
+    /// The serving model versions, swapped by reloads.
+    pub models: Arc<Registry>,
     pub engine: Engine,
     pub caches: crate::cache::Caches,
     pub quiet_hours: post::QuietHours,
     pub gpu: bool,
-    /// For each column of the recommendation model, the catalogue index of its
-    /// destination (None for a destination the catalogue no longer has).
-    rec_columns: Vec<Option<usize>>,
-    population: PopulationActivity,
-    channel_prior: [f32; 3],
+    /// Longest wait for one model call before the fallback answers.
+    pub inference_timeout: Duration,
 }
 
 impl Predictor {
-    pub fn new(
-        data: Arc<dyn DataSource>,
-        catalogue: Catalogue,
-        models: HashMap<ModelKind, (ModelMeta, Arc<dyn LoadedModel>)>,
-        engine: Engine,
-        caches: crate::cache::Caches,
-        quiet_hours: post::QuietHours,
-        gpu: bool,
-    ) -> Self {
-        let models: HashMap<ModelKind, ServedModel> = models
-            .into_iter()
-            .map(|(k, (meta, model))| (k, engine.serve(meta, model)))
-            .collect();
-        let rec_columns = models
-            .get(&ModelKind::Recommendation)
-            .map(|m| {
-                m.meta
-                    .items()
-                    .iter()
-                    .map(|id| id.parse().ok().and_then(|id| catalogue.index_of(&id)))
-                    .collect()
-            })
-            .unwrap_or_default();
-        let timing = models
-            .get(&ModelKind::NotificationTiming)
-            .map(|m| &m.meta.params);
-        let population = timing
-            .and_then(|p| p.population_activity.clone())
-            .unwrap_or_else(|| PopulationActivity {
-                hour_of_week: vec![1.0 / HOURS_PER_WEEK as f32; HOURS_PER_WEEK],
-            });
-        let channel_prior = timing.and_then(|p| p.channel_open_rate).unwrap_or([0.3; 3]);
-        Self {
-            data,
-            catalogue,
-            models,
-            engine,
-            caches,
-            quiet_hours,
-            gpu,
-            rec_columns,
-            population,
-            channel_prior,
-        }
-    }
-
     pub fn models_loaded(&self) -> bool {
-        ModelKind::ALL.iter().all(|k| self.models.contains_key(k))
+        self.models.all_loaded()
     }
 
-    fn model(&self, kind: ModelKind) -> Result<&ServedModel, ServiceError> {
-        self.models
-            .get(&kind)
-            .ok_or(ServiceError::ModelUnavailable(kind.as_str()))
+    /// The versions of `kind` serving now, and the one that answers `user`.
+    fn model(
+        &self,
+        kind: ModelKind,
+        user: Uuid,
+    ) -> Result<(Arc<Variants>, Arc<ServedModel>), ServiceError> {
+        let vs = self
+            .models
+            .get(kind)
+            .ok_or(ServiceError::ModelUnavailable(kind.as_str()))?;
+        let m = Arc::clone(vs.pick(kind, user));
+        Ok((vs, m))
     }
 
     /// Features of users (each with the request field that named it): from the
@@ -182,12 +162,17 @@ impl Predictor {
         )))
     }
 
-    async fn run(
+    /// One model call within INFERENCE_TIMEOUT_MS, mirrored to the shadow
+    /// version if there is one. `Ok(None)`: the model failed or timed out,
+    /// and the caller answers with a fallback. A full queue is not a model
+    /// failure: it stays 503 `overloaded`, so load is shed, not hidden.
+    async fn infer(
         &self,
+        vs: &Variants,
         m: &ServedModel,
         input: Vec<f32>,
         rows: usize,
-    ) -> Result<Vec<Vec<f32>>, ServiceError> {
+    ) -> Result<Option<Vec<Vec<f32>>>, ServiceError> {
         use tracing::Instrument as _;
         let span = tracing::info_span!(
             "inference",
@@ -195,7 +180,93 @@ impl Predictor {
             version = m.meta.version,
             rows
         );
-        Ok(m.batcher.run(input, rows).instrument(span).await?)
+        let mirror = vs.shadow.as_ref().map(|s| (Arc::clone(s), input.clone()));
+        let result = tokio::time::timeout(
+            self.inference_timeout,
+            m.batcher.run(input, rows).instrument(span),
+        )
+        .await;
+        let reason = match result {
+            Ok(Ok(out)) => {
+                if let Some((shadow, input)) = mirror {
+                    self.shadow(shadow, input, rows, &out);
+                }
+                return Ok(Some(out));
+            }
+            Ok(Err(e @ (BackendError::Overloaded | BackendError::ShutDown))) => {
+                return Err(e.into())
+            }
+            Ok(Err(e)) => {
+                tracing::warn!(model = %m.meta.model, version = m.meta.version, error = %e, "model call failed: answering with the fallback");
+                "inference_failed"
+            }
+            Err(_) => {
+                tracing::warn!(model = %m.meta.model, version = m.meta.version, ms = self.inference_timeout.as_millis() as u64, "model call timed out: answering with the fallback");
+                "inference_timeout"
+            }
+        };
+        crate::telemetry::fallback(m.meta.model.as_str(), m.meta.version, reason);
+        Ok(None)
+    }
+
+    /// Run the shadow version on a copy of the input, off the request, and
+    /// record how far its first output is from the served one. A shadow
+    /// never delays or changes an answer; when its queue is full the copy is
+    /// dropped.
+    fn shadow(&self, shadow: Arc<ServedModel>, input: Vec<f32>, rows: usize, served: &[Vec<f32>]) {
+        let served = served.first().cloned().unwrap_or_default();
+        let timeout = self.inference_timeout;
+        tokio::spawn(async move {
+            let model = shadow.meta.model.as_str();
+            let version = shadow.meta.version;
+            match tokio::time::timeout(timeout, shadow.batcher.run(input, rows)).await {
+                Ok(Ok(out)) => {
+                    let theirs = out.first().map(Vec::as_slice).unwrap_or(&[]);
+                    let n = theirs.len().min(served.len()).max(1);
+                    let mad = theirs
+                        .iter()
+                        .zip(&served)
+                        .map(|(a, b)| (a - b).abs() as f64)
+                        .sum::<f64>()
+                        / n as f64;
+                    crate::telemetry::shadow(model, version, "ok", Some(mad));
+                }
+                Ok(Err(BackendError::Overloaded)) => {
+                    crate::telemetry::shadow(model, version, "dropped", None)
+                }
+                _ => crate::telemetry::shadow(model, version, "error", None),
+            }
+        });
+    }
+
+    /// A cached answer to the same request from another serving version or
+    /// one of the versions just before the failing one.
+    async fn cached_fallback<T: serde::de::DeserializeOwned, R: serde::Serialize>(
+        &self,
+        endpoint: &str,
+        vs: &Variants,
+        m: &ServedModel,
+        user: Uuid,
+        req: &R,
+    ) -> Option<T> {
+        let v = m.meta.version;
+        let mut versions: Vec<u64> = vs
+            .routes
+            .iter()
+            .map(|(r, _)| r.meta.version)
+            .chain((1..=FALLBACK_PREVIOUS_VERSIONS).filter_map(|d| v.checked_sub(d)))
+            .filter(|o| *o != v && *o > 0)
+            .collect();
+        versions.dedup();
+        for other in versions {
+            let key = self
+                .caches
+                .prediction_key(endpoint, m.meta.model.as_str(), other, user, req);
+            if let Some(body) = self.caches.prediction::<T>(&key).await {
+                return Some(body);
+            }
+        }
+        None
     }
 
     pub async fn score_match(
@@ -204,7 +275,7 @@ impl Predictor {
     ) -> Result<Versioned<MatchResponse>, ServiceError> {
         let t0 = Instant::now();
         req.validate()?;
-        let m = self.model(ModelKind::TravelMatch)?;
+        let (vs, m) = self.model(ModelKind::TravelMatch, req.user_a_id)?;
         let key = self.caches.prediction_key(
             "match",
             m.meta.model.as_str(),
@@ -212,14 +283,10 @@ impl Predictor {
             req.user_a_id,
             req,
         );
+        let elapsed_ms = || (t0.elapsed().as_secs_f64() * 1e6).round() / 1e3;
         if let Some(mut body) = self.caches.prediction::<MatchResponse>(&key).await {
-            body.latency_ms = (t0.elapsed().as_secs_f64() * 1e6).round() / 1e3;
-            return Ok(Versioned {
-                body,
-                model: ModelKind::TravelMatch,
-                version: m.meta.version,
-                cached: true,
-            });
+            body.latency_ms = elapsed_ms();
+            return Ok(Versioned::new(body, &m, true));
         }
         let [a, b] = self
             .users([("user_a_id", req.user_a_id), ("user_b_id", req.user_b_id)])
@@ -231,7 +298,36 @@ impl Predictor {
             ctx.interests.as_deref().unwrap_or(&[]),
         );
         let x = features::match_features(&a, &b, &ctx);
-        let out = self.run(m, x.to_vec(), 1).await?;
+        let Some(out) = self.infer(&vs, &m, x.to_vec(), 1).await? else {
+            let body = match self
+                .cached_fallback::<MatchResponse, _>("match", &vs, &m, req.user_a_id, req)
+                .await
+            {
+                Some(body) => body,
+                None => {
+                    let f = post::match_fallback(&x);
+                    MatchResponse {
+                        score: round4(f.score),
+                        confidence: 0.0,
+                        factors: MatchFactors {
+                            interest_overlap: round4(f.interest_overlap),
+                            travel_style: round4(f.travel_style),
+                            personality: round4(f.personality),
+                        },
+                        latency_ms: 0.0,
+                        fallback: false,
+                    }
+                }
+            };
+            return Ok(Versioned::fallback(
+                MatchResponse {
+                    latency_ms: elapsed_ms(),
+                    fallback: true,
+                    ..body
+                },
+                &m,
+            ));
+        };
         let score = out[0][0];
         let f = &out[1];
         let confidence = post::match_confidence(score, post::match_completeness(&a, &b));
@@ -243,15 +339,11 @@ impl Predictor {
                 travel_style: round4(f[1]),
                 personality: round4(f[2]),
             },
-            latency_ms: (t0.elapsed().as_secs_f64() * 1e6).round() / 1e3,
+            latency_ms: elapsed_ms(),
+            fallback: false,
         };
         self.caches.put_prediction(key, &body, self.caches.ttl());
-        Ok(Versioned {
-            body,
-            model: ModelKind::TravelMatch,
-            version: m.meta.version,
-            cached: false,
-        })
+        Ok(Versioned::new(body, &m, false))
     }
 
     pub async fn recommend(
@@ -259,7 +351,7 @@ impl Predictor {
         req: &RecommendRequest,
     ) -> Result<Versioned<RecommendResponse>, ServiceError> {
         req.validate()?;
-        let m = self.model(ModelKind::Recommendation)?;
+        let (vs, m) = self.model(ModelKind::Recommendation, req.user_id)?;
         let key = self.caches.prediction_key(
             "recommend",
             m.meta.model.as_str(),
@@ -268,16 +360,27 @@ impl Predictor {
             req,
         );
         if let Some(body) = self.caches.prediction::<RecommendResponse>(&key).await {
-            return Ok(Versioned {
-                body,
-                model: ModelKind::Recommendation,
-                version: m.meta.version,
-                cached: true,
-            });
+            return Ok(Versioned::new(body, &m, true));
         }
         let [u] = self.users([("user_id", req.user_id)]).await?;
         let filters = req.filters.clone().unwrap_or_default();
-        let cols = self.rec_columns.len();
+        let rec_columns = &m.rec_columns;
+        let cols = rec_columns.len();
+        // Filters apply before top-k, so `limit` results come back whenever that
+        // many destinations match.
+        let candidates: Vec<u32> = (0..cols)
+            .filter(|&c| {
+                rec_columns[c].is_some_and(|d| {
+                    !u.has_consumed(d)
+                        && post::passes_filters(
+                            &self.catalogue.destinations[d],
+                            filters.budget,
+                            filters.duration,
+                        )
+                })
+            })
+            .map(|c| c as u32)
+            .collect();
         // Row 0: the user as they are. Then the same user without profile
         // (interests, budget, trip length), without history, with neither
         // (popularity alone), and without each
@@ -286,7 +389,7 @@ impl Predictor {
         let profile = ml_core::train::rec_profile_input(&u);
         let mut full = vec![0f32; cols + profile.len()];
         let mut history = vec![];
-        for (c, d) in self.rec_columns.iter().enumerate() {
+        for (c, d) in rec_columns.iter().enumerate() {
             if let Some(d) = d {
                 if u.has_engaged(*d) {
                     full[c] = 1.0;
@@ -310,30 +413,52 @@ impl Predictor {
             rows.extend(r);
         }
         let n_rows = 4 + history.len();
-        let out = self.run(m, rows, n_rows).await?.swap_remove(0);
-        let row = |r: usize| &out[r * cols..(r + 1) * cols];
-        // Filters apply before top-k, so `limit` results come back whenever that
-        // many destinations match.
-        let candidates: Vec<u32> = (0..cols)
-            .filter(|&c| {
-                self.rec_columns[c].is_some_and(|d| {
-                    !u.has_consumed(d)
-                        && post::passes_filters(
-                            &self.catalogue.destinations[d],
-                            filters.budget,
-                            filters.duration,
-                        )
+        let Some(mut out) = self.infer(&vs, &m, rows, n_rows).await? else {
+            if let Some(body) = self
+                .cached_fallback::<RecommendResponse, _>("recommend", &vs, &m, req.user_id, req)
+                .await
+            {
+                return Ok(Versioned::fallback(
+                    RecommendResponse {
+                        fallback: true,
+                        ..body
+                    },
+                    &m,
+                ));
+            }
+            // The documented default: the most popular destinations the user
+            // has not been to, within the filters.
+            let popularity = m.meta.params.destination_popularity.as_deref();
+            let scores: Vec<f32> = (0..cols)
+                .map(|c| popularity.and_then(|p| p.get(c).copied()).unwrap_or(0.0))
+                .collect();
+            let top = ml_core::rec_bench::top_k_of(&scores, candidates, req.limit as usize);
+            let recommendations = top
+                .into_iter()
+                .filter_map(|c| rec_columns[c as usize])
+                .map(|d| Recommendation {
+                    destination: self.catalogue.destinations[d].name.clone(),
+                    score: 0.0,
+                    reason: post::recommendation_reason(&post::RecDriver::Popularity),
                 })
-            })
-            .map(|c| c as u32)
-            .collect();
+                .collect();
+            return Ok(Versioned::fallback(
+                RecommendResponse {
+                    recommendations,
+                    fallback: true,
+                },
+                &m,
+            ));
+        };
+        let out = out.swap_remove(0);
+        let row = |r: usize| &out[r * cols..(r + 1) * cols];
         let scores = row(0);
         let top = ml_core::rec_bench::top_k_of(scores, candidates, req.limit as usize);
         let recommendations = top
             .into_iter()
             .map(|c| {
                 let c = c as usize;
-                let d = self.rec_columns[c].unwrap_or_default();
+                let d = rec_columns[c].unwrap_or_default();
                 let from_interests = row(0)[c] - row(1)[c];
                 let from_history = row(0)[c] - row(2)[c];
                 let from_popularity = row(3)[c];
@@ -352,7 +477,7 @@ impl Predictor {
                         items
                             .iter()
                             .take(2)
-                            .filter_map(|(_, h)| self.rec_columns[*h])
+                            .filter_map(|(_, h)| rec_columns[*h])
                             .map(|d| {
                                 (
                                     self.catalogue.destinations[d].name.clone(),
@@ -383,21 +508,19 @@ impl Predictor {
                 }
             })
             .collect();
-        let body = RecommendResponse { recommendations };
+        let body = RecommendResponse {
+            recommendations,
+            fallback: false,
+        };
         self.caches.put_prediction(key, &body, self.caches.ttl());
-        Ok(Versioned {
-            body,
-            model: ModelKind::Recommendation,
-            version: m.meta.version,
-            cached: false,
-        })
+        Ok(Versioned::new(body, &m, false))
     }
 
     pub async fn optimize_notification(
         &self,
         req: &NotifyRequest,
     ) -> Result<Versioned<NotifyResponse>, ServiceError> {
-        let m = self.model(ModelKind::NotificationTiming)?;
+        let (vs, m) = self.model(ModelKind::NotificationTiming, req.user_id)?;
         let key = self.caches.prediction_key(
             "notify",
             m.meta.model.as_str(),
@@ -406,22 +529,37 @@ impl Predictor {
             req,
         );
         if let Some(body) = self.caches.prediction::<NotifyResponse>(&key).await {
-            return Ok(Versioned {
-                body,
-                model: ModelKind::NotificationTiming,
-                version: m.meta.version,
-                cached: true,
-            });
+            return Ok(Versioned::new(body, &m, true));
         }
         let [u] = self.users([("user_id", req.user_id)]).await?;
-        let x = features::timing_features(&u, &self.population);
-        let scores = self.run(m, x, HOURS_PER_WEEK).await?.swap_remove(0);
+        let x = features::timing_features(&u, &m.population);
+        let (scores, fallback) = match self.infer(&vs, &m, x, HOURS_PER_WEEK).await? {
+            Some(mut out) => (out.swap_remove(0), false),
+            None => {
+                if let Some(body) = self
+                    .cached_fallback::<NotifyResponse, _>("notify", &vs, &m, req.user_id, req)
+                    .await
+                {
+                    return Ok(Versioned::fallback(
+                        NotifyResponse {
+                            fallback: true,
+                            ..body
+                        },
+                        &m,
+                    ));
+                }
+                // The documented default: the population's activity by hour
+                // of week stands in for the user's, under the same policy
+                // (quiet hours, urgency, channel).
+                (m.population.hour_of_week.clone(), true)
+            }
+        };
         let now = Utc::now();
         let plan = post::plan_notification(&post::NotificationRequest {
             user: &u,
             scores: &scores,
-            population: &self.population,
-            channel_prior: self.channel_prior,
+            population: &m.population,
+            channel_prior: m.channel_prior,
             kind: req.notification_type,
             urgency: req.urgency,
             now,
@@ -432,15 +570,14 @@ impl Predictor {
             channel: plan.channel,
             confidence: round4(plan.confidence),
             reason: plan.reason,
+            fallback,
         };
+        if fallback {
+            return Ok(Versioned::fallback(body, &m));
+        }
         self.caches
             .put_prediction(key, &body, post::plan_valid_for(now, plan.send_at));
-        Ok(Versioned {
-            body,
-            model: ModelKind::NotificationTiming,
-            version: m.meta.version,
-            cached: false,
-        })
+        Ok(Versioned::new(body, &m, false))
     }
 
     pub async fn health(&self) -> HealthResponse {

@@ -29,7 +29,8 @@ pub enum Command {
         #[command(subcommand)]
         command: DataCommand,
     },
-    /// Inspect the model repository.
+    /// The model repository: list versions, choose which serve (promote,
+    /// roll back, A/B split, shadow), quantize.
     Models {
         #[command(subcommand)]
         command: ModelsCommand,
@@ -107,6 +108,80 @@ pub enum ModelsCommand {
     /// version, with its size, held-out metric and latency next to the float
     /// model's in its model.json.
     Quantize(QuantizeArgs),
+    /// Serve one version to every user (writes {model}/serving.json; running
+    /// services pick it up within MODEL_POLL_INTERVAL_S).
+    Promote(PromoteArgs),
+    /// Go back to what served before the last promote or split (or, with no
+    /// history, to the version before the serving one).
+    Rollback(ModelArgs),
+    /// A/B test: split users between versions by weight, e.g. `3=90 4=10`;
+    /// each user keeps one version (a hash of the user id).
+    Split(SplitArgs),
+    /// Run a version in the shadow of live traffic (never answers; its
+    /// disagreement with the served answer is a metric), or `--off`.
+    Shadow(ShadowArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct ModelArgs {
+    /// The model: travel_match, recommendation or notification_timing.
+    pub model: String,
+    #[command(flatten)]
+    pub settings: Settings,
+}
+
+#[derive(Debug, Args)]
+pub struct PromoteArgs {
+    /// The model: travel_match, recommendation or notification_timing.
+    pub model: String,
+    /// The version to serve.
+    pub version: u64,
+    #[command(flatten)]
+    pub settings: Settings,
+}
+
+#[derive(Debug, Args)]
+pub struct SplitArgs {
+    /// The model: travel_match, recommendation or notification_timing.
+    pub model: String,
+    /// VERSION=WEIGHT pairs, e.g. `3=90 4=10`.
+    #[arg(required = true, num_args = 1.., value_parser = parse_route)]
+    pub routes: Vec<ml_backend::Route>,
+    #[command(flatten)]
+    pub settings: Settings,
+}
+
+#[derive(Debug, Args)]
+pub struct ShadowArgs {
+    /// The model: travel_match, recommendation or notification_timing.
+    pub model: String,
+    /// The version to run in the shadow.
+    #[arg(required_unless_present = "off")]
+    pub version: Option<u64>,
+    /// Stop shadowing.
+    #[arg(long, conflicts_with = "version")]
+    pub off: bool,
+    #[command(flatten)]
+    pub settings: Settings,
+}
+
+/// Parse `VERSION=WEIGHT`, e.g. `4=10` (a leading `v` is allowed: `v4=10`).
+pub fn parse_route(s: &str) -> Result<ml_backend::Route, String> {
+    let (v, w) = s
+        .split_once('=')
+        .ok_or("expected VERSION=WEIGHT, e.g. 4=10")?;
+    let version = v
+        .trim()
+        .trim_start_matches('v')
+        .parse::<u64>()
+        .ok()
+        .filter(|v| *v > 0)
+        .ok_or(format!("{v:?} is not a version (1, 2, …)"))?;
+    let weight = w
+        .trim()
+        .parse::<u32>()
+        .map_err(|_| format!("{w:?} is not a weight (a whole number)"))?;
+    Ok(ml_backend::Route { version, weight })
 }
 
 #[derive(Debug, Args)]
@@ -259,9 +334,44 @@ pub struct Settings {
     /// stored answer until it expires).
     #[arg(long, env = "PREDICTION_CACHE", default_value_t = true, action = clap::ArgAction::Set)]
     pub prediction_cache: bool,
+    /// Where model versions live: `local` (MODEL_PATH) or `s3` (S3_BUCKET,
+    /// credentials from the usual AWS_* variables).
+    #[arg(long, env = "MODEL_STORAGE", value_enum, default_value_t = StorageKind::Local)]
+    pub model_storage: StorageKind,
     /// Model repository folder: {MODEL_PATH}/{model}/{version}/model.onnx + model.json.
     #[arg(long, env = "MODEL_PATH", default_value = "./models")]
     pub model_path: PathBuf,
+    /// Bucket of the model repository when MODEL_STORAGE=s3.
+    #[arg(long, env = "S3_BUCKET", default_value = "travelmatch-models")]
+    pub s3_bucket: String,
+    /// Region of S3_BUCKET.
+    #[arg(long, env = "S3_REGION", default_value = "us-east-1")]
+    pub s3_region: String,
+    /// An S3-compatible endpoint (MinIO, R2, moto…), e.g. `http://minio:9000`;
+    /// unset: AWS.
+    #[arg(long, env = "S3_ENDPOINT")]
+    pub s3_endpoint: Option<String>,
+    /// Key prefix of the repository inside S3_BUCKET (default: the bucket's root).
+    #[arg(long, env = "S3_PREFIX", default_value = "")]
+    pub s3_prefix: String,
+    /// Longest wait for one call to the model store, in milliseconds.
+    #[arg(long, env = "MODEL_STORE_TIMEOUT_MS", default_value_t = 5000, value_parser = clap::value_parser!(u64).range(1..))]
+    pub model_store_timeout_ms: u64,
+    /// Seconds between checks of the repository for new, promoted or
+    /// re-routed versions (loaded beside the serving ones, smoke-tested,
+    /// then swapped in); 0 turns polling off (POST /admin/models/reload still works).
+    #[arg(long, env = "MODEL_POLL_INTERVAL_S", default_value_t = 10)]
+    pub model_poll_interval_s: u64,
+    /// Keys for the admin endpoints (`POST /admin/models/reload`), sent as
+    /// `Authorization: Bearer <key>`; several, separated by commas. Unset:
+    /// the admin endpoints answer 403.
+    #[arg(long, env = "ML_SERVICE_ADMIN_KEY", value_parser = parse_secret, value_delimiter = ',', hide_env_values = true)]
+    pub admin_keys: Vec<secrecy::SecretString>,
+    /// Longest wait for one model call, in milliseconds; past it (or on a
+    /// model error) the answer comes from the prediction cache or the
+    /// documented fallback, marked `"fallback": true`.
+    #[arg(long, env = "INFERENCE_TIMEOUT_MS", default_value_t = 1000, value_parser = clap::value_parser!(u64).range(1..))]
+    pub inference_timeout_ms: u64,
     /// The app's Postgres, e.g. a Supabase project's database
     /// (`postgres://user:password@host:5432/postgres`; direct or session
     /// pooler). Set: app data is read from it (read-only sessions) instead of
@@ -326,6 +436,13 @@ pub fn parse_secret(s: &str) -> Result<secrecy::SecretString, String> {
     Ok(secrecy::SecretString::from(s.to_string()))
 }
 
+/// Where the model repository lives.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum StorageKind {
+    Local,
+    S3,
+}
+
 /// The inference backends.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
 pub enum BackendKind {
@@ -380,6 +497,20 @@ impl Settings {
             max_delay: std::time::Duration::from_micros(self.batch_max_delay_us),
             queue: self.inference_queue,
             concurrency: self.inference_threads(),
+        }
+    }
+
+    /// The model repository these settings name (local folder or S3).
+    pub fn repository(&self) -> Result<ml_backend::ModelRepository, ml_backend::BackendError> {
+        match self.model_storage {
+            StorageKind::Local => ml_backend::ModelRepository::local(&self.model_path),
+            StorageKind::S3 => ml_backend::ModelRepository::s3(&ml_backend::S3Config {
+                bucket: self.s3_bucket.clone(),
+                region: self.s3_region.clone(),
+                endpoint: self.s3_endpoint.clone(),
+                prefix: self.s3_prefix.clone(),
+                timeout: std::time::Duration::from_millis(self.model_store_timeout_ms),
+            }),
         }
     }
 

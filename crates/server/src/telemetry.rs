@@ -17,6 +17,15 @@
 //! | `ml_cache_hits_total` | counter | cache (`features`, `predictions`), layer (`near`, `redis`, `memory`) |
 //! | `ml_cache_misses_total` | counter | cache |
 //! | `ml_redis_failures_total` | counter | (Redis calls that failed or timed out) |
+//! | `ml_model_reloads_total` | counter | model, outcome (`swapped`, `rejected`, `error`) |
+//! | `ml_model_load_failures_total` | counter | model, version (a version that did not load) |
+//! | `ml_model_traffic_share` | gauge | model, version (share of users routed to it) |
+//! | `ml_fallbacks_total` | counter | model, version, reason (`inference_failed`, `inference_timeout`) |
+//! | `ml_shadow_requests_total` | counter | model, version, outcome (`ok`, `error`, `dropped`) |
+//! | `ml_shadow_disagreement` | histogram | model, version (mean absolute difference of the first output) |
+//!
+//! A fallback answer is also counted in `ml_inference_errors_total` with the
+//! endpoint and the reason as `kind`, though its status is 200.
 
 use crate::routes::MODEL_VERSION_HEADER;
 use crate::service::Predictor;
@@ -38,6 +47,10 @@ pub const LATENCY_BUCKETS: [f64; 16] = [
 /// Buckets of `ml_prediction_batch_size` (rows per model run).
 pub const BATCH_BUCKETS: [f64; 10] = [1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0, 128.0, 256.0, 512.0];
 
+/// Buckets of `ml_shadow_disagreement` (scores are probabilities).
+pub const DISAGREEMENT_BUCKETS: [f64; 9] =
+    [0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5];
+
 /// The error kind of a failed response (its `code`), for `ml_inference_errors_total`.
 #[derive(Debug, Clone, Copy)]
 pub struct ErrorKind(pub &'static str);
@@ -55,6 +68,12 @@ pub fn handle() -> &'static PrometheusHandle {
                 b.set_buckets_for_metric(
                     metrics_exporter_prometheus::Matcher::Full("ml_prediction_batch_size".into()),
                     &BATCH_BUCKETS,
+                )
+            })
+            .and_then(|b| {
+                b.set_buckets_for_metric(
+                    metrics_exporter_prometheus::Matcher::Full("ml_shadow_disagreement".into()),
+                    &DISAGREEMENT_BUCKETS,
                 )
             })
             .expect("bucket lists are not empty");
@@ -116,6 +135,30 @@ fn describe() {
         "Resident memory of the process."
     );
     describe_gauge!("ml_build_info", "Always 1; the version is a label.");
+    describe_counter!(
+        "ml_model_reloads_total",
+        "Changes of a model's serving versions by outcome (swapped, rejected, error)."
+    );
+    describe_counter!(
+        "ml_model_load_failures_total",
+        "Model versions that did not load (corrupt, truncated or wrong signature)."
+    );
+    describe_gauge!(
+        "ml_model_traffic_share",
+        "Share of users a model version answers (A/B routing)."
+    );
+    describe_counter!(
+        "ml_fallbacks_total",
+        "Answers given by the fallback because the model failed or timed out."
+    );
+    describe_counter!(
+        "ml_shadow_requests_total",
+        "Copies of live requests run on a shadow version, by outcome."
+    );
+    describe_histogram!(
+        "ml_shadow_disagreement",
+        "Mean absolute difference between a shadow version's first output and the served one's."
+    );
 }
 
 /// Record a loaded model version.
@@ -127,6 +170,60 @@ pub fn model_loaded(model: &str, version: u64, seconds: f64, bytes: usize) {
     ];
     metrics::gauge!("ml_model_load_time_seconds", &labels).set(seconds);
     metrics::gauge!("ml_model_memory_bytes", &labels).set(bytes as f64);
+}
+
+/// Count a reload of a model's serving versions by outcome.
+pub fn model_reload(model: &str, outcome: &'static str) {
+    handle();
+    metrics::counter!("ml_model_reloads_total", "model" => model.to_string(), "outcome" => outcome)
+        .increment(1);
+}
+
+/// Count a version that did not load (corrupt, truncated, wrong signature).
+pub fn model_load_failed(model: &str, version: u64) {
+    handle();
+    metrics::counter!("ml_model_load_failures_total", "model" => model.to_string(), "version" => version.to_string())
+        .increment(1);
+}
+
+/// The share of users a version answers (0 once it stops serving).
+pub fn traffic_share(model: &str, version: u64, share: f64) {
+    handle();
+    metrics::gauge!("ml_model_traffic_share", "model" => model.to_string(), "version" => version.to_string())
+        .set(share);
+}
+
+/// The endpoint of each model, for errors counted outside the HTTP layer.
+fn endpoint_of(model: &str) -> &'static str {
+    match model {
+        "travel_match" => "/match/score",
+        "recommendation" => "/recommend/destinations",
+        _ => "/notifications/optimize",
+    }
+}
+
+/// Count an answer given by the fallback because the model failed or timed out.
+pub fn fallback(model: &str, version: u64, reason: &'static str) {
+    handle();
+    metrics::counter!("ml_fallbacks_total", "model" => model.to_string(), "version" => version.to_string(), "reason" => reason)
+        .increment(1);
+    metrics::counter!("ml_inference_errors_total", "endpoint" => endpoint_of(model), "kind" => reason)
+        .increment(1);
+}
+
+/// Record one shadow run and, when it answered, its disagreement.
+pub fn shadow(model: &str, version: u64, outcome: &'static str, disagreement: Option<f64>) {
+    handle();
+    let labels = [
+        ("model", model.to_string()),
+        ("version", version.to_string()),
+    ];
+    let mut with_outcome = labels.to_vec();
+    with_outcome.push(("outcome", outcome.to_string()));
+    metrics::counter!("ml_shadow_requests_total", &with_outcome).increment(1);
+    if let Some(d) = disagreement {
+        metrics::histogram!("ml_shadow_disagreement", &labels).record(d);
+    }
 }
 
 /// Record the rows of one model call (a whole batch).
@@ -188,9 +285,13 @@ fn resident_memory_bytes() -> Option<f64> {
 async fn render(State(p): State<Arc<Predictor>>) -> String {
     metrics::gauge!("ml_inference_queue_depth", "queue" => "pool")
         .set(p.engine.pool.queue_depth() as f64);
-    for (k, m) in &p.models {
-        metrics::gauge!("ml_inference_queue_depth", "queue" => k.as_str())
-            .set(m.batcher.queue_depth() as f64);
+    // Versions of one model share its queue label: their depths add up.
+    let mut depth: std::collections::HashMap<&str, usize> = Default::default();
+    for (k, m) in p.models.loaded() {
+        *depth.entry(k.as_str()).or_default() += m.batcher.queue_depth();
+    }
+    for (k, d) in depth {
+        metrics::gauge!("ml_inference_queue_depth", "queue" => k).set(d as f64);
     }
     metrics::counter!("ml_redis_failures_total").absolute(p.caches.store.failures());
     if let Some(rss) = resident_memory_bytes() {

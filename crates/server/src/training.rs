@@ -8,12 +8,13 @@ use ml_backend::{InferenceBackend, ModelMeta, ModelRepository};
 use ml_core::train::{train, ModelKind, TrainingData};
 use std::time::Instant;
 
-/// Train `kind`, verify the export, and write it as the next version.
+/// Train `kind`, verify the export, and write it as the next version. Runs
+/// off the runtime's threads (it blocks on the repository write).
 pub fn train_and_publish(
     kind: ModelKind,
     td: &TrainingData,
     seed: u64,
-    repo: &dyn ModelRepository,
+    repo: &ModelRepository,
     backend: &dyn InferenceBackend,
 ) -> anyhow::Result<ModelMeta> {
     let t0 = Instant::now();
@@ -22,8 +23,8 @@ pub fn train_and_publish(
     let meta = ModelMeta::from_artifact(&art, 0);
     check_parity(&art, &onnx, &meta, backend)
         .with_context(|| format!("checking the exported {kind}"))?;
-    let meta = repo
-        .write(&onnx, meta)
+    let meta = tokio::runtime::Handle::current()
+        .block_on(repo.write(&onnx, meta))
         .with_context(|| format!("writing {kind} to {}", repo.describe()))?;
     tracing::info!(
         model = %kind,

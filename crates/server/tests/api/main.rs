@@ -2,7 +2,7 @@
 //! HTTP, on a small generated dataset with models trained for the test run.
 
 use chrono::{DateTime, Datelike, Timelike, Utc};
-use ml_backend::{export, LocalRepository, ModelMeta, ModelRepository};
+use ml_backend::{export, ModelMeta, ModelRepository};
 use ml_core::catalogue::Catalogue;
 use ml_core::features::{match_features, parse_tz, UserFeatures};
 use ml_core::post::match_context;
@@ -15,6 +15,7 @@ use serde_json::{json, Value};
 use std::path::PathBuf;
 use std::sync::{Arc, OnceLock};
 
+mod lifecycle;
 mod observability;
 mod postgres;
 mod redis_cache;
@@ -37,7 +38,7 @@ fn fixture() -> &'static Fixture {
             let rt = tokio::runtime::Runtime::new().unwrap();
             let _entered = rt.enter();
             app::open_store(&s, app::Access::Serve).unwrap();
-            let repo = LocalRepository::new(&s.model_path);
+            let repo = ModelRepository::local(&s.model_path).unwrap();
             app::train_missing(&s, &repo, &ml_backend::tract::TractBackend).unwrap();
         })
         .join()
@@ -114,8 +115,17 @@ impl TestApp {
 }
 
 async fn spawn_with(settings: Settings) -> TestApp {
+    let backend = app::backend(&settings).unwrap();
+    spawn_with_backend(settings, backend).await
+}
+
+/// A server whose models run on `backend` (tests wrap the real one).
+async fn spawn_with_backend(
+    settings: Settings,
+    backend: Arc<dyn ml_backend::InferenceBackend>,
+) -> TestApp {
     let s = settings.clone();
-    let predictor = tokio::task::spawn_blocking(move || app::prepare(&s))
+    let predictor = tokio::task::spawn_blocking(move || app::prepare_with(&s, backend))
         .await
         .unwrap()
         .unwrap();
@@ -162,6 +172,7 @@ async fn try_cli(args: &[&str], settings: &Settings) -> anyhow::Result<()> {
     if let Some(url) = &database {
         argv.extend(["--database-url", url]);
     }
+
     let cli = ml_server::settings::Cli::parse_from(argv);
     tokio::task::spawn_blocking(move || ml_server::cli::run(cli))
         .await
@@ -734,8 +745,9 @@ async fn the_served_model_is_the_trained_file_and_gives_the_trainers_outputs() {
     let td = TrainingData::new(&data);
     let art = train(ModelKind::TravelMatch, &td, 9).unwrap();
     let onnx = export::to_onnx(&art);
-    let repo = LocalRepository::new(models.path());
+    let repo = ModelRepository::local(models.path()).unwrap();
     repo.write(&onnx, ModelMeta::from_artifact(&art, 0))
+        .await
         .unwrap();
     assert_eq!(
         std::fs::read(models.path().join("travel_match/1/model.onnx")).unwrap(),
@@ -1373,19 +1385,26 @@ async fn quantize_writes_int8_versions_that_are_measured_and_served() {
     copy_dir(&settings.model_path, dir.path());
     settings.model_path = dir.path().to_path_buf();
     let float = spawn_with(settings.clone()).await;
-    let repo = LocalRepository::new(dir.path());
+    let repo = ModelRepository::local(dir.path()).unwrap();
     for kind in ModelKind::ALL {
         run_cli(&["models", "quantize", kind.as_str()], &settings).await;
-        assert_eq!(repo.versions(kind).unwrap(), vec![1, 2], "{kind}");
-        let (bytes, meta) = repo.read(kind, 2).unwrap();
+        assert_eq!(repo.versions(kind).await.unwrap(), vec![1, 2], "{kind}");
+        let (bytes, meta) = repo.read(kind, 2).await.unwrap();
         let q = meta
             .quantization
             .as_ref()
             .expect("model.json records the quantization");
         assert_eq!(q.source_version, 1);
         assert_eq!(q.int8_bytes, bytes.len());
-        assert_eq!(q.float_bytes, repo.read(kind, 1).unwrap().0.len());
-        let expected = repo.read(kind, 1).unwrap().1.evaluation.unwrap().metrics;
+        assert_eq!(q.float_bytes, repo.read(kind, 1).await.unwrap().0.len());
+        let expected = repo
+            .read(kind, 1)
+            .await
+            .unwrap()
+            .1
+            .evaluation
+            .unwrap()
+            .metrics;
         // The float metric measured through the served file is the trainer's.
         if kind == ModelKind::TravelMatch {
             assert_eq!(q.metric, "auc");

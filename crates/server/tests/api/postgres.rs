@@ -137,8 +137,11 @@ async fn data_commands_fill_postgres_and_train_and_serve_read_from_it() {
     // the result, reading users from Postgres.
     s.train_max_users = 200;
     run_cli(&["train", "travel_match"], &s).await;
-    let repo = LocalRepository::new(&s.model_path);
-    assert_eq!(repo.versions(ModelKind::TravelMatch).unwrap(), vec![1]);
+    let repo = ModelRepository::local(&s.model_path).unwrap();
+    assert_eq!(
+        repo.versions(ModelKind::TravelMatch).await.unwrap(),
+        vec![1]
+    );
     let app = spawn_with(s.clone()).await;
     let health: Value = app.get("/health").await.json().await.unwrap();
     assert_eq!(health["database_connected"], true, "{health}");
