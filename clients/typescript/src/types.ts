@@ -38,6 +38,9 @@ export interface MatchResponse {
   factors: MatchFactors;
   /** Time spent in the server, in milliseconds. */
   latency_ms: number;
+  /** Present (true) only when the model could not answer and this is a
+   * cached answer of another version or the documented default. */
+  fallback?: boolean;
 }
 
 export interface RecommendFilters {
@@ -60,6 +63,9 @@ export interface Recommendation {
 
 export interface RecommendResponse {
   recommendations: Recommendation[];
+  /** Present (true) only when the model could not answer and this is a
+   * cached answer of another version or the documented default. */
+  fallback?: boolean;
 }
 
 export interface NotifyRequest {
@@ -75,6 +81,9 @@ export interface NotifyResponse {
   channel: Channel;
   confidence: number;
   reason: string;
+  /** Present (true) only when the model could not answer and this is a
+   * cached answer of another version or the documented default. */
+  fallback?: boolean;
 }
 
 export interface HealthResponse {
@@ -98,14 +107,14 @@ type Fields<T> = { [K in keyof Required<T>]: undefined extends T[K] ? "optional"
 export const FIELDS = {
   MatchRequest: { user_a_id: "required", user_b_id: "required", context: "optional" },
   MatchContextBody: { destination: "optional", dates: "optional", interests: "optional" },
-  MatchResponse: { score: "required", confidence: "required", factors: "required", latency_ms: "required" },
+  MatchResponse: { score: "required", confidence: "required", factors: "required", latency_ms: "required", fallback: "optional" },
   MatchFactors: { interest_overlap: "required", travel_style: "required", personality: "required" },
   RecommendRequest: { user_id: "required", limit: "optional", filters: "optional" },
   RecommendFilters: { budget: "optional", duration: "optional" },
-  RecommendResponse: { recommendations: "required" },
+  RecommendResponse: { recommendations: "required", fallback: "optional" },
   Recommendation: { destination: "required", score: "required", reason: "required" },
   NotifyRequest: { user_id: "required", notification_type: "required", urgency: "optional" },
-  NotifyResponse: { send_at: "required", channel: "required", confidence: "required", reason: "required" },
+  NotifyResponse: { send_at: "required", channel: "required", confidence: "required", reason: "required", fallback: "optional" },
   HealthResponse: { status: "required", models_loaded: "required", database_connected: "required", redis_connected: "required", gpu_available: "required" },
 } as const satisfies {
   MatchRequest: Fields<MatchRequest>;

@@ -313,6 +313,14 @@ impl Registry {
                     crate::telemetry::traffic_share(kind.as_str(), m.version(), 0.0);
                 }
             }
+            // A version neither serving nor shadowing is unloaded once the
+            // last request holding it finishes.
+            let kept: HashSet<u64> = new.versions().map(|m| m.version()).collect();
+            for m in prev.versions() {
+                if !kept.contains(&m.version()) {
+                    crate::telemetry::model_unloaded(kind.as_str(), m.version());
+                }
+            }
         }
         let versions: Vec<String> = new
             .routes

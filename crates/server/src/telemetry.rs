@@ -172,6 +172,13 @@ pub fn model_loaded(model: &str, version: u64, seconds: f64, bytes: usize) {
     metrics::gauge!("ml_model_memory_bytes", &labels).set(bytes as f64);
 }
 
+/// A version no longer held by the registry: its memory gauge drops to 0.
+pub fn model_unloaded(model: &str, version: u64) {
+    handle();
+    metrics::gauge!("ml_model_memory_bytes", "model" => model.to_string(), "version" => version.to_string())
+        .set(0.0);
+}
+
 /// Count a reload of a model's serving versions by outcome.
 pub fn model_reload(model: &str, outcome: &'static str) {
     handle();

@@ -19,6 +19,7 @@ mod lifecycle;
 mod observability;
 mod postgres;
 mod redis_cache;
+mod s3;
 
 /// A data store and model repository shared by the tests (built once).
 struct Fixture {
@@ -666,6 +667,8 @@ async fn the_openapi_document_matches_what_the_server_accepts() {
     assert_eq!(
         paths,
         [
+            "/admin/models",
+            "/admin/models/reload",
             "/health",
             "/health/live",
             "/health/ready",
