@@ -203,21 +203,18 @@ async fn models_live_in_s3_train_writes_there_and_serve_follows_promotions() {
             r.headers()["x-model-version"].to_str().unwrap().to_string()
         }
     };
-    let wait_for = |want: &'static str| {
-        let version = version.clone();
-        async move {
-            let t0 = Instant::now();
-            loop {
-                let got = version().await;
-                if got == want {
-                    return;
-                }
-                assert!(
-                    t0.elapsed() < Duration::from_secs(15),
-                    "still {got}, waiting for {want}"
-                );
-                tokio::time::sleep(Duration::from_millis(200)).await;
+    let wait_for = |want: &'static str| async move {
+        let t0 = Instant::now();
+        loop {
+            let got = version().await;
+            if got == want {
+                return;
             }
+            assert!(
+                t0.elapsed() < Duration::from_secs(15),
+                "still {got}, waiting for {want}"
+            );
+            tokio::time::sleep(Duration::from_millis(200)).await;
         }
     };
     assert_eq!(version().await, "travel_match/3");
