@@ -131,7 +131,7 @@ pub struct MatchResponse {
 pub struct RecommendRequest {
     pub user_id: Uuid,
     /// How many recommendations, 1..=100 (default 10).
-    #[serde(default = "default_limit")]
+    #[serde(default = "default_limit", deserialize_with = "whole_number")]
     #[schema(minimum = 1, maximum = 100, default = 10)]
     pub limit: u32,
     #[serde(default)]
@@ -140,6 +140,27 @@ pub struct RecommendRequest {
 
 fn default_limit() -> u32 {
     10
+}
+
+/// A JSON integer, also when written with a zero fraction (`10.0`), as JSON
+/// Schema's `integer` allows. Values beyond u32 saturate, so range checks
+/// report them; negative and fractional numbers are refused.
+fn whole_number<'de, D: serde::Deserializer<'de>>(d: D) -> Result<u32, D::Error> {
+    use serde::de::Error as _;
+    let n = serde_json::Number::deserialize(d)?;
+    if let Some(u) = n.as_u64() {
+        return Ok(u32::try_from(u).unwrap_or(u32::MAX));
+    }
+    match n.as_f64() {
+        Some(f) if f >= 0.0 && f.fract() == 0.0 => Ok(if f > u32::MAX as f64 {
+            u32::MAX
+        } else {
+            f as u32
+        }),
+        _ => Err(D::Error::custom(format!(
+            "expected a whole number ≥ 1, got {n}"
+        ))),
+    }
 }
 
 /// Filters: a budget admits places at or below it; a duration admits places

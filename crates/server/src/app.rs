@@ -264,6 +264,7 @@ pub fn prepare_with(
         quiet_hours: settings.quiet_hours,
         gpu: backend.gpu(),
         inference_timeout: Duration::from_millis(settings.inference_timeout_ms.max(1)),
+        draining: Default::default(),
     }))
 }
 
@@ -301,6 +302,56 @@ pub async fn run_metrics(
         .await
 }
 
+/// Serve the API and the metrics until `signal`, then shut down as
+/// Kubernetes expects: readiness turns false at once, both listeners keep
+/// accepting for SHUTDOWN_GRACE_MS (load balancers still send while they
+/// notice), then stop accepting; requests in flight get up to
+/// DRAIN_TIMEOUT_MS to finish.
+pub async fn serve_until(
+    listener: tokio::net::TcpListener,
+    metrics: tokio::net::TcpListener,
+    predictor: Arc<Predictor>,
+    settings: &Settings,
+    signal: impl Future<Output = ()> + Send + 'static,
+) -> anyhow::Result<()> {
+    let grace = Duration::from_millis(settings.shutdown_grace_ms);
+    let drain = Duration::from_millis(settings.drain_timeout_ms);
+    let (tx, rx) = tokio::sync::watch::channel(false);
+    let p = Arc::clone(&predictor);
+    tokio::spawn(async move {
+        signal.await;
+        p.draining.store(true, std::sync::atomic::Ordering::SeqCst);
+        tracing::info!(
+            grace_ms = grace.as_millis() as u64,
+            "shutting down: readiness is false; still accepting during the grace period"
+        );
+        tokio::time::sleep(grace).await;
+        tracing::info!("no longer accepting connections: draining in-flight requests");
+        let _ = tx.send(true);
+    });
+    let stop = |mut rx: tokio::sync::watch::Receiver<bool>| async move {
+        let _ = rx.wait_for(|stop| *stop).await;
+    };
+    let serve = async {
+        tokio::try_join!(
+            run(listener, Arc::clone(&predictor), settings, stop(rx.clone())),
+            run_metrics(metrics, predictor, stop(rx.clone())),
+        )
+    };
+    let deadline = async {
+        stop(rx.clone()).await;
+        tokio::time::sleep(drain).await;
+    };
+    tokio::select! {
+        served = serve => { served?; }
+        _ = deadline => {
+            tracing::warn!(drain_ms = drain.as_millis() as u64, "requests still in flight at the drain timeout: exiting anyway");
+        }
+    }
+    tracing::info!("shut down");
+    Ok(())
+}
+
 /// Completes on Ctrl-C or SIGTERM.
 pub async fn shutdown_signal() {
     let ctrl_c = async {
@@ -318,5 +369,5 @@ pub async fn shutdown_signal() {
     #[cfg(not(unix))]
     let term = std::future::pending::<()>();
     tokio::select! { _ = ctrl_c => {}, _ = term => {} }
-    tracing::info!("shutdown signal received: draining in-flight requests");
+    tracing::info!("shutdown signal received");
 }

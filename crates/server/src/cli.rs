@@ -1138,19 +1138,7 @@ fn serve(settings: Settings) -> anyhow::Result<()> {
         let addr = listener.local_addr().unwrap_or(addr);
         let maddr = mlistener.local_addr().unwrap_or(maddr);
         tracing::info!(%addr, metrics = %maddr, "listening");
-        // One shutdown signal stops both listeners.
-        let (tx, rx) = tokio::sync::watch::channel(false);
-        tokio::spawn(async move {
-            app::shutdown_signal().await;
-            let _ = tx.send(true);
-        });
-        let stop = |mut rx: tokio::sync::watch::Receiver<bool>| async move {
-            let _ = rx.changed().await;
-        };
-        tokio::try_join!(
-            app::run(listener, predictor.clone(), &settings, stop(rx.clone())),
-            app::run_metrics(mlistener, predictor, stop(rx)),
-        )?;
+        app::serve_until(listener, mlistener, predictor, &settings, app::shutdown_signal()).await?;
         Ok::<_, anyhow::Error>(())
     })?;
     // Send the spans still buffered.

@@ -96,14 +96,17 @@ async fn live() -> Json<serde_json::Value> {
     Json(serde_json::json!({"status": "alive"}))
 }
 
-/// Kubernetes readiness: every model is loaded. Neither a down Redis nor a
+/// Kubernetes readiness: every model is loaded and shutdown has not begun
+/// (from the signal on it answers 503, while requests are still served
+/// through the grace period). Neither a down Redis nor a
 /// down Postgres makes the service unready: both are shared by every replica,
 /// so readiness would take them all out of the load balancer at once, while
 /// they can still answer from their caches (`/health` reports both).
 #[utoipa::path(get, path = "/health/ready", responses((status = 200, description = "ready"), (status = 503, description = "not ready")))]
 async fn ready(State(p): State<AppState>) -> Response {
     let models_loaded = p.models_loaded();
-    let ok = models_loaded;
+    let draining = p.draining();
+    let ok = models_loaded && !draining;
     let status = if ok {
         axum::http::StatusCode::OK
     } else {
@@ -111,7 +114,9 @@ async fn ready(State(p): State<AppState>) -> Response {
     };
     (
         status,
-        Json(serde_json::json!({"ready": ok, "models_loaded": models_loaded})),
+        Json(
+            serde_json::json!({"ready": ok, "models_loaded": models_loaded, "draining": draining}),
+        ),
     )
         .into_response()
 }
@@ -282,22 +287,30 @@ async fn admit(State(a): State<Admission>, req: axum::extract::Request, next: Ne
 pub fn router(p: Arc<Predictor>, settings: &Settings) -> Router {
     let max_body = settings.max_body_bytes;
     let keys = ApiKeys::new(settings.api_keys.clone());
+    // Layers on each method router, not the path: an undeclared method gets
+    // 405 (with `Allow`) before any key check or admission.
+    let admission = axum::middleware::from_fn_with_state(Admission::new(settings), admit);
+    let auth = axum::middleware::from_fn_with_state(keys, authenticate);
+    let prediction = |m: axum::routing::MethodRouter<AppState>| {
+        m.route_layer(admission.clone()).route_layer(auth.clone())
+    };
     let predictions = Router::new()
-        .route("/match/score", post(match_score))
-        .route("/recommend/destinations", post(recommend))
-        .route("/notifications/optimize", post(notify))
-        .route_layer(axum::middleware::from_fn_with_state(
-            Admission::new(settings),
-            admit,
-        ))
-        .route_layer(axum::middleware::from_fn_with_state(keys, authenticate));
+        .route("/match/score", prediction(post(match_score)))
+        .route("/recommend/destinations", prediction(post(recommend)))
+        .route("/notifications/optimize", prediction(post(notify)));
+    let admin_auth = axum::middleware::from_fn_with_state(
+        ApiKeys::new(settings.admin_keys.clone()),
+        authenticate_admin,
+    );
     let admin = Router::new()
-        .route("/admin/models", get(admin_models))
-        .route("/admin/models/reload", post(admin_reload))
-        .route_layer(axum::middleware::from_fn_with_state(
-            ApiKeys::new(settings.admin_keys.clone()),
-            authenticate_admin,
-        ));
+        .route(
+            "/admin/models",
+            get(admin_models).route_layer(admin_auth.clone()),
+        )
+        .route(
+            "/admin/models/reload",
+            post(admin_reload).route_layer(admin_auth),
+        );
     Router::new()
         .merge(predictions)
         .merge(admin)

@@ -96,9 +96,16 @@ pub struct Predictor {
     pub gpu: bool,
     /// Longest wait for one model call before the fallback answers.
     pub inference_timeout: Duration,
+    /// Set by the shutdown signal: readiness answers 503 from then on.
+    pub draining: std::sync::atomic::AtomicBool,
 }
 
 impl Predictor {
+    /// Whether shutdown has begun (readiness is false).
+    pub fn draining(&self) -> bool {
+        self.draining.load(std::sync::atomic::Ordering::SeqCst)
+    }
+
     pub fn models_loaded(&self) -> bool {
         self.models.all_loaded()
     }

@@ -413,6 +413,16 @@ pub struct Settings {
     /// client timeout); past it, the work is dropped and the caller gets 503.
     #[arg(long, env = "REQUEST_TIMEOUT_MS", default_value_t = 5000, value_parser = clap::value_parser!(u64).range(1..))]
     pub request_timeout_ms: u64,
+    /// After SIGTERM/SIGINT, how long, in milliseconds, the service keeps
+    /// accepting connections while readiness already says 503 (load
+    /// balancers need a moment to stop sending).
+    #[arg(long, env = "SHUTDOWN_GRACE_MS", default_value_t = 5000)]
+    pub shutdown_grace_ms: u64,
+    /// Then, how long requests in flight may take to finish before the
+    /// process exits anyway (keep grace + drain below Kubernetes'
+    /// terminationGracePeriodSeconds).
+    #[arg(long, env = "DRAIN_TIMEOUT_MS", default_value_t = 20000)]
+    pub drain_timeout_ms: u64,
     /// Largest request body accepted, in bytes; larger bodies get 413.
     #[arg(long, env = "MAX_BODY_BYTES", default_value_t = 64 * 1024)]
     pub max_body_bytes: usize,

@@ -19,6 +19,7 @@ mod lifecycle;
 mod observability;
 mod postgres;
 mod redis_cache;
+mod reliability;
 mod s3;
 
 /// A data store and model repository shared by the tests (built once).
@@ -180,6 +181,62 @@ async fn try_cli(args: &[&str], settings: &Settings) -> anyhow::Result<()> {
         .unwrap()
 }
 
+/// A running `ml-service serve` process, killed when dropped.
+struct Process {
+    child: std::process::Child,
+    /// Where the API and the metrics listen (the log line says; port 0 lets
+    /// the OS choose).
+    addr: String,
+    metrics: String,
+}
+
+impl Drop for Process {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Start `serve` as `cmd` sets it up (ports 0, JSON logs at info) and wait
+/// for it to listen. Its log keeps being read, so it never blocks on a full pipe.
+async fn serve_process(mut cmd: std::process::Command) -> Process {
+    use std::io::BufRead;
+    cmd.env("ML_SERVICE_PORT", "0")
+        .env("PROMETHEUS_PORT", "0")
+        .env("LOG_LEVEL", "info")
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped());
+    let mut child = cmd.spawn().unwrap();
+    let stderr = child.stderr.take().unwrap();
+    let found = tokio::task::spawn_blocking(move || {
+        let mut lines = std::io::BufReader::new(stderr).lines();
+        for line in lines.by_ref() {
+            let line = line.unwrap();
+            if let Ok(v) = serde_json::from_str::<Value>(&line) {
+                if v["message"] == "listening" {
+                    let found = (
+                        v["addr"].as_str().unwrap().to_string(),
+                        v["metrics"].as_str().unwrap().to_string(),
+                    );
+                    std::thread::spawn(move || lines.for_each(drop));
+                    return Some(found);
+                }
+            }
+        }
+        None
+    })
+    .await
+    .unwrap();
+    let mut p = Process {
+        child,
+        addr: String::new(),
+        metrics: String::new(),
+    };
+    let (addr, metrics) = found.expect("ml-service exited without listening");
+    (p.addr, p.metrics) = (addr, metrics);
+    p
+}
+
 async fn spawn_app() -> TestApp {
     spawn_with(fixture().settings.clone()).await
 }
@@ -326,6 +383,14 @@ async fn recommendations_honour_limit_and_filters_and_skip_visited_places() {
         .unwrap();
     let recs = v["recommendations"].as_array().unwrap();
     assert!(!recs.is_empty() && recs.len() <= 7);
+    // JSON Schema's integer: 7.0 is 7.
+    let same: Value = app
+        .post("/recommend/destinations", json!({"user_id": user, "limit": 7.0, "filters": {"budget": "low", "duration": "weekend"}}))
+        .await
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(same["recommendations"], v["recommendations"]);
     for rec in recs {
         let d = &cat.destinations[cat
             .find_by_name(rec["destination"].as_str().unwrap())
@@ -540,6 +605,27 @@ async fn bad_input_gets_a_clear_error_and_the_service_keeps_serving() {
         (
             "/recommend/destinations",
             json!({"user_id": a, "limit": "ten"}),
+            422,
+            "invalid_field",
+            Some("limit"),
+        ),
+        (
+            "/recommend/destinations",
+            json!({"user_id": a, "limit": 2.5}),
+            422,
+            "invalid_field",
+            Some("limit"),
+        ),
+        (
+            "/recommend/destinations",
+            json!({"user_id": a, "limit": -3}),
+            422,
+            "invalid_field",
+            Some("limit"),
+        ),
+        (
+            "/recommend/destinations",
+            json!({"user_id": a, "limit": 1e12}),
             422,
             "invalid_field",
             Some("limit"),

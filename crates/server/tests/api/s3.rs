@@ -154,37 +154,9 @@ async fn models_live_in_s3_train_writes_there_and_serve_follows_promotions() {
 
     // serve trains the missing models into the bucket and serves the newest.
     let mut serve = cli(&["serve"]);
-    serve
-        .env("ML_SERVICE_PORT", "0")
-        .env("PROMETHEUS_PORT", "0")
-        .env("MODEL_POLL_INTERVAL_S", "1")
-        .env("LOG_LEVEL", "info")
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped());
-    let mut child = serve.spawn().unwrap();
-    let stderr = child.stderr.take().unwrap();
-    let _server = Child(child);
-    let (addr, metrics) = tokio::task::spawn_blocking(move || {
-        use std::io::BufRead;
-        let mut lines = std::io::BufReader::new(stderr).lines();
-        for line in lines.by_ref() {
-            let line = line.unwrap();
-            if let Ok(v) = serde_json::from_str::<Value>(&line) {
-                if v["message"] == "listening" {
-                    let found = (
-                        v["addr"].as_str().unwrap().to_string(),
-                        v["metrics"].as_str().unwrap().to_string(),
-                    );
-                    // Keep reading, so the server never blocks on a full pipe.
-                    std::thread::spawn(move || lines.for_each(drop));
-                    return found;
-                }
-            }
-        }
-        panic!("ml-service exited without listening");
-    })
-    .await
-    .unwrap();
+    serve.env("MODEL_POLL_INTERVAL_S", "1");
+    let server = serve_process(serve).await;
+    let (addr, metrics) = (server.addr.clone(), server.metrics.clone());
     let users = SqliteStore::open(&fixture().settings.sqlite_path, 1)
         .unwrap()
         .user_ids(2)

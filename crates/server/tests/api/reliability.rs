@@ -1,0 +1,281 @@
+//! Reliability: graceful shutdown of the real binary under load (SIGTERM),
+//! and hostile inputs at the HTTP layer (deep JSON, huge headers).
+
+use super::*;
+use std::process::Command;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
+
+/// The binary on the fixture's data and models.
+fn ml_service() -> Command {
+    let s = &fixture().settings;
+    let mut c = Command::new(env!("CARGO_BIN_EXE_ml-service"));
+    c.arg("serve")
+        .env("SQLITE_PATH", &s.sqlite_path)
+        .env("MODEL_PATH", &s.model_path)
+        .env("MODEL_POLL_INTERVAL_S", "0")
+        .env_remove("DATABASE_URL")
+        .env_remove("REDIS_URL")
+        .env_remove("MODEL_STORAGE");
+    c
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_under_load_fails_no_accepted_request_and_exits_zero() {
+    let grace = Duration::from_millis(1500);
+    let mut cmd = ml_service();
+    cmd.env("SHUTDOWN_GRACE_MS", grace.as_millis().to_string())
+        .env("DRAIN_TIMEOUT_MS", "5000")
+        .env("PREDICTION_CACHE", "false");
+    let mut server = serve_process(cmd).await;
+    let base = format!("http://{}", server.addr);
+    let users = SqliteStore::open(&fixture().settings.sqlite_path, 1)
+        .unwrap()
+        .user_ids(40)
+        .unwrap();
+    let client = reqwest::Client::new();
+    let r = client
+        .get(format!("{base}/health/ready"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+
+    // Eight request streams until the server stops taking connections.
+    let stop = Arc::new(AtomicBool::new(false));
+    let t0 = Instant::now();
+    let load: Vec<_> = (0..8)
+        .map(|t| {
+            let (client, base, users, stop) = (
+                client.clone(),
+                base.clone(),
+                users.clone(),
+                Arc::clone(&stop),
+            );
+            tokio::spawn(async move {
+                let mut out: Vec<(Duration, Result<u16, String>)> = vec![];
+                let mut i = t;
+                while !stop.load(Ordering::Relaxed) {
+                    let body =
+                        json!({"user_a_id": users[i % 40], "user_b_id": users[(i + 3) % 40]});
+                    let r = client
+                        .post(format!("{base}/match/score"))
+                        .json(&body)
+                        .send()
+                        .await;
+                    let done = t0.elapsed();
+                    match r {
+                        Ok(r) => out.push((done, Ok(r.status().as_u16()))),
+                        Err(e) => {
+                            out.push((done, Err(e.to_string())));
+                            tokio::time::sleep(Duration::from_millis(20)).await;
+                        }
+                    }
+                    i += 8;
+                }
+                out
+            })
+        })
+        .collect();
+    tokio::time::sleep(Duration::from_millis(800)).await;
+
+    let pid = server.child.id().to_string();
+    let signalled = t0.elapsed();
+    assert!(Command::new("kill")
+        .args(["-TERM", &pid])
+        .status()
+        .unwrap()
+        .success());
+    // Readiness turns false at once…
+    let mut unready_after = None;
+    while t0.elapsed() < signalled + Duration::from_millis(500) {
+        let r = client
+            .get(format!("{base}/health/ready"))
+            .send()
+            .await
+            .unwrap();
+        if r.status() == 503 {
+            let v: Value = r.json().await.unwrap();
+            assert_eq!(v["draining"], true, "{v}");
+            unready_after = Some(t0.elapsed() - signalled);
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert!(
+        unready_after.is_some(),
+        "readiness still 200 after the signal"
+    );
+    // …while a new connection is still served during the grace period.
+    let fresh = reqwest::Client::new();
+    let r = fresh
+        .post(format!("{base}/match/score"))
+        .json(&json!({"user_a_id": users[0], "user_b_id": users[1]}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    assert!(
+        t0.elapsed() < signalled + grace,
+        "the check took past the grace period"
+    );
+
+    // After the grace period, new connections are refused and the process exits 0.
+    let exit = tokio::task::spawn_blocking(move || {
+        let status = server.child.wait().unwrap();
+        (status, server)
+    });
+    tokio::time::sleep(grace + Duration::from_millis(500)).await;
+    let refused = reqwest::Client::new()
+        .get(format!("{base}/health/live"))
+        .send()
+        .await;
+    assert!(refused.is_err(), "still accepting after the grace period");
+    let (status, _server) = tokio::time::timeout(Duration::from_secs(10), exit)
+        .await
+        .expect("exited within grace + drain")
+        .unwrap();
+    assert!(status.success(), "{status:?}");
+    stop.store(true, Ordering::Relaxed);
+
+    // Every request the server answered succeeded; transport errors happen
+    // only once it stopped accepting (a request it never took).
+    let mut answered = 0;
+    for l in load {
+        for (at, r) in l.await.unwrap() {
+            match r {
+                Ok(status) => {
+                    assert_eq!(status, 200, "a request answered {status} at {at:?}");
+                    answered += 1;
+                }
+                Err(e) => assert!(
+                    at >= signalled + grace,
+                    "{e} at {at:?}, before the grace period ended ({:?})",
+                    signalled + grace
+                ),
+            }
+        }
+    }
+    assert!(answered > 100, "only {answered} requests");
+}
+
+#[tokio::test]
+async fn deeply_nested_json_and_huge_headers_are_refused_without_harm() {
+    let app = spawn_app().await;
+    let u = app.users(2);
+    // 100,000 nested arrays where a list of strings belongs: refused with a
+    // field error, not a stack overflow.
+    let deep = format!(
+        r#"{{"user_a_id":"{}","user_b_id":"{}","context":{{"interests":{}{}}}}}"#,
+        u[0],
+        u[1],
+        "[".repeat(100_000),
+        "]".repeat(100_000)
+    );
+    let r = app
+        .post_raw("/match/score", "application/json", deep.into_bytes())
+        .await;
+    assert!(
+        matches!(r.status().as_u16(), 400 | 413 | 422),
+        "{}",
+        r.status()
+    );
+    // Nesting in an unknown field is refused too, before any of it is used.
+    let deep = format!(
+        r#"{{"user_a_id":"{}","user_b_id":"{}","x":{}1{}}}"#,
+        u[0],
+        u[1],
+        "[".repeat(5_000),
+        "]".repeat(5_000)
+    );
+    let r = app
+        .post_raw("/match/score", "application/json", deep.into_bytes())
+        .await;
+    assert!(matches!(r.status().as_u16(), 400 | 422), "{}", r.status());
+    // A 1 MiB header: refused (431) or the connection closed; never served.
+    let r = app
+        .client
+        .get(format!("{}/health", app.base))
+        .header("x-junk", "a".repeat(1 << 20))
+        .send()
+        .await;
+    if let Ok(r) = r {
+        assert_eq!(r.status(), 431);
+    }
+    // A thousand headers.
+    let mut req = app.client.get(format!("{}/health", app.base));
+    for i in 0..1000 {
+        req = req.header(format!("x-h{i}"), "v");
+    }
+    if let Ok(r) = req.send().await {
+        assert_eq!(r.status(), 431);
+    }
+    // Still serving.
+    let r = app
+        .post(
+            "/match/score",
+            json!({"user_a_id": u[0], "user_b_id": u[1]}),
+        )
+        .await;
+    assert_eq!(r.status(), 200);
+}
+
+/// Schemathesis: ST_BIN, else what scripts/setup-schemathesis.sh installs.
+/// Missing: skipped loudly, or a failure under CI.
+fn schemathesis() -> Option<PathBuf> {
+    let path = std::env::var_os("ST_BIN")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| {
+            PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../.fixtures/st-venv/bin/st")
+        });
+    if path.is_file() {
+        return Some(path);
+    }
+    assert!(
+        std::env::var("CI").as_deref() != Ok("true"),
+        "schemathesis missing under CI (scripts/setup-schemathesis.sh)"
+    );
+    eprintln!("SKIPPED: no schemathesis: run scripts/setup-schemathesis.sh");
+    None
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_api_conforms_to_its_openapi_document() {
+    let Some(st) = schemathesis() else { return };
+    // The binary with an API key and an admin key, so that every operation,
+    // the admin ones included, is reached with and without credentials.
+    let mut cmd = ml_service();
+    cmd.env("ML_SERVICE_API_KEY", "st-caller-key")
+        .env("ML_SERVICE_ADMIN_KEY", "st-admin-key")
+        .env("LOG_LEVEL", "warn");
+    let server = serve_process(cmd).await;
+    let config = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/schemathesis.toml");
+    let seconds = std::env::var("SCHEMATHESIS_SECONDS").unwrap_or_else(|_| "40".into());
+    let addr = server.addr.clone();
+    let out = tokio::task::spawn_blocking(move || {
+        Command::new(&st)
+            .arg("--config-file")
+            .arg(&config)
+            .args(["--no-color", "run"])
+            .arg(format!("http://{addr}/openapi.json"))
+            // Every check (the config turns all on; a `--checks` flag here
+            // would override its one per-operation exception).
+            .args(["--workers", "2", "--max-time", &seconds])
+            .args(["--seed", "20261127"])
+            .env("ST_API_KEY", "st-caller-key")
+            .env("ST_ADMIN_KEY", "st-admin-key")
+            .output()
+            .unwrap()
+    })
+    .await
+    .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "schemathesis failed:\n{text}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    // It really ran: thousands of cases over every operation.
+    assert!(text.contains("Tested: 8"), "{text}");
+    drop(server);
+}
