@@ -279,3 +279,137 @@ async fn the_api_conforms_to_its_openapi_document() {
     assert!(text.contains("Tested: 8"), "{text}");
     drop(server);
 }
+
+/// Arbitrary JSON, biased toward the API's own field names and value shapes
+/// (ids, enum words, numbers at the edges), nested a few levels.
+fn json_value() -> impl proptest::strategy::Strategy<Value = Value> {
+    use proptest::prelude::*;
+    let key = prop_oneof![
+        Just("user_id".to_string()),
+        Just("user_a_id".to_string()),
+        Just("user_b_id".to_string()),
+        Just("context".to_string()),
+        Just("destination".to_string()),
+        Just("interests".to_string()),
+        Just("dates".to_string()),
+        Just("limit".to_string()),
+        Just("filters".to_string()),
+        Just("budget".to_string()),
+        Just("duration".to_string()),
+        Just("notification_type".to_string()),
+        Just("urgency".to_string()),
+        ".{0,12}",
+    ];
+    let leaf = prop_oneof![
+        Just(Value::Null),
+        any::<bool>().prop_map(Value::from),
+        any::<i64>().prop_map(Value::from),
+        any::<u64>().prop_map(Value::from),
+        any::<f64>().prop_map(|f| serde_json::Number::from_f64(f)
+            .map(Value::Number)
+            .unwrap_or(Value::Null)),
+        (0u32..200).prop_map(Value::from),
+        any::<u128>().prop_map(|u| Value::from(uuid::Uuid::from_u128(u).to_string())),
+        prop_oneof![
+            Just("low"),
+            Just("medium"),
+            Just("high"),
+            Just("weekend"),
+            Just("week"),
+            Just("extended"),
+            Just("match_found"),
+            Just("message"),
+            Just("trip_reminder"),
+            Just("Kyoto"),
+            Just("2026-05-01"),
+            Just("2026-05-01/2026-05-09"),
+            Just("food"),
+        ]
+        .prop_map(Value::from),
+        ".{0,40}".prop_map(Value::from),
+    ];
+    leaf.prop_recursive(4, 48, 8, move |inner| {
+        prop_oneof![
+            proptest::collection::vec(inner.clone(), 0..8).prop_map(Value::Array),
+            proptest::collection::btree_map(key.clone(), inner, 0..8)
+                .prop_map(|m| Value::Object(m.into_iter().collect())),
+        ]
+    })
+}
+
+#[test]
+fn no_body_makes_a_prediction_handler_fail_or_answer_outside_its_contract() {
+    use proptest::prelude::*;
+    use tower::ServiceExt as _;
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    // The real router on the fixture, called in process (no sockets).
+    let settings = fixture().settings.clone();
+    let router = {
+        let s = settings.clone();
+        // Start-up runs off the runtime's threads, as `serve` runs it.
+        let predictor = rt
+            .block_on(async move { tokio::task::spawn_blocking(move || app::prepare(&s)).await })
+            .unwrap()
+            .unwrap();
+        let _entered = rt.enter();
+        ml_server::routes::router(predictor, &settings)
+    };
+    let known: Vec<String> = SqliteStore::open(&settings.sqlite_path, 1)
+        .unwrap()
+        .user_ids(4)
+        .unwrap();
+    let config = ProptestConfig {
+        cases: 400,
+        failure_persistence: None,
+        ..ProptestConfig::default()
+    };
+    let paths = [
+        "/match/score",
+        "/recommend/destinations",
+        "/notifications/optimize",
+    ];
+    let answered = std::sync::atomic::AtomicUsize::new(0);
+    proptest!(config, |(body in json_value(), raw in proptest::collection::vec(any::<u8>(), 0..64), path in 0usize..3, use_raw in any::<bool>(), swap_in_user in any::<bool>())| {
+        // Sometimes put known user ids in, so valid requests reach the model.
+        let mut body = body;
+        if swap_in_user {
+            if let Value::Object(m) = &mut body {
+                let ids: &[(&str, &String)] = if path == 0 {
+                    &[("user_a_id", &known[1]), ("user_b_id", &known[2])]
+                } else {
+                    &[("user_id", &known[0])]
+                };
+                // Only the endpoint's own fields, so some bodies are valid.
+                m.retain(|k, _| ["context", "limit", "filters", "notification_type", "urgency"].contains(&k.as_str()));
+                for (k, id) in ids {
+                    m.insert(k.to_string(), Value::from(id.as_str()));
+                }
+            }
+        }
+        let bytes = if use_raw { raw.clone() } else { serde_json::to_vec(&body).unwrap() };
+        let req = axum::http::Request::post(paths[path])
+            .header("content-type", "application/json")
+            .body(axum::body::Body::from(bytes))
+            .unwrap();
+        let (status, body) = rt.block_on(async {
+            let resp = router.clone().oneshot(req).await.unwrap();
+            let status = resp.status().as_u16();
+            let body = axum::body::to_bytes(resp.into_body(), 1 << 20).await.unwrap();
+            (status, body)
+        });
+        let v: Value = serde_json::from_slice(&body).expect("every answer is JSON");
+        prop_assert!(matches!(status, 200 | 400 | 404 | 422), "{status} {v}");
+        if status == 200 {
+            answered.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        }
+        if status != 200 {
+            prop_assert!(v["error"]["code"].is_string(), "{v}");
+        }
+    });
+    // Some bodies were valid and reached the models.
+    let answered = answered.into_inner();
+    assert!(
+        answered >= 10,
+        "only {answered} of 400 bodies were answered"
+    );
+}
