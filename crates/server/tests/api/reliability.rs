@@ -413,3 +413,120 @@ fn no_body_makes_a_prediction_handler_fail_or_answer_outside_its_contract() {
         "only {answered} of 400 bodies were answered"
     );
 }
+
+/// A small tmpfs mounted for a test (root only), unmounted when dropped.
+struct SmallDisk {
+    dir: tempfile::TempDir,
+}
+
+impl SmallDisk {
+    /// None where mounting is not allowed (skipped loudly; a failure under CI,
+    /// which runs as root).
+    fn mount(bytes: usize) -> Option<Self> {
+        let dir = tempfile::tempdir().unwrap();
+        let ok = Command::new("mount")
+            .args(["-t", "tmpfs", "-o", &format!("size={bytes}"), "tmpfs"])
+            .arg(dir.path())
+            .status()
+            .is_ok_and(|s| s.success());
+        if !ok {
+            assert!(
+                std::env::var("CI").as_deref() != Ok("true"),
+                "cannot mount a tmpfs under CI"
+            );
+            eprintln!("SKIPPED: cannot mount a tmpfs (needs root)");
+            return None;
+        }
+        Some(Self { dir })
+    }
+
+    fn path(&self) -> &std::path::Path {
+        self.dir.path()
+    }
+}
+
+impl Drop for SmallDisk {
+    fn drop(&mut self) {
+        let _ = Command::new("umount").arg(self.dir.path()).status();
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_full_disk_fails_the_new_version_and_the_old_one_keeps_serving() {
+    let Some(disk) = SmallDisk::mount(1 << 20) else {
+        return;
+    };
+    let models = disk.path().join("models");
+    let mut settings = fixture().settings.clone();
+    copy_dir(&settings.model_path, &models);
+    settings.model_path = models.clone();
+    settings.model_poll_interval_s = 1;
+    let app = spawn_with(settings.clone()).await;
+    let u = app.users(3);
+    let recommend = || async {
+        let r = app
+            .post(
+                "/recommend/destinations",
+                json!({"user_id": u[0], "limit": 5}),
+            )
+            .await;
+        assert_eq!(r.status(), 200);
+        r.headers()["x-model-version"].to_str().unwrap().to_string()
+    };
+    assert_eq!(recommend().await, "recommendation/1");
+
+    // Fill the disk but for 64 KiB: a new recommendation version (hundreds
+    // of KiB) cannot be written.
+    let free = {
+        let out = Command::new("df")
+            .args(["-B1", "--output=avail"])
+            .arg(disk.path())
+            .output()
+            .unwrap();
+        String::from_utf8(out.stdout)
+            .unwrap()
+            .lines()
+            .nth(1)
+            .unwrap()
+            .trim()
+            .parse::<usize>()
+            .unwrap()
+    };
+    let filler = disk.path().join("filler");
+    std::fs::write(&filler, vec![0u8; free - (64 << 10)]).unwrap();
+    let err = try_cli(&["train", "recommendation"], &settings)
+        .await
+        .unwrap_err();
+    let msg = format!("{err:#}");
+    assert!(
+        msg.contains("No space left") || msg.contains("os error 28"),
+        "{msg}"
+    );
+    // No version 2 exists, and the service goes on with version 1.
+    let repo = ModelRepository::local(&models).unwrap();
+    assert_eq!(
+        repo.versions(ModelKind::Recommendation).await.unwrap(),
+        vec![1]
+    );
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    for _ in 0..10 {
+        assert_eq!(recommend().await, "recommendation/1");
+    }
+    let ready = app.get("/health/ready").await;
+    assert_eq!(ready.status(), 200);
+
+    // Space again: the next train writes a version the poller serves.
+    std::fs::remove_file(&filler).unwrap();
+    run_cli(&["train", "recommendation"], &settings).await;
+    let versions = repo.versions(ModelKind::Recommendation).await.unwrap();
+    assert_eq!(versions.len(), 2, "{versions:?}");
+    let want = format!("recommendation/{}", versions[1]);
+    let t0 = Instant::now();
+    while recommend().await != want {
+        assert!(
+            t0.elapsed() < Duration::from_secs(10),
+            "never served {want}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
