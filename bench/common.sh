@@ -6,8 +6,14 @@ cd "$(dirname "${BASH_SOURCE[0]}")/.."
 duration=${DURATION:-5}
 work=${BENCH_DIR:-target/bench}
 command -v wrk >/dev/null || { echo "wrk is missing: apt-get install wrk" >&2; exit 1; }
-cargo build --release --quiet --bin ml-service
-bin=target/release/ml-service
+# BENCH_BIN: an already built binary (CI passes the one its tests built:
+# building the bin alone resolves features differently and rebuilds).
+if [ -n "${BENCH_BIN:-}" ]; then
+  bin=$BENCH_BIN
+else
+  cargo build --release --quiet --bin ml-service
+  bin=target/release/ml-service
+fi
 mkdir -p "$work"
 export SQLITE_PATH="$work/app.db" MODEL_PATH="$work/models" LOG_LEVEL=warn
 [ -f "$SQLITE_PATH" ] || "$bin" train >/dev/null

@@ -1,0 +1,51 @@
+//! Two users' data as JSON (`[history_a, history_b]`, the shape the data
+//! store hands the feature code) through every feature function and the
+//! post-processing that reads them: no panic, and every value finite.
+#![no_main]
+
+use chrono::{TimeZone, Utc};
+use libfuzzer_sys::fuzz_target;
+use ml_core::catalogue::{builtin, Catalogue};
+use ml_core::features::{match_features, timing_features, PopulationActivity, UserFeatures};
+use ml_core::types::UserHistory;
+use std::sync::OnceLock;
+
+fn catalogue() -> &'static Catalogue {
+    static C: OnceLock<Catalogue> = OnceLock::new();
+    C.get_or_init(|| Catalogue::new(builtin()))
+}
+
+fuzz_target!(|data: &[u8]| {
+    let Ok((a, b)) = serde_json::from_slice::<(UserHistory, UserHistory)>(data) else {
+        return;
+    };
+    let (Some(pa), Some(pb)) = (&a.profile, &b.profile) else {
+        return;
+    };
+    let cat = catalogue();
+    let now = Utc.with_ymd_and_hms(2026, 6, 1, 12, 0, 0).unwrap();
+    let fa = UserFeatures::from_history(pa, &a, cat, now);
+    let fb = UserFeatures::from_history(pb, &b, cat, now);
+    let interests: Vec<String> = pa.interests.iter().take(8).cloned().collect();
+    let ctx = ml_core::post::match_context(cat, pa.interests.first().map(String::as_str), &interests);
+    let x = match_features(&fa, &fb, &ctx);
+    assert!(x.iter().all(|v| v.is_finite()), "match features {x:?}");
+    let f = ml_core::post::match_fallback(&x);
+    assert!((0.0..=1.0).contains(&f.score), "{f:?}");
+    let pop = PopulationActivity::from_users([&fa, &fb].into_iter());
+    let t = timing_features(&fa, &pop);
+    assert!(t.iter().all(|v| v.is_finite()), "timing features");
+    let r = ml_core::train::rec_input(&fa, cat.len());
+    assert!(r.iter().all(|v| v.is_finite()), "recommendation input");
+    let plan = ml_core::post::plan_notification(&ml_core::post::NotificationRequest {
+        user: &fa,
+        scores: &pop.hour_of_week,
+        population: &pop,
+        channel_prior: [0.3, 0.2, 0.1],
+        kind: ml_core::types::NotificationType::Message,
+        urgency: ml_core::types::Urgency::Medium,
+        now,
+        quiet: ml_core::post::QuietHours::default(),
+    });
+    assert!(plan.send_at > now, "{plan:?}");
+});
