@@ -4,14 +4,14 @@
 # start, in windows; per window the rate, p50/p99, errors (non-2xx and socket
 # errors) and the process's RSS. Fails (exit 1) on any error, or when RSS
 # after the last window exceeds RSS after the first (warm-up) window by more
-# than SOAK_RSS_GROWTH_MIB (default 16).
+# than SOAK_RSS_GROWTH_MIB (default 8).
 #
 #   bench/soak.sh                               # 10 windows of 60 s (10 minutes)
 #   SOAK_WINDOWS=4 SOAK_WINDOW_S=10 bench/soak.sh   # CI's short run
 source "$(dirname "$0")/common.sh"
 windows=${SOAK_WINDOWS:-10}
 window_s=${SOAK_WINDOW_S:-60}
-growth_limit=${SOAK_RSS_GROWTH_MIB:-16}
+growth_limit=${SOAK_RSS_GROWTH_MIB:-8}
 conns=200
 
 # PATH<TAB>BODY lines over all three endpoints.

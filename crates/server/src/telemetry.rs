@@ -47,6 +47,9 @@ pub const LATENCY_BUCKETS: [f64; 16] = [
 /// Buckets of `ml_prediction_batch_size` (rows per model run).
 pub const BATCH_BUCKETS: [f64; 10] = [1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0, 128.0, 256.0, 512.0];
 
+/// How often histogram samples are folded into their buckets.
+const UPKEEP_EVERY: std::time::Duration = std::time::Duration::from_secs(5);
+
 /// Buckets of `ml_shadow_disagreement` (scores are probabilities).
 pub const DISAGREEMENT_BUCKETS: [f64; 9] =
     [0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5];
@@ -80,6 +83,18 @@ pub fn handle() -> &'static PrometheusHandle {
         let handle = builder
             .install_recorder()
             .expect("one metrics recorder per process");
+        // Histogram samples pile up in the recorder until they are folded
+        // into their buckets, which rendering does — but nothing may scrape
+        // for hours. Without this upkeep memory grows by ~30 bytes per
+        // request (found by bench/soak.sh: +10 MiB per 30 s at 12k req/s).
+        let upkeep = handle.clone();
+        std::thread::Builder::new()
+            .name("metrics-upkeep".into())
+            .spawn(move || loop {
+                std::thread::sleep(UPKEEP_EVERY);
+                upkeep.run_upkeep();
+            })
+            .expect("spawn the metrics upkeep thread");
         describe();
         metrics::gauge!("ml_build_info", "version" => env!("CARGO_PKG_VERSION")).set(1.0);
         handle
