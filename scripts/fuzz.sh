@@ -4,7 +4,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 seconds=${1:-20}
-command -v cargo-fuzz >/dev/null || cargo install --locked cargo-fuzz@0.13.1
+command -v cargo-fuzz >/dev/null || cargo install --locked cargo-fuzz@0.13.2
 export RUSTC_BOOTSTRAP=1
 for target in features import; do
   corpus=fuzz/corpus/$target
@@ -17,5 +17,5 @@ for target in features import; do
     echo "fuzz target $target failed (crash input in fuzz/artifacts/$target)" >&2
     exit 1
   fi
-  echo "$target: $(grep -E '^#[0-9]+ +DONE' "$log" | tail -n 1)"
+  echo "$target: $(grep -E '^Done [0-9]+ runs' "$log" | tail -n 1)"
 done
