@@ -28,10 +28,10 @@ head -n 1000 "$work/users.txt" |
 
 free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
 
-# Start the service with extra environment ("$@"); sets $port and $pid.
+# Start the service with extra environment ("$@"); sets $port, $mport (metrics)
+# and $pid.
 start_service() {
   port=$(free_port)
-  local mport
   mport=$(free_port)
   env "$@" ML_SERVICE_PORT="$port" PROMETHEUS_PORT="$mport" "$bin" serve &
   pid=$!

@@ -46,20 +46,6 @@ point() { # connections queue-timeout-ms
   kill "$pid"; wait "$pid" 2>/dev/null || true
 }
 
-# start_service picks the metrics port; keep it for the scrape.
-start_service() {
-  port=$(free_port)
-  mport=$(free_port)
-  env "$@" ML_SERVICE_PORT="$port" PROMETHEUS_PORT="$mport" "$bin" serve &
-  pid=$!
-  for _ in $(seq 1 100); do
-    curl -sf "http://127.0.0.1:$port/health" >/dev/null && return 0
-    sleep 0.1
-  done
-  echo "the service did not start" >&2
-  return 1
-}
-
 echo "$(nproc) cores, wrk -t1, ${duration}s per point, MAX_IN_FLIGHT=50, /match/score, prediction cache off"
 echo
 echo "| connections | QUEUE_TIMEOUT_MS | requests/s | shed (503) | p99 all (wrk) | p99 accepted (server) | peak RSS |"

@@ -295,9 +295,43 @@ impl Predictor {
             body.latency_ms = elapsed_ms();
             return Ok(Versioned::new(body, &m, true));
         }
-        let [a, b] = self
+        let [a, b] = match self
             .users([("user_a_id", req.user_a_id), ("user_b_id", req.user_b_id)])
-            .await?;
+            .await
+        {
+            Ok(users) => users,
+            Err(ServiceError::Data(e)) => {
+                // The users' data cannot be read now: another version's
+                // cached answer, else "no information" (0.5, confidence 0).
+                self.data_fallback(&m, &e);
+                let body = match self
+                    .cached_fallback::<MatchResponse, _>("match", &vs, &m, req.user_a_id, req)
+                    .await
+                {
+                    Some(body) => body,
+                    None => MatchResponse {
+                        score: 0.5,
+                        confidence: 0.0,
+                        factors: MatchFactors {
+                            interest_overlap: 0.5,
+                            travel_style: 0.5,
+                            personality: 0.5,
+                        },
+                        latency_ms: 0.0,
+                        fallback: true,
+                    },
+                };
+                return Ok(Versioned::fallback(
+                    MatchResponse {
+                        latency_ms: elapsed_ms(),
+                        fallback: true,
+                        ..body
+                    },
+                    &m,
+                ));
+            }
+            Err(e) => return Err(e),
+        };
         let ctx = req.context.clone().unwrap_or_default();
         let ctx = post::match_context(
             &self.catalogue,
@@ -353,6 +387,66 @@ impl Predictor {
         Ok(Versioned::new(body, &m, false))
     }
 
+    /// Columns of the recommendation model a request may get: destinations
+    /// the catalogue knows, within the filters, and (when the user is known)
+    /// not yet consumed. Filters apply before top-k, so `limit` results come
+    /// back whenever that many destinations match.
+    fn rec_candidates(
+        &self,
+        m: &ServedModel,
+        req: &RecommendRequest,
+        user: Option<&UserFeatures>,
+    ) -> Vec<u32> {
+        let filters = req.filters.clone().unwrap_or_default();
+        (0..m.rec_columns.len())
+            .filter(|&c| {
+                m.rec_columns[c].is_some_and(|d| {
+                    !user.is_some_and(|u| u.has_consumed(d))
+                        && post::passes_filters(
+                            &self.catalogue.destinations[d],
+                            filters.budget,
+                            filters.duration,
+                        )
+                })
+            })
+            .map(|c| c as u32)
+            .collect()
+    }
+
+    /// The documented recommendation fallback: the most popular candidates
+    /// (`params.destination_popularity` of the version), marked.
+    fn popular(
+        &self,
+        m: &ServedModel,
+        req: &RecommendRequest,
+        user: Option<&UserFeatures>,
+    ) -> RecommendResponse {
+        let popularity = m.meta.params.destination_popularity.as_deref();
+        let scores: Vec<f32> = (0..m.rec_columns.len())
+            .map(|c| popularity.and_then(|p| p.get(c).copied()).unwrap_or(0.0))
+            .collect();
+        let candidates = self.rec_candidates(m, req, user);
+        let top = ml_core::rec_bench::top_k_of(&scores, candidates, req.limit as usize);
+        RecommendResponse {
+            recommendations: top
+                .into_iter()
+                .filter_map(|c| m.rec_columns[c as usize])
+                .map(|d| Recommendation {
+                    destination: self.catalogue.destinations[d].name.clone(),
+                    score: 0.0,
+                    reason: post::recommendation_reason(&post::RecDriver::Popularity),
+                })
+                .collect(),
+            fallback: true,
+        }
+    }
+
+    /// Log and count an answer given without the user's data.
+    fn data_fallback(&self, m: &ServedModel, e: &ml_data::DataError) {
+        tracing::warn!(model = %m.meta.model, error = %e, "user data unavailable: answering with the fallback");
+        crate::telemetry::fallback(m.meta.model.as_str(), m.meta.version, "data_unavailable");
+    }
+
     pub async fn recommend(
         &self,
         req: &RecommendRequest,
@@ -369,25 +463,32 @@ impl Predictor {
         if let Some(body) = self.caches.prediction::<RecommendResponse>(&key).await {
             return Ok(Versioned::new(body, &m, true));
         }
-        let [u] = self.users([("user_id", req.user_id)]).await?;
-        let filters = req.filters.clone().unwrap_or_default();
+        let u = match self.users([("user_id", req.user_id)]).await {
+            Ok([u]) => u,
+            Err(ServiceError::Data(e)) => {
+                // The user's data cannot be read now: the most popular
+                // destinations within the filters (their history unknown).
+                self.data_fallback(&m, &e);
+                let body = match self
+                    .cached_fallback::<RecommendResponse, _>("recommend", &vs, &m, req.user_id, req)
+                    .await
+                {
+                    Some(body) => body,
+                    None => self.popular(&m, req, None),
+                };
+                return Ok(Versioned::fallback(
+                    RecommendResponse {
+                        fallback: true,
+                        ..body
+                    },
+                    &m,
+                ));
+            }
+            Err(e) => return Err(e),
+        };
         let rec_columns = &m.rec_columns;
         let cols = rec_columns.len();
-        // Filters apply before top-k, so `limit` results come back whenever that
-        // many destinations match.
-        let candidates: Vec<u32> = (0..cols)
-            .filter(|&c| {
-                rec_columns[c].is_some_and(|d| {
-                    !u.has_consumed(d)
-                        && post::passes_filters(
-                            &self.catalogue.destinations[d],
-                            filters.budget,
-                            filters.duration,
-                        )
-                })
-            })
-            .map(|c| c as u32)
-            .collect();
+        let candidates = self.rec_candidates(&m, req, Some(&u));
         // Row 0: the user as they are. Then the same user without profile
         // (interests, budget, trip length), without history, with neither
         // (popularity alone), and without each
@@ -435,27 +536,7 @@ impl Predictor {
             }
             // The documented default: the most popular destinations the user
             // has not been to, within the filters.
-            let popularity = m.meta.params.destination_popularity.as_deref();
-            let scores: Vec<f32> = (0..cols)
-                .map(|c| popularity.and_then(|p| p.get(c).copied()).unwrap_or(0.0))
-                .collect();
-            let top = ml_core::rec_bench::top_k_of(&scores, candidates, req.limit as usize);
-            let recommendations = top
-                .into_iter()
-                .filter_map(|c| rec_columns[c as usize])
-                .map(|d| Recommendation {
-                    destination: self.catalogue.destinations[d].name.clone(),
-                    score: 0.0,
-                    reason: post::recommendation_reason(&post::RecDriver::Popularity),
-                })
-                .collect();
-            return Ok(Versioned::fallback(
-                RecommendResponse {
-                    recommendations,
-                    fallback: true,
-                },
-                &m,
-            ));
+            return Ok(Versioned::fallback(self.popular(&m, req, Some(&u)), &m));
         };
         let out = out.swap_remove(0);
         let row = |r: usize| &out[r * cols..(r + 1) * cols];

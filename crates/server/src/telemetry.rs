@@ -20,7 +20,7 @@
 //! | `ml_model_reloads_total` | counter | model, outcome (`swapped`, `rejected`, `error`) |
 //! | `ml_model_load_failures_total` | counter | model, version (a version that did not load) |
 //! | `ml_model_traffic_share` | gauge | model, version (share of users routed to it) |
-//! | `ml_fallbacks_total` | counter | model, version, reason (`inference_failed`, `inference_timeout`) |
+//! | `ml_fallbacks_total` | counter | model, version, reason (`inference_failed`, `inference_timeout`, `data_unavailable`) |
 //! | `ml_shadow_requests_total` | counter | model, version, outcome (`ok`, `error`, `dropped`) |
 //! | `ml_shadow_disagreement` | histogram | model, version (mean absolute difference of the first output) |
 //!
@@ -164,7 +164,7 @@ fn describe() {
     );
     describe_counter!(
         "ml_fallbacks_total",
-        "Answers given by the fallback because the model failed or timed out."
+        "Answers given by the fallback: the model failed or timed out, or the user's data could not be read."
     );
     describe_counter!(
         "ml_shadow_requests_total",
@@ -224,7 +224,8 @@ fn endpoint_of(model: &str) -> &'static str {
     }
 }
 
-/// Count an answer given by the fallback because the model failed or timed out.
+/// Count an answer given by the fallback (the model failed or timed out, or
+/// the user's data could not be read).
 pub fn fallback(model: &str, version: u64, reason: &'static str) {
     handle();
     metrics::counter!("ml_fallbacks_total", "model" => model.to_string(), "version" => version.to_string(), "reason" => reason)

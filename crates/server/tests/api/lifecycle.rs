@@ -66,17 +66,6 @@ impl TestApp {
         assert_eq!(r.status(), 200);
         r.headers()["x-model-version"].to_str().unwrap().to_string()
     }
-
-    async fn scrape(&self) -> String {
-        self.client
-            .get(&self.metrics)
-            .send()
-            .await
-            .unwrap()
-            .text()
-            .await
-            .unwrap()
-    }
 }
 
 /// The value of one Prometheus series (0 when absent).
@@ -433,16 +422,20 @@ async fn admin_endpoints_need_the_admin_key_and_are_off_without_one() {
 /// A backend whose models fail or stall on demand (0: run, 1: fail, 2: stall).
 struct Flaky {
     mode: Arc<AtomicU8>,
+    /// Model calls that ran (stalled ones included).
+    runs: Arc<std::sync::atomic::AtomicUsize>,
 }
 
 #[derive(Debug)]
 struct FlakyModel {
     inner: Arc<dyn LoadedModel>,
     mode: Arc<AtomicU8>,
+    runs: Arc<std::sync::atomic::AtomicUsize>,
 }
 
 impl LoadedModel for FlakyModel {
     fn run(&self, input: &[f32], rows: usize) -> Result<Outputs, BackendError> {
+        self.runs.fetch_add(1, Ordering::SeqCst);
         match self.mode.load(Ordering::SeqCst) {
             1 => Err(BackendError::Inference("injected failure".into())),
             2 => {
@@ -462,6 +455,7 @@ impl InferenceBackend for Flaky {
         Ok(Arc::new(FlakyModel {
             inner: ml_backend::tract::TractBackend.load(onnx, meta)?,
             mode: Arc::clone(&self.mode),
+            runs: Arc::clone(&self.runs),
         }))
     }
 }
@@ -477,6 +471,7 @@ async fn a_failing_or_slow_model_is_answered_by_the_cache_or_the_documented_fall
         settings.clone(),
         Arc::new(Flaky {
             mode: Arc::clone(&mode),
+            runs: Default::default(),
         }),
     )
     .await;
@@ -673,4 +668,72 @@ async fn a_failing_or_slow_model_is_answered_by_the_cache_or_the_documented_fall
         .await;
     assert!(r.headers().get("x-fallback").is_none());
     assert!(r.json::<Value>().await.unwrap().get("fallback").is_none());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_caller_that_hangs_up_costs_no_model_call() {
+    use tokio::io::AsyncWriteExt as _;
+    let dir = tempfile::tempdir().unwrap();
+    let mut settings = lifecycle_settings(dir.path());
+    // One inference thread, no batching, no prediction cache: a stalled call
+    // holds the thread and the next request waits in the queue.
+    settings.workers = 1;
+    settings.batch_size = 1;
+    settings.prediction_cache = false;
+    settings.inference_timeout_ms = 5000;
+    let mode = Arc::new(AtomicU8::new(0));
+    let runs: Arc<std::sync::atomic::AtomicUsize> = Default::default();
+    let app = Arc::new(
+        spawn_with_backend(
+            settings,
+            Arc::new(Flaky {
+                mode: Arc::clone(&mode),
+                runs: Arc::clone(&runs),
+            }),
+        )
+        .await,
+    );
+    let u = app.users(4);
+    // Warm the users' features so that only the model call remains.
+    for w in [[&u[0], &u[1]], [&u[2], &u[3]]] {
+        let r = app
+            .post(
+                "/match/score",
+                json!({"user_a_id": w[0], "user_b_id": w[1]}),
+            )
+            .await;
+        assert_eq!(r.status(), 200);
+    }
+    mode.store(2, Ordering::SeqCst);
+    let before = runs.load(Ordering::SeqCst);
+    // A caller whose call stalls the only inference thread (400 ms)…
+    let first = {
+        let app = Arc::clone(&app);
+        let (a, b) = (u[0].clone(), u[1].clone());
+        tokio::spawn(async move {
+            app.post("/match/score", json!({"user_a_id": a, "user_b_id": b}))
+                .await
+                .status()
+        })
+    };
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    // …and one who sends a request, then hangs up while it waits its turn.
+    let addr = app.base.trim_start_matches("http://").to_string();
+    let body = json!({"user_a_id": u[2], "user_b_id": u[3]}).to_string();
+    let mut s = tokio::net::TcpStream::connect(&addr).await.unwrap();
+    s.write_all(
+        format!(
+            "POST /match/score HTTP/1.1\r\nhost: x\r\ncontent-type: application/json\r\ncontent-length: {}\r\n\r\n{body}",
+            body.len()
+        )
+        .as_bytes(),
+    )
+    .await
+    .unwrap();
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    drop(s);
+    assert_eq!(first.await.unwrap(), 200);
+    tokio::time::sleep(Duration::from_millis(600)).await;
+    // Only the first caller's model call ran.
+    assert_eq!(runs.load(Ordering::SeqCst) - before, 1);
 }

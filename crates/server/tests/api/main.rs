@@ -103,6 +103,18 @@ impl TestApp {
         self.store.user_ids(n).unwrap()
     }
 
+    /// The metrics listener's text.
+    async fn scrape(&self) -> String {
+        self.client
+            .get(&self.metrics)
+            .send()
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap()
+    }
+
     /// GET a URL and parse the JSON answer.
     async fn get_json(&self, url: &str) -> Value {
         self.client
@@ -1309,29 +1321,36 @@ fn batches_over_one(text: &str) -> f64 {
     count - ones
 }
 
-/// The ONNX Runtime library: ORT_DYLIB_PATH, else the one
-/// scripts/fetch-onnxruntime.sh fetches. Missing: skipped with a message,
-/// except under CI=true, where the test fails.
-fn ort_dylib() -> Option<PathBuf> {
-    let p = std::env::var_os("ORT_DYLIB_PATH")
+/// A fetched file a test needs: the path in `env_var`, else `default`
+/// (relative to the repository root). Missing: None, with a loud SKIPPED
+/// line naming the `setup` script, except under CI=true, where the test fails.
+fn fetched(env_var: &str, default: &str, setup: &str) -> Option<PathBuf> {
+    let p = std::env::var_os(env_var)
         .map(PathBuf::from)
         .unwrap_or_else(|| {
             PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-                .join("../../.fixtures/onnxruntime/libonnxruntime.so.1.31.1")
+                .join("../..")
+                .join(default)
         });
     if p.is_file() {
         return Some(p);
     }
     assert!(
         std::env::var("CI").as_deref() != Ok("true"),
-        "no ONNX Runtime library at {} under CI",
+        "{} is missing under CI (run {setup})",
         p.display()
     );
-    eprintln!(
-        "SKIPPED: no ONNX Runtime library at {} (run scripts/fetch-onnxruntime.sh)",
-        p.display()
-    );
+    eprintln!("SKIPPED: {} is missing (run {setup})", p.display());
     None
+}
+
+/// The ONNX Runtime library that scripts/fetch-onnxruntime.sh fetches.
+fn ort_dylib() -> Option<PathBuf> {
+    fetched(
+        "ORT_DYLIB_PATH",
+        ".fixtures/onnxruntime/libonnxruntime.so.1.31.1",
+        "scripts/fetch-onnxruntime.sh",
+    )
 }
 
 /// The three endpoints' answers for a few users, without the latency field.

@@ -274,17 +274,44 @@ async fn postgres_down_or_stalled_degrades_to_the_caches_and_recovers_by_itself(
         );
         // Users whose features are cached are still served.
         assert_eq!(score(&ids[0], &ids[1]).await.status(), 200, "{mode:?}");
-        // Others get a clear 503, within the deadline rather than a hang.
+        // Others get a marked fallback for matches and recommendations,
+        // within the deadline rather than a hang…
         let t0 = std::time::Instant::now();
         let r = score(&ids[2], &ids[3]).await;
         let took = t0.elapsed();
-        assert_eq!(r.status(), 503, "{mode:?}");
-        assert!(r.headers().contains_key("retry-after"));
-        assert_eq!(error_of(r).await.1, "data_unavailable", "{mode:?}");
+        assert_eq!(r.status(), 200, "{mode:?}");
+        assert_eq!(r.headers()["x-fallback"], "true");
+        let v: Value = r.json().await.unwrap();
+        assert_eq!(
+            (v["fallback"].clone(), v["confidence"].clone()),
+            (json!(true), json!(0.0)),
+            "{mode:?}: {v}"
+        );
         assert!(
             took < std::time::Duration::from_secs(3),
             "{mode:?}: took {took:?} with a 300 ms deadline"
         );
+        let r = app
+            .post(
+                "/recommend/destinations",
+                json!({"user_id": ids[2], "limit": 4}),
+            )
+            .await;
+        assert_eq!(r.status(), 200, "{mode:?}");
+        let v: Value = r.json().await.unwrap();
+        assert_eq!(v["fallback"], true, "{v}");
+        assert_eq!(v["recommendations"].as_array().unwrap().len(), 4, "{v}");
+        // …and a clear 503 for a notification: without the user's time
+        // zone no send time can respect their quiet hours.
+        let r = app
+            .post(
+                "/notifications/optimize",
+                json!({"user_id": ids[2], "notification_type": "message"}),
+            )
+            .await;
+        assert_eq!(r.status(), 503, "{mode:?}");
+        assert!(r.headers().contains_key("retry-after"));
+        assert_eq!(error_of(r).await.1, "data_unavailable", "{mode:?}");
     }
 
     // Back up: the pool reconnects by itself, with no restart.
@@ -292,7 +319,7 @@ async fn postgres_down_or_stalled_degrades_to_the_caches_and_recovers_by_itself(
     let t0 = std::time::Instant::now();
     loop {
         let r = score(&ids[4], &ids[5]).await;
-        if r.status() == 200 {
+        if r.status() == 200 && r.headers().get("x-fallback").is_none() {
             break;
         }
         assert!(

@@ -201,17 +201,6 @@ async fn wait_for_keys(redis: &RedisServer, app: &TestApp, prefix: &str) {
     }
 }
 
-async fn metrics_text(app: &TestApp) -> String {
-    app.client
-        .get(&app.metrics)
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap()
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_replica_reads_features_another_replica_wrote_to_redis() {
     if !have_redis() {
@@ -537,7 +526,7 @@ async fn redis_killed_and_restarted_under_load_costs_no_request() {
         statuses.len()
     );
     // The failures were counted, and the restarted Redis is written again.
-    assert!(counter(&metrics_text(&app).await, "ml_redis_failures_total", &[]) > 0.0);
+    assert!(counter(&app.scrape().await, "ml_redis_failures_total", &[]) > 0.0);
     wait_for_keys(&redis, &app, &p).await;
 }
 

@@ -221,22 +221,12 @@ async fn deeply_nested_json_and_huge_headers_are_refused_without_harm() {
 }
 
 /// Schemathesis: ST_BIN, else what scripts/setup-schemathesis.sh installs.
-/// Missing: skipped loudly, or a failure under CI.
 fn schemathesis() -> Option<PathBuf> {
-    let path = std::env::var_os("ST_BIN")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| {
-            PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../.fixtures/st-venv/bin/st")
-        });
-    if path.is_file() {
-        return Some(path);
-    }
-    assert!(
-        std::env::var("CI").as_deref() != Ok("true"),
-        "schemathesis missing under CI (scripts/setup-schemathesis.sh)"
-    );
-    eprintln!("SKIPPED: no schemathesis: run scripts/setup-schemathesis.sh");
-    None
+    fetched(
+        "ST_BIN",
+        ".fixtures/st-venv/bin/st",
+        "scripts/setup-schemathesis.sh",
+    )
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -358,9 +348,12 @@ fn no_body_makes_a_prediction_handler_fail_or_answer_outside_its_contract() {
         .unwrap()
         .user_ids(4)
         .unwrap();
+    // A fixed seed: the same 400 bodies on every run (CI must not flake on
+    // how many happen to be valid); change it to explore others.
     let config = ProptestConfig {
         cases: 400,
         failure_persistence: None,
+        rng_seed: proptest::test_runner::RngSeed::Fixed(20261127),
         ..ProptestConfig::default()
     };
     let paths = [
@@ -369,7 +362,7 @@ fn no_body_makes_a_prediction_handler_fail_or_answer_outside_its_contract() {
         "/notifications/optimize",
     ];
     let answered = std::sync::atomic::AtomicUsize::new(0);
-    proptest!(config, |(body in json_value(), raw in proptest::collection::vec(any::<u8>(), 0..64), path in 0usize..3, use_raw in any::<bool>(), swap_in_user in any::<bool>())| {
+    proptest!(config, |(body in json_value(), raw in proptest::collection::vec(any::<u8>(), 0..64), path in 0usize..3, use_raw in any::<bool>(), swap_in_user in any::<bool>(), ids_only in any::<bool>())| {
         // Sometimes put known user ids in, so valid requests reach the model.
         let mut body = body;
         if swap_in_user {
@@ -379,8 +372,15 @@ fn no_body_makes_a_prediction_handler_fail_or_answer_outside_its_contract() {
                 } else {
                     &[("user_id", &known[0])]
                 };
-                // Only the endpoint's own fields, so some bodies are valid.
+                // Only the endpoint's own fields, so some bodies are valid;
+                // half of these with nothing but what is required.
                 m.retain(|k, _| ["context", "limit", "filters", "notification_type", "urgency"].contains(&k.as_str()));
+                if ids_only {
+                    m.clear();
+                    if path == 2 {
+                        m.insert("notification_type".into(), Value::from("message"));
+                    }
+                }
                 for (k, id) in ids {
                     m.insert(k.to_string(), Value::from(id.as_str()));
                 }

@@ -10,23 +10,12 @@ use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 /// moto's server: MOTO_SERVER, else what scripts/setup-moto.sh installs.
-/// Missing: skipped loudly, or a failure under CI.
 fn moto_server() -> Option<PathBuf> {
-    let path = std::env::var_os("MOTO_SERVER")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| {
-            PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-                .join("../../.fixtures/moto-venv/bin/moto_server")
-        });
-    if path.is_file() {
-        return Some(path);
-    }
-    assert!(
-        std::env::var("CI").as_deref() != Ok("true"),
-        "moto_server missing under CI (scripts/setup-moto.sh)"
-    );
-    eprintln!("SKIPPED: no S3 server: run scripts/setup-moto.sh");
-    None
+    fetched(
+        "MOTO_SERVER",
+        ".fixtures/moto-venv/bin/moto_server",
+        "scripts/setup-moto.sh",
+    )
 }
 
 /// A child process killed when dropped.
