@@ -81,6 +81,38 @@ impl<T> Versioned<T> {
     }
 }
 
+/// A response that can say it is a fallback.
+trait Marked {
+    fn marked(self) -> Self;
+}
+
+impl Marked for MatchResponse {
+    fn marked(self) -> Self {
+        Self {
+            fallback: true,
+            ..self
+        }
+    }
+}
+
+impl Marked for RecommendResponse {
+    fn marked(self) -> Self {
+        Self {
+            fallback: true,
+            ..self
+        }
+    }
+}
+
+impl Marked for NotifyResponse {
+    fn marked(self) -> Self {
+        Self {
+            fallback: true,
+            ..self
+        }
+    }
+}
+
 /// Versions before the answering one whose cached answer may stand in for it.
 const FALLBACK_PREVIOUS_VERSIONS: u64 = 2;
 
@@ -246,6 +278,30 @@ impl Predictor {
         });
     }
 
+    /// A marked fallback answer: the same request's cached answer from
+    /// another version (`cached_fallback`), else `default()`. Never cached.
+    async fn fallback<T, R>(
+        &self,
+        endpoint: &str,
+        (vs, m): (&Variants, &ServedModel),
+        user: Uuid,
+        req: &R,
+        default: impl FnOnce() -> T,
+    ) -> Versioned<T>
+    where
+        T: serde::de::DeserializeOwned + Marked,
+        R: serde::Serialize,
+    {
+        let body = match self
+            .cached_fallback::<T, R>(endpoint, vs, m, user, req)
+            .await
+        {
+            Some(body) => body,
+            None => default(),
+        };
+        Versioned::fallback(body.marked(), m)
+    }
+
     /// A cached answer to the same request from another serving version or
     /// one of the versions just before the failing one.
     async fn cached_fallback<T: serde::de::DeserializeOwned, R: serde::Serialize>(
@@ -304,12 +360,8 @@ impl Predictor {
                 // The users' data cannot be read now: another version's
                 // cached answer, else "no information" (0.5, confidence 0).
                 self.data_fallback(&m, &e);
-                let body = match self
-                    .cached_fallback::<MatchResponse, _>("match", &vs, &m, req.user_a_id, req)
-                    .await
-                {
-                    Some(body) => body,
-                    None => MatchResponse {
+                let mut v = self
+                    .fallback("match", (&vs, &m), req.user_a_id, req, || MatchResponse {
                         score: 0.5,
                         confidence: 0.0,
                         factors: MatchFactors {
@@ -319,16 +371,10 @@ impl Predictor {
                         },
                         latency_ms: 0.0,
                         fallback: true,
-                    },
-                };
-                return Ok(Versioned::fallback(
-                    MatchResponse {
-                        latency_ms: elapsed_ms(),
-                        fallback: true,
-                        ..body
-                    },
-                    &m,
-                ));
+                    })
+                    .await;
+                v.body.latency_ms = elapsed_ms();
+                return Ok(v);
             }
             Err(e) => return Err(e),
         };
@@ -340,12 +386,8 @@ impl Predictor {
         );
         let x = features::match_features(&a, &b, &ctx);
         let Some(out) = self.infer(&vs, &m, x.to_vec(), 1).await? else {
-            let body = match self
-                .cached_fallback::<MatchResponse, _>("match", &vs, &m, req.user_a_id, req)
-                .await
-            {
-                Some(body) => body,
-                None => {
+            let mut v = self
+                .fallback("match", (&vs, &m), req.user_a_id, req, || {
                     let f = post::match_fallback(&x);
                     MatchResponse {
                         score: round4(f.score),
@@ -356,18 +398,12 @@ impl Predictor {
                             personality: round4(f.personality),
                         },
                         latency_ms: 0.0,
-                        fallback: false,
+                        fallback: true,
                     }
-                }
-            };
-            return Ok(Versioned::fallback(
-                MatchResponse {
-                    latency_ms: elapsed_ms(),
-                    fallback: true,
-                    ..body
-                },
-                &m,
-            ));
+                })
+                .await;
+            v.body.latency_ms = elapsed_ms();
+            return Ok(v);
         };
         let score = out[0][0];
         let f = &out[1];
@@ -469,20 +505,11 @@ impl Predictor {
                 // The user's data cannot be read now: the most popular
                 // destinations within the filters (their history unknown).
                 self.data_fallback(&m, &e);
-                let body = match self
-                    .cached_fallback::<RecommendResponse, _>("recommend", &vs, &m, req.user_id, req)
-                    .await
-                {
-                    Some(body) => body,
-                    None => self.popular(&m, req, None),
-                };
-                return Ok(Versioned::fallback(
-                    RecommendResponse {
-                        fallback: true,
-                        ..body
-                    },
-                    &m,
-                ));
+                return Ok(self
+                    .fallback("recommend", (&vs, &m), req.user_id, req, || {
+                        self.popular(&m, req, None)
+                    })
+                    .await);
             }
             Err(e) => return Err(e),
         };
@@ -522,21 +549,13 @@ impl Predictor {
         }
         let n_rows = 4 + history.len();
         let Some(mut out) = self.infer(&vs, &m, rows, n_rows).await? else {
-            if let Some(body) = self
-                .cached_fallback::<RecommendResponse, _>("recommend", &vs, &m, req.user_id, req)
-                .await
-            {
-                return Ok(Versioned::fallback(
-                    RecommendResponse {
-                        fallback: true,
-                        ..body
-                    },
-                    &m,
-                ));
-            }
-            // The documented default: the most popular destinations the user
-            // has not been to, within the filters.
-            return Ok(Versioned::fallback(self.popular(&m, req, Some(&u)), &m));
+            // Another version's cached answer, else the most popular
+            // destinations the user has not been to, within the filters.
+            return Ok(self
+                .fallback("recommend", (&vs, &m), req.user_id, req, || {
+                    self.popular(&m, req, Some(&u))
+                })
+                .await);
         };
         let out = out.swap_remove(0);
         let row = |r: usize| &out[r * cols..(r + 1) * cols];
@@ -621,31 +640,36 @@ impl Predictor {
         }
         let [u] = self.users([("user_id", req.user_id)]).await?;
         let x = features::timing_features(&u, &m.population);
-        let (scores, fallback) = match self.infer(&vs, &m, x, HOURS_PER_WEEK).await? {
-            Some(mut out) => (out.swap_remove(0), false),
-            None => {
-                if let Some(body) = self
-                    .cached_fallback::<NotifyResponse, _>("notify", &vs, &m, req.user_id, req)
-                    .await
-                {
-                    return Ok(Versioned::fallback(
-                        NotifyResponse {
-                            fallback: true,
-                            ..body
-                        },
-                        &m,
-                    ));
-                }
-                // The documented default: the population's activity by hour
-                // of week stands in for the user's, under the same policy
-                // (quiet hours, urgency, channel).
-                (m.population.hour_of_week.clone(), true)
-            }
-        };
         let now = Utc::now();
+        let Some(mut out) = self.infer(&vs, &m, x, HOURS_PER_WEEK).await? else {
+            // Another version's cached answer, else the documented default:
+            // the population's activity by hour of week stands in for the
+            // user's, under the same policy (quiet hours, urgency, channel).
+            return Ok(self
+                .fallback("notify", (&vs, &m), req.user_id, req, || {
+                    self.plan(&m, &u, &m.population.hour_of_week, req, now).0
+                })
+                .await);
+        };
+        let (body, send_at) = self.plan(&m, &u, &out.swap_remove(0), req, now);
+        self.caches
+            .put_prediction(key, &body, post::plan_valid_for(now, send_at));
+        Ok(Versioned::new(body, &m, false))
+    }
+
+    /// The notification policy on activity `scores` (one per local hour of
+    /// the week); the answer and its send time.
+    fn plan(
+        &self,
+        m: &ServedModel,
+        u: &UserFeatures,
+        scores: &[f32],
+        req: &NotifyRequest,
+        now: chrono::DateTime<Utc>,
+    ) -> (NotifyResponse, chrono::DateTime<Utc>) {
         let plan = post::plan_notification(&post::NotificationRequest {
-            user: &u,
-            scores: &scores,
+            user: u,
+            scores,
             population: &m.population,
             channel_prior: m.channel_prior,
             kind: req.notification_type,
@@ -658,14 +682,9 @@ impl Predictor {
             channel: plan.channel,
             confidence: round4(plan.confidence),
             reason: plan.reason,
-            fallback,
+            fallback: false,
         };
-        if fallback {
-            return Ok(Versioned::fallback(body, &m));
-        }
-        self.caches
-            .put_prediction(key, &body, post::plan_valid_for(now, plan.send_at));
-        Ok(Versioned::new(body, &m, false))
+        (body, plan.send_at)
     }
 
     pub async fn health(&self) -> HealthResponse {
