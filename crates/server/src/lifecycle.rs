@@ -354,37 +354,35 @@ impl Registry {
                             versions_list(&skipped)
                         )
                     });
-                    if let Some(m) = loaded(v) {
-                        let same = current.is_some_and(|c| {
-                            c.routes.len() == 1
-                                && c.shadow.is_none()
-                                && c.routes[0].0.version() == v
-                        });
-                        if same {
-                            return Ok((None, note));
+                    let m = match loaded(v) {
+                        Some(m) => {
+                            let same = current.is_some_and(|c| {
+                                c.routes.len() == 1
+                                    && c.shadow.is_none()
+                                    && c.routes[0].0.version() == v
+                            });
+                            if same {
+                                return Ok((None, note));
+                            }
+                            m
                         }
-                        let routes = vec![(m, 1)];
-                        return Ok((
-                            Some(Variants {
-                                routes,
-                                shadow: None,
-                                desired,
-                            }),
-                            note,
-                        ));
-                    }
-                    if let Some(m) = self.load(kind, v).await {
-                        let routes = vec![(m, 1)];
-                        return Ok((
-                            Some(Variants {
-                                routes,
-                                shadow: None,
-                                desired,
-                            }),
-                            note,
-                        ));
-                    }
-                    skipped.push(v);
+                        None => match self.load(kind, v).await {
+                            Some(m) => m,
+                            None => {
+                                skipped.push(v);
+                                continue;
+                            }
+                        },
+                    };
+                    let routes = vec![(m, 1)];
+                    return Ok((
+                        Some(Variants {
+                            routes,
+                            shadow: None,
+                            desired,
+                        }),
+                        note,
+                    ));
                 }
                 Err(format!(
                     "no version of {kind} loads ({})",
