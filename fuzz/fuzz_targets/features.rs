@@ -6,7 +6,9 @@
 use chrono::{TimeZone, Utc};
 use libfuzzer_sys::fuzz_target;
 use ml_core::catalogue::{builtin, Catalogue};
-use ml_core::features::{match_features, timing_features, PopulationActivity, UserFeatures};
+use ml_core::features::{
+    match_features, timing_features, InterestSpace, PopulationActivity, UserFeatures,
+};
 use ml_core::types::UserHistory;
 use std::sync::OnceLock;
 
@@ -25,9 +27,15 @@ fuzz_target!(|data: &[u8]| {
     let cat = catalogue();
     let now = Utc.with_ymd_and_hms(2026, 6, 1, 12, 0, 0).unwrap();
     let fa = UserFeatures::from_history(pa, &a, cat, now);
-    let fb = UserFeatures::from_history(pb, &b, cat, now);
+    let mut fb = UserFeatures::from_history(pb, &b, cat, now);
+    // Soft interest profiles (what an embedding model gives) from the input's
+    // bytes: one user and the context have them, the other user not.
+    let soft = |k: usize| std::array::from_fn(|i| data.get(i * k).copied().unwrap_or(0) as f32 / 255.0);
+    fb.semantic_interests = Some(soft(3));
     let interests: Vec<String> = pa.interests.iter().take(8).cloned().collect();
-    let ctx = ml_core::post::match_context(cat, pa.interests.first().map(String::as_str), &interests);
+    let mut ctx =
+        ml_core::post::match_context(cat, pa.interests.first().map(String::as_str), &interests);
+    ctx.semantic_interests = Some(soft(5));
     let x = match_features(&fa, &fb, &ctx);
     assert!(x.iter().all(|v| v.is_finite()), "match features {x:?}");
     let f = ml_core::post::match_fallback(&x);
@@ -35,8 +43,12 @@ fuzz_target!(|data: &[u8]| {
     let pop = PopulationActivity::from_users([&fa, &fb].into_iter());
     let t = timing_features(&fa, &pop);
     assert!(t.iter().all(|v| v.is_finite()), "timing features");
-    let r = ml_core::train::rec_input(&fa, cat.len());
-    assert!(r.iter().all(|v| v.is_finite()), "recommendation input");
+    for space in [InterestSpace::Exact, InterestSpace::Semantic] {
+        for u in [&fa, &fb] {
+            let r = ml_core::train::rec_input(u, cat.len(), space);
+            assert!(r.iter().all(|v| v.is_finite()), "recommendation input");
+        }
+    }
     let plan = ml_core::post::plan_notification(&ml_core::post::NotificationRequest {
         user: &fa,
         scores: &pop.hour_of_week,

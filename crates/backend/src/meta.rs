@@ -156,7 +156,7 @@ impl ModelMeta {
                 }
             }
             kind => {
-                if self.features != kind.feature_names() {
+                if self.features != kind.feature_names_in(self.params.interest_space()) {
                     return Err(
                         "feature names or order differ from this service's feature code".into(),
                     );

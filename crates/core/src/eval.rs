@@ -91,7 +91,7 @@ pub fn evaluate_match(
     predict: &mut MatchPredictor,
     truth: Option<&[MatchComponents]>,
 ) -> Result<MatchEvaluation, CoreError> {
-    let cols = crate::features::MATCH_FEATURES.len();
+    let cols = crate::features::match_feature_list(td.interest_space()).len();
     let rows = crate::train::match_rows(td, holdout_from);
     let (xtr, ytr, xte, yte) = (&rows.x_train, &rows.y_train, &rows.x_test, &rows.y_test);
     let (ptrue, completeness) = (&rows.true_probability, &rows.completeness);
@@ -252,7 +252,7 @@ mod tests {
         let td = TrainingData::new(&d);
         let art = train_match(&td, 1).unwrap();
         let mut predict = |x: &[f32], _n: usize| {
-            let cols = crate::features::MATCH_FEATURES.len();
+            let cols = art.feature_names.len();
             let mut out = vec![vec![], vec![]];
             for r in x.chunks_exact(cols) {
                 for (h, o) in art.predict(r).into_iter().enumerate() {
@@ -328,24 +328,28 @@ mod tests {
             if shared.is_empty() || neither.is_empty() {
                 continue;
             }
-            let score = |ctx: &MatchContext| art.predict(&match_features(a, b, ctx))[0][0];
+            let score = |ctx: &MatchContext| art.predict(&match_features(a, b, ctx)[..art.feature_names.len()])[0][0];
             // A trip about interests both share beats one about interests neither has.
             let good = score(&MatchContext {
                 destination_tags: None,
                 interests: shared,
+                ..Default::default()
             });
             let bad = score(&MatchContext {
                 destination_tags: None,
                 interests: neither,
+                ..Default::default()
             });
             // So does a destination whose tags both like, over one neither does.
             let good_place = score(&MatchContext {
                 destination_tags: Some(shared),
                 interests: TagSet::default(),
+                ..Default::default()
             });
             let bad_place = score(&MatchContext {
                 destination_tags: Some(neither),
                 interests: TagSet::default(),
+                ..Default::default()
             });
             pairs += 1;
             up += (good > bad && good_place > bad_place) as usize;

@@ -14,7 +14,7 @@ use uuid::Uuid;
 
 /// Version of [`UserFeatures`]' shape. Caches key and tag stored features with
 /// it, so bump it whenever a field is added, removed or changes meaning.
-pub const FEATURE_SCHEMA_VERSION: u16 = 1;
+pub const FEATURE_SCHEMA_VERSION: u16 = 2;
 
 /// Hours in a week: the activity histogram's length (Monday 00:00 local = 0).
 pub const HOURS_PER_WEEK: usize = 168;
@@ -47,6 +47,11 @@ pub struct UserFeatures {
     /// Notifications sent and opened per channel (push, email, sms).
     pub channel_sent: [u32; 3],
     pub channel_opened: [u32; 3],
+    /// What the declared interests mean, as a soft profile over [`TAGS`]
+    /// (see [`TagSpace`]); `None` without a sentence-embedding model, when
+    /// only the exact tag names count.
+    #[serde(default)]
+    pub semantic_interests: Option<TagProfile>,
 }
 
 /// Local hour of the week (Monday 00:00 = 0) of an instant in a time zone.
@@ -148,6 +153,7 @@ impl UserFeatures {
             n_activity,
             channel_sent,
             channel_opened,
+            semantic_interests: None,
         }
     }
 
@@ -178,6 +184,7 @@ impl UserFeatures {
             n_activity: sessions.len() as u32,
             channel_sent: [0; 3],
             channel_opened: [0; 3],
+            semantic_interests: None,
         }
     }
 
@@ -197,9 +204,10 @@ impl UserFeatures {
     /// and behaviour, weighted equally when both are known.
     pub fn taste_estimate(&self) -> [f32; TAGS.len()] {
         let mut t = [0f32; TAGS.len()];
-        let k = self.interests.len().max(1) as f32;
+        let interests = self.interest_tags();
+        let k = interests.len().max(1) as f32;
         for (i, v) in t.iter_mut().enumerate() {
-            if self.interests.contains(i) {
+            if interests.contains(i) {
                 *v += 1.0 / k.sqrt();
             }
             *v += self.tag_affinity[i];
@@ -209,6 +217,22 @@ impl UserFeatures {
             t.iter_mut().for_each(|x| *x /= n);
         }
         t
+    }
+
+    /// The interests as a profile over [`TAGS`]: their meaning when known,
+    /// else 1 on each declared tag.
+    pub fn interest_profile(&self) -> TagProfile {
+        self.semantic_interests
+            .unwrap_or_else(|| exact_profile(&self.interests))
+    }
+
+    /// The tags the interests stand for: their exact names, and with a soft
+    /// profile every tag they mean fully ("trekking" stands for hiking).
+    pub fn interest_tags(&self) -> TagSet {
+        match &self.semantic_interests {
+            Some(p) => self.interests.union(&full_tags(p)),
+            None => self.interests,
+        }
     }
 
     /// Cosine between the user's tag affinity and a tag set (0 without history).
@@ -231,6 +255,9 @@ pub struct MatchContext {
     pub destination_tags: Option<TagSet>,
     /// Interests named in the request.
     pub interests: TagSet,
+    /// What the request's interests mean (see [`TagSpace`]), when a
+    /// sentence-embedding model is loaded.
+    pub semantic_interests: Option<TagProfile>,
 }
 
 /// The factor groups of the match model, in the order of its `factors` output.
@@ -272,6 +299,27 @@ pub const MATCH_FEATURES: [(&str, usize); 31] = [
     ("neuroticism_mean", 2),
 ];
 
+/// The match features a semantic model reads after [`MATCH_FEATURES`]: the
+/// same questions as `interest_cosine` and `context_interest_fit`, asked of
+/// the interests' meaning (soft profiles) instead of their exact names.
+pub const SEMANTIC_MATCH_FEATURES: [(&str, usize); 2] = [
+    ("semantic_interest_cosine", 0),
+    ("semantic_context_fit", 0),
+];
+
+/// Width of [`match_features`]' row: the exact features, then the semantic ones.
+pub const MATCH_ROW: usize = MATCH_FEATURES.len() + SEMANTIC_MATCH_FEATURES.len();
+
+/// The match features a model in `space` reads, in order, with their factor
+/// groups: a prefix of [`match_features`]' row.
+pub fn match_feature_list(space: InterestSpace) -> Vec<(&'static str, usize)> {
+    let mut v = MATCH_FEATURES.to_vec();
+    if space == InterestSpace::Semantic {
+        v.extend(SEMANTIC_MATCH_FEATURES);
+    }
+    v
+}
+
 /// Cosine similarity of two tag sets as 0/1 vectors; 0 when either is empty.
 fn cosine(a: &TagSet, b: &TagSet) -> f32 {
     if a.is_empty() || b.is_empty() {
@@ -281,9 +329,18 @@ fn cosine(a: &TagSet, b: &TagSet) -> f32 {
     }
 }
 
-/// Match features of a pair. Symmetric: swapping the users gives the same vector.
-pub fn match_features(a: &UserFeatures, b: &UserFeatures, ctx: &MatchContext) -> [f32; 31] {
-    let shared = a.interests.intersection(&b.interests);
+/// Match features of a pair. Symmetric: swapping the users gives the same
+/// vector. An exact model reads the first [`MATCH_FEATURES`]`.len()` columns,
+/// a semantic one all [`MATCH_ROW`].
+pub fn match_features(a: &UserFeatures, b: &UserFeatures, ctx: &MatchContext) -> [f32; MATCH_ROW] {
+    // With soft profiles the tag questions are asked of the tags the
+    // interests stand for, not only of their exact names.
+    let (ia, ib) = (a.interest_tags(), b.interest_tags());
+    let ctx_interests = match &ctx.semantic_interests {
+        Some(p) => ctx.interests.union(&full_tags(p)),
+        None => ctx.interests,
+    };
+    let shared = ia.intersection(&ib);
     let affinity_cos = if a.has_history() && b.has_history() {
         a.tag_affinity
             .iter()
@@ -295,16 +352,15 @@ pub fn match_features(a: &UserFeatures, b: &UserFeatures, ctx: &MatchContext) ->
     };
     // What the trip is about: the interests the request names, else the
     // destination's tags.
-    let about = if ctx.interests.is_empty() {
+    let about = if ctx_interests.is_empty() {
         ctx.destination_tags
     } else {
-        Some(ctx.interests)
+        Some(ctx_interests)
     };
     let (ctx_fit, ctx_affinity, ctx_shared, has_ctx) = match about {
         Some(t) if !t.is_empty() => {
-            let fit = |u: &UserFeatures| cosine(&u.interests, &t);
             (
-                (fit(a) + fit(b)) / 2.0,
+                (cosine(&ia, &t) + cosine(&ib, &t)) / 2.0,
                 (a.affinity_to(&t) + b.affinity_to(&t)) / 2.0,
                 t.intersection(&shared).len() as f32 / t.len() as f32,
                 1.0,
@@ -317,22 +373,22 @@ pub fn match_features(a: &UserFeatures, b: &UserFeatures, ctx: &MatchContext) ->
         .collect();
     let style_dist = (sd.iter().map(|d| d * d).sum::<f32>() / 3.0).sqrt();
     let shared_lang = a.languages.iter().any(|l| b.languages.contains(l));
-    let interest_cos = cosine(&a.interests, &b.interests);
+    let interest_cos = cosine(&ia, &ib);
     let ta = a.taste_estimate();
     let tb = b.taste_estimate();
-    let mut f = [0f32; 31];
-    f[0] = a.interests.jaccard(&b.interests);
+    let mut f = [0f32; MATCH_ROW];
+    f[0] = ia.jaccard(&ib);
     f[1] = (shared.len() as f32 / 5.0).min(1.0);
     f[2] = interest_cos;
     f[3] = affinity_cos;
-    f[4] = (a.affinity_to(&b.interests) + b.affinity_to(&a.interests)) / 2.0;
+    f[4] = (a.affinity_to(&ib) + b.affinity_to(&ia)) / 2.0;
     f[5] = ta.iter().zip(&tb).map(|(x, y)| x * y).sum();
     f[6] = (a.has_history() && b.has_history()) as u8 as f32;
     f[7] = ctx_fit;
     f[8] = ctx_affinity;
     f[9] = ctx_shared;
     f[10] = has_ctx;
-    f[11] = (!ctx.interests.is_empty()) as u8 as f32;
+    f[11] = (!ctx_interests.is_empty()) as u8 as f32;
     f[12..15].copy_from_slice(&sd);
     f[15] = style_dist;
     f[16] = (a.travel_style == b.travel_style) as u8 as f32;
@@ -344,7 +400,144 @@ pub fn match_features(a: &UserFeatures, b: &UserFeatures, ctx: &MatchContext) ->
         f[21 + i] = (a.personality[i] - b.personality[i]).abs();
         f[26 + i] = (a.personality[i] + b.personality[i]) / 2.0;
     }
+    // The same questions asked of meaning: "trekking" meets "hiking".
+    let (pa, pb) = (a.interest_profile(), b.interest_profile());
+    f[31] = profile_cosine(&pa, &pb);
+    let about = match ctx.semantic_interests {
+        Some(p) if p.iter().any(|v| *v > 0.0) => Some(p),
+        _ => about.filter(|t| !t.is_empty()).map(|t| exact_profile(&t)),
+    };
+    if let Some(t) = about {
+        f[32] = (profile_cosine(&pa, &t) + profile_cosine(&pb, &t)) / 2.0;
+    }
     f
+}
+
+/// A soft profile over [`TAGS`]: per tag, how strongly (0–1) a list of
+/// interest phrases means it.
+pub type TagProfile = [f32; TAGS.len()];
+
+/// How a model reads interests: by their exact tag names, or by their meaning
+/// (soft profiles from a sentence-embedding model). Recorded with each model,
+/// so the service feeds it what it was trained on.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum InterestSpace {
+    #[default]
+    Exact,
+    Semantic,
+}
+
+/// The tags a profile means fully.
+pub fn full_tags(p: &TagProfile) -> TagSet {
+    TagSet(
+        p.iter()
+            .enumerate()
+            .filter(|(_, v)| **v >= 1.0)
+            .fold(0, |m, (t, _)| m | (1 << t)),
+    )
+}
+
+/// 1 on each tag of the set.
+pub fn exact_profile(t: &TagSet) -> TagProfile {
+    std::array::from_fn(|i| t.contains(i) as u8 as f32)
+}
+
+/// Cosine of two profiles; 0 when either is zero.
+pub fn profile_cosine(a: &TagProfile, b: &TagProfile) -> f32 {
+    let dot: f32 = a.iter().zip(b).map(|(x, y)| x * y).sum();
+    let n = (a.iter().map(|x| x * x).sum::<f32>() * b.iter().map(|x| x * x).sum::<f32>()).sqrt();
+    if n > 0.0 {
+        (dot / n).clamp(0.0, 1.0)
+    } else {
+        0.0
+    }
+}
+
+/// The profile of a list of phrases: per tag, its strongest phrase.
+pub fn combine_profiles(profiles: impl IntoIterator<Item = TagProfile>) -> TagProfile {
+    let mut out = [0f32; TAGS.len()];
+    for p in profiles {
+        for (o, v) in out.iter_mut().zip(p) {
+            *o = o.max(v);
+        }
+    }
+    out
+}
+
+/// An interest phrase as it is looked up and cached: trimmed, lower case,
+/// single spaces, underscores as spaces (`road_trips` reads "road trips").
+pub fn normalize_phrase(s: &str) -> String {
+    s.replace('_', " ")
+        .split_whitespace()
+        .collect::<Vec<_>>()
+        .join(" ")
+        .to_lowercase()
+}
+
+/// Cosine at or below which a phrase does not mean a tag at all. For
+/// all-MiniLM-L6-v2, a phrase and a tag it does not mean have a median cosine
+/// of 0.24 and a 90th percentile of 0.37; a phrase and the tag it stands for
+/// ("street food"/food 0.65, "trekking"/hiking 0.49) a median of 0.55.
+pub const SEMANTIC_FLOOR: f32 = 0.35;
+/// Cosine at or above which a phrase means a tag fully.
+pub const SEMANTIC_CEIL: f32 = 0.65;
+
+/// The tag vocabulary in an embedding space: one unit vector per tag. Soft
+/// profiles of phrases are read off cosines against it.
+#[derive(Debug, Clone)]
+pub struct TagSpace {
+    tags: Vec<Vec<f32>>,
+}
+
+impl TagSpace {
+    /// From the embeddings of [`TagSpace::texts`], in that order.
+    pub fn new(tags: Vec<Vec<f32>>) -> Result<Self, crate::CoreError> {
+        let dim = tags.first().map_or(0, Vec::len);
+        if tags.len() != TAGS.len() || dim == 0 || tags.iter().any(|t| t.len() != dim) {
+            return Err(crate::CoreError::invalid(
+                "tag embeddings",
+                format!("expected {} vectors of one width", TAGS.len()),
+            ));
+        }
+        Ok(Self { tags })
+    }
+
+    /// The texts whose embeddings make the space: the tags as words.
+    pub fn texts() -> Vec<String> {
+        TAGS.iter().map(|t| normalize_phrase(t)).collect()
+    }
+
+    /// Width of the embedding vectors.
+    pub fn dim(&self) -> usize {
+        self.tags[0].len()
+    }
+
+    /// The soft profile of one phrase from its (unit) embedding: per tag, the
+    /// cosine mapped linearly from [`SEMANTIC_FLOOR`]..[`SEMANTIC_CEIL`] to
+    /// 0..1. A phrase stands for its nearest tag, which it means fully when
+    /// it is related at all (above the floor); a phrase that is a tag's name
+    /// stands for that tag.
+    pub fn phrase_profile(&self, phrase: &str, v: &[f32]) -> TagProfile {
+        let cos: Vec<f32> = self
+            .tags
+            .iter()
+            .map(|t| t.iter().zip(v).map(|(x, y)| x * y).sum::<f32>())
+            .map(|c| if c.is_finite() { c } else { -1.0 })
+            .collect();
+        let mut p: TagProfile = std::array::from_fn(|t| {
+            ((cos[t] - SEMANTIC_FLOOR) / (SEMANTIC_CEIL - SEMANTIC_FLOOR)).clamp(0.0, 1.0)
+        });
+        let nearest = tag_index(&phrase.replace(' ', "_")).or_else(|| {
+            (0..TAGS.len())
+                .max_by(|&x, &y| cos[x].total_cmp(&cos[y]))
+                .filter(|&t| p[t] > 0.0)
+        });
+        if let Some(t) = nearest {
+            p[t] = 1.0;
+        }
+        p
+    }
 }
 
 /// Names of the timing features, in model-input order.
@@ -524,10 +717,114 @@ mod tests {
             })
     }
 
+    #[test]
+    fn semantic_columns_ask_the_exact_questions_when_only_names_are_known() {
+        let cat = Catalogue::new(builtin());
+        let a = UserFeatures::from_history(
+            &profile(&["food", "hiking", "wine"], "UTC"),
+            &UserHistory::default(),
+            &cat,
+            Utc::now(),
+        );
+        let b = UserFeatures::from_history(
+            &profile(&["hiking", "beach"], "UTC"),
+            &UserHistory::default(),
+            &cat,
+            Utc::now(),
+        );
+        let ctx = MatchContext {
+            interests: TagSet::from_names(&["hiking", "wine"]),
+            ..Default::default()
+        };
+        let f = match_features(&a, &b, &ctx);
+        assert!((f[31] - f[2]).abs() < 1e-6, "{} vs {}", f[31], f[2]);
+        assert!((f[32] - f[7]).abs() < 1e-6, "{} vs {}", f[32], f[7]);
+        // A request whose interests mean hiking (a soft profile) counts as
+        // context even though no exact tag name was given.
+        let mut hiking = [0f32; TAGS.len()];
+        hiking[tag_index("hiking").unwrap()] = 0.8;
+        let ctx = MatchContext {
+            semantic_interests: Some(hiking),
+            ..Default::default()
+        };
+        let g = match_features(&a, &b, &ctx);
+        assert_eq!(g[10], 0.0, "no exact context");
+        assert!(g[32] > 0.3, "{}", g[32]);
+        // So does the users' own meaning: give b a profile that means food
+        // and wine, and their overlap with a rises.
+        let mut b2 = b.clone();
+        let mut p = b.interest_profile();
+        p[tag_index("food").unwrap()] = 0.9;
+        p[tag_index("wine").unwrap()] = 0.7;
+        b2.semantic_interests = Some(p);
+        assert!(match_features(&a, &b2, &ctx)[31] > g[31]);
+        assert_eq!(match_feature_list(InterestSpace::Exact).len(), 31);
+        assert_eq!(match_feature_list(InterestSpace::Semantic).len(), MATCH_ROW);
+    }
+
+    #[test]
+    fn tag_space_maps_cosines_to_memberships() {
+        assert!(TagSpace::new(vec![vec![1.0; 4]; 3]).is_err());
+        assert!(TagSpace::new(vec![vec![]; TAGS.len()]).is_err());
+        // Tag t along axis t of a 24-dimensional space.
+        let space = TagSpace::new(
+            (0..TAGS.len())
+                .map(|t| (0..TAGS.len()).map(|i| (i == t) as u8 as f32).collect())
+                .collect(),
+        )
+        .unwrap();
+        assert_eq!(space.dim(), TAGS.len());
+        let mut v = vec![0f32; TAGS.len()];
+        v[0] = SEMANTIC_CEIL + 0.1; // food: fully
+        v[1] = (SEMANTIC_FLOOR + SEMANTIC_CEIL) / 2.0; // history: half
+        v[2] = SEMANTIC_FLOOR - 0.1; // culture: not at all
+        let p = space.phrase_profile("something", &v);
+        assert_eq!(p[0], 1.0);
+        assert!((p[1] - 0.5).abs() < 1e-5);
+        assert_eq!(p[2], 0.0);
+        // The nearest tag is meant fully once the phrase is related at all.
+        let mut w = vec![0f32; TAGS.len()];
+        w[1] = SEMANTIC_FLOOR + 0.05;
+        assert_eq!(space.phrase_profile("something", &w)[1], 1.0);
+        assert_eq!(full_tags(&space.phrase_profile("something", &w)), TagSet(1 << 1));
+        // Unrelated to everything, or not a number: no tag at all.
+        assert_eq!(space.phrase_profile("x", &[0.0; 24]), [0.0; 24]);
+        assert_eq!(space.phrase_profile("x", &[f32::NAN; 24]), [0.0; 24]);
+        // A tag's own name means it fully, whatever the vector says.
+        let p = space.phrase_profile("road trips", &[0.0; 24]);
+        assert_eq!(p[tag_index("road_trips").unwrap()], 1.0);
+        assert_eq!(normalize_phrase("  Road_Trips \t and  MORE "), "road trips and more");
+        assert_eq!(TagSpace::texts()[23], "road trips");
+        let c = combine_profiles([[0.2; 24], {
+            let mut x = [0.0; 24];
+            x[5] = 0.9;
+            x
+        }]);
+        assert_eq!((c[0], c[5]), (0.2, 0.9));
+        assert_eq!(profile_cosine(&[0.0; 24], &c), 0.0);
+    }
+
     proptest! {
         #[test]
+        fn semantic_match_features_are_symmetric_finite_and_bounded(
+            a in arb_user(), b in arb_user(),
+            pa in prop::array::uniform24(0f32..1.0), pb in prop::array::uniform24(0f32..1.0),
+            pc in prop::option::of(prop::array::uniform24(0f32..1.0)),
+        ) {
+            let (mut a, mut b) = (a, b);
+            a.semantic_interests = Some(pa);
+            b.semantic_interests = Some(pb);
+            let ctx = MatchContext { semantic_interests: pc, ..Default::default() };
+            let ab = match_features(&a, &b, &ctx);
+            prop_assert_eq!(ab, match_features(&b, &a, &ctx));
+            for v in ab {
+                prop_assert!(v.is_finite() && (0.0..=1.0001).contains(&v), "{v}");
+            }
+        }
+
+        #[test]
         fn match_features_are_symmetric_finite_and_bounded(a in arb_user(), b in arb_user(), ctx_mask in any::<u32>()) {
-            let ctx = MatchContext { destination_tags: Some(TagSet(ctx_mask & 0xff_ffff)), interests: TagSet(ctx_mask >> 8) };
+            let ctx = MatchContext { destination_tags: Some(TagSet(ctx_mask & 0xff_ffff)), interests: TagSet(ctx_mask >> 8), ..Default::default() };
             let ab = match_features(&a, &b, &ctx);
             let ba = match_features(&b, &a, &ctx);
             prop_assert_eq!(ab, ba);

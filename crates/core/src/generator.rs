@@ -105,6 +105,12 @@ pub struct GeneratorConfig {
     pub style_mix: [(f64, f64); 3],
     /// Beta parameters (a, b) of each Big Five trait: the mix of personalities.
     pub personality_mix: (f64, f64),
+    /// Share of interests (declared and trips') written as a synonymous
+    /// phrase ("trekking" for hiking, "street food" for food) instead of the
+    /// tag's name, as people type them in free text. 0 by default; the
+    /// semantic-interest evaluation uses 0.5. Drawn from a separate random
+    /// stream, so the rest of the dataset does not change with it.
+    pub synonym_rate: f64,
 }
 
 impl Default for GeneratorConfig {
@@ -119,6 +125,7 @@ impl Default for GeneratorConfig {
             notifications_per_user: 25.0,
             style_mix: [(2.0, 2.0), (2.0, 2.0), (2.0, 2.0)],
             personality_mix: (2.0, 2.0),
+            synonym_rate: 0.0,
         }
     }
 }
@@ -290,7 +297,62 @@ pub fn generate_with_truth(cfg: &GeneratorConfig) -> (Dataset, Truth) {
         .map(|(p, l)| (p.id, l.rhythm))
         .collect();
     ds.profiles = profiles;
+    if cfg.synonym_rate > 0.0 {
+        rephrase(&mut ds, cfg);
+    }
     (ds, Truth { matches, rhythms })
+}
+
+/// Phrasings of each tag (in [`TAGS`] order) that are not its name.
+pub const SYNONYMS: [[&str; 3]; 24] = [
+    ["local cuisine", "street food", "gastronomy"],
+    ["historic sites", "ancient ruins", "heritage"],
+    ["local traditions", "cultural experiences", "customs"],
+    ["seaside", "sunbathing", "sandy shores"],
+    ["the outdoors", "national parks", "countryside"],
+    ["historic buildings", "cathedrals", "skyscrapers"],
+    ["taking pictures", "photo walks", "cameras"],
+    ["bars and clubs", "partying", "night clubs"],
+    ["trekking", "hillwalking", "trail walking"],
+    ["island hopping", "archipelagos", "tropical isles"],
+    ["thrill seeking", "extreme sports", "adrenaline"],
+    ["spa days", "unwinding", "wellness retreats"],
+    ["live concerts", "jazz", "gigs"],
+    ["alpine peaks", "high altitude", "the alps"],
+    ["safaris", "animal watching", "birdwatching"],
+    ["markets", "boutiques", "souvenir hunting"],
+    ["galleries", "painting", "street art"],
+    ["exhibitions", "museum visits", "collections"],
+    ["scuba", "snorkeling", "coral reefs"],
+    ["carnivals", "street parties", "celebrations"],
+    ["snowboarding", "winter sports", "ski resorts"],
+    ["vineyards", "wine tasting", "wineries"],
+    ["biking", "bike tours", "cycle touring"],
+    ["driving holidays", "scenic drives", "campervans"],
+];
+
+/// Write a share of the interests as synonyms (see
+/// [`GeneratorConfig::synonym_rate`]); the hidden tastes and all outcomes stay
+/// as they were, so only how interests read changes.
+fn rephrase(ds: &mut Dataset, cfg: &GeneratorConfig) {
+    let mut rng = ChaCha8Rng::seed_from_u64(cfg.seed ^ 0x5eed_5719_0a11);
+    let one = |s: &mut String, rng: &mut ChaCha8Rng| {
+        if let Some(t) = tag_index(s) {
+            if rng.gen_bool(cfg.synonym_rate.clamp(0.0, 1.0)) {
+                *s = SYNONYMS[t][rng.gen_range(0..3)].to_string();
+            }
+        }
+    };
+    for p in &mut ds.profiles {
+        for i in &mut p.interests {
+            one(i, &mut rng);
+        }
+    }
+    for m in &mut ds.matches {
+        for i in &mut m.trip_interests {
+            one(i, &mut rng);
+        }
+    }
 }
 
 fn gen_user(cfg: &GeneratorConfig, rng: &mut ChaCha8Rng) -> (Profile, Latent) {
@@ -761,6 +823,39 @@ mod tests {
         assert_eq!(a.activity, b.activity);
         let c = generate(&GeneratorConfig { seed: 8, ..small() });
         assert_ne!(a.profiles, c.profiles);
+    }
+
+    #[test]
+    fn synonyms_change_only_how_interests_read() {
+        let plain = generate(&small());
+        let syn = generate(&GeneratorConfig {
+            synonym_rate: 0.5,
+            ..small()
+        });
+        assert_eq!(plain.interactions, syn.interactions);
+        assert_eq!(plain.activity, syn.activity);
+        let (mut total, mut rewritten) = (0, 0);
+        for (p, q) in plain.profiles.iter().zip(&syn.profiles) {
+            assert_eq!((p.id, p.age, p.style_vector), (q.id, q.age, q.style_vector));
+            for (a, b) in p.interests.iter().zip(&q.interests) {
+                total += 1;
+                if a != b {
+                    rewritten += 1;
+                    // A rewritten interest is one of its own tag's phrasings.
+                    let t = tag_index(a).unwrap();
+                    assert!(SYNONYMS[t].contains(&b.as_str()), "{a} -> {b}");
+                }
+            }
+        }
+        let share = rewritten as f64 / total as f64;
+        assert!((0.4..0.6).contains(&share), "{share}");
+        for (m, n) in plain.matches.iter().zip(&syn.matches) {
+            assert_eq!((m.user_a, m.matched, m.decided_at), (n.user_a, n.matched, n.decided_at));
+        }
+        // No phrasing is itself a tag, so exact matching cannot read it.
+        for s in SYNONYMS.iter().flatten() {
+            assert!(tag_index(s).is_none() && tag_index(&s.replace(' ', "_")).is_none(), "{s}");
+        }
     }
 
     #[test]

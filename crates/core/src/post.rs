@@ -13,8 +13,8 @@ use chrono::{DateTime, Duration, DurationRound, Timelike, Utc};
 /// declared interests and both users' behaviour history.
 pub fn match_completeness(a: &UserFeatures, b: &UserFeatures) -> f32 {
     let signals = [
-        !a.interests.is_empty(),
-        !b.interests.is_empty(),
+        !a.interest_tags().is_empty(),
+        !b.interest_tags().is_empty(),
         a.has_history(),
         b.has_history(),
     ];
@@ -39,6 +39,7 @@ pub fn match_context(
             .and_then(|d| cat.find_by_name(d))
             .map(|i| cat.tags[i]),
         interests: TagSet::from_names(interests),
+        semantic_interests: None,
     }
 }
 
@@ -96,7 +97,7 @@ pub struct MatchFallback {
 /// style vectors) and personality similarity (1 − the mean absolute
 /// difference of the five traits), each in [0, 1]; the score is their mean.
 /// `x` is `features::match_features`' row.
-pub fn match_fallback(x: &[f32; 31]) -> MatchFallback {
+pub fn match_fallback(x: &[f32]) -> MatchFallback {
     let interest_overlap = x[0].clamp(0.0, 1.0);
     let travel_style = (1.0 - x[15]).clamp(0.0, 1.0);
     let personality = (1.0 - x[21..26].iter().sum::<f32>() / 5.0).clamp(0.0, 1.0);

@@ -43,12 +43,19 @@ impl ModelKind {
     pub fn parse(s: &str) -> Option<Self> {
         Self::ALL.into_iter().find(|m| m.as_str() == s)
     }
-    /// Names of the input features, in order.
-    /// (Empty for the recommendation model, whose inputs follow its catalogue:
-    /// see [`rec_feature_names`].)
+    /// Names of the input features, in order, of a model reading exact
+    /// interests. (Empty for the recommendation model, whose inputs follow
+    /// its catalogue: see [`rec_feature_names`].)
     pub fn feature_names(&self) -> Vec<String> {
+        self.feature_names_in(InterestSpace::Exact)
+    }
+    /// Names of the input features, in order, of a model in `space`.
+    pub fn feature_names_in(&self, space: InterestSpace) -> Vec<String> {
         match self {
-            ModelKind::TravelMatch => MATCH_FEATURES.iter().map(|f| f.0.to_string()).collect(),
+            ModelKind::TravelMatch => match_feature_list(space)
+                .iter()
+                .map(|f| f.0.to_string())
+                .collect(),
             ModelKind::Recommendation => vec![],
             ModelKind::NotificationTiming => {
                 TIMING_FEATURES.iter().map(|f| f.to_string()).collect()
@@ -99,6 +106,45 @@ pub struct ModelParams {
     /// Timing: the population's open rate per channel (push, email, sms).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub channel_open_rate: Option<[f32; 3]>,
+    /// Match and recommendation: the sentence-embedding model whose meaning
+    /// of interests the model reads ([`InterestSpace::Semantic`]); absent when
+    /// it reads exact tag names. A service without that model refuses it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub interest_encoder: Option<String>,
+}
+
+impl ModelParams {
+    /// How the model reads interests.
+    pub fn interest_space(&self) -> InterestSpace {
+        if self.interest_encoder.is_some() {
+            InterestSpace::Semantic
+        } else {
+            InterestSpace::Exact
+        }
+    }
+}
+
+/// What interest phrases mean, for training a semantic model: the encoder's
+/// name and the soft profile of every phrase in the data (normalized with
+/// [`normalize_phrase`]).
+#[derive(Debug, Clone, Default)]
+pub struct SemanticInterests {
+    pub encoder: String,
+    pub phrases: HashMap<String, TagProfile>,
+}
+
+impl SemanticInterests {
+    /// The profile of a list of phrases: per tag its strongest phrase; a
+    /// phrase without a profile counts by its exact tag name, if it is one.
+    pub fn profile_of<S: AsRef<str>>(&self, phrases: &[S]) -> TagProfile {
+        combine_profiles(phrases.iter().map(|p| {
+            let p = normalize_phrase(p.as_ref());
+            self.phrases
+                .get(&p)
+                .copied()
+                .unwrap_or_else(|| exact_profile(&TagSet::from_names(&[p.replace(' ', "_")])))
+        }))
+    }
 }
 
 /// A trained model, ready to export.
@@ -134,6 +180,8 @@ pub struct TrainingData<'a> {
     pub catalogue: Catalogue,
     pub histories: HashMap<Uuid, UserHistory>,
     profiles: HashMap<Uuid, &'a Profile>,
+    /// Set to train models that read interests by meaning.
+    pub semantic: Option<SemanticInterests>,
 }
 
 impl<'a> TrainingData<'a> {
@@ -165,7 +213,54 @@ impl<'a> TrainingData<'a> {
             catalogue: Catalogue::new(data.destinations.clone()),
             histories,
             profiles: data.profiles.iter().map(|p| (p.id, p)).collect(),
+            semantic: None,
         }
+    }
+
+    /// Every distinct interest phrase of the data (profiles and match
+    /// outcomes' trip interests), normalized, in a stable order: what a
+    /// sentence-embedding model must encode to train a semantic model.
+    pub fn interest_phrases(&self) -> Vec<String> {
+        let mut v: Vec<String> = self
+            .data
+            .profiles
+            .iter()
+            .flat_map(|p| p.interests.iter())
+            .chain(self.data.matches.iter().flat_map(|m| m.trip_interests.iter()))
+            .map(|s| normalize_phrase(s))
+            .filter(|s| !s.is_empty())
+            .collect();
+        v.sort_unstable();
+        v.dedup();
+        v
+    }
+
+    /// How the models trained on this data read interests.
+    pub fn interest_space(&self) -> InterestSpace {
+        if self.semantic.is_some() {
+            InterestSpace::Semantic
+        } else {
+            InterestSpace::Exact
+        }
+    }
+
+    /// The parameters that record [`TrainingData::interest_space`].
+    fn interest_params(&self) -> ModelParams {
+        ModelParams {
+            interest_encoder: self.semantic.as_ref().map(|s| s.encoder.clone()),
+            ..Default::default()
+        }
+    }
+
+    /// A match example's context, from its outcome record.
+    pub fn match_context(&self, m: &MatchOutcome) -> MatchContext {
+        let mut ctx = match_context(&self.catalogue, m);
+        ctx.semantic_interests = self
+            .semantic
+            .as_ref()
+            .filter(|_| !m.trip_interests.is_empty())
+            .map(|s| s.profile_of(&m.trip_interests));
+        ctx
     }
 
     /// Features of every user as of an instant.
@@ -176,10 +271,9 @@ impl<'a> TrainingData<'a> {
             .iter()
             .map(|p| {
                 let h = self.histories.get(&p.id).unwrap_or(&empty);
-                (
-                    p.id,
-                    UserFeatures::from_history(p, h, &self.catalogue, as_of),
-                )
+                let mut f = UserFeatures::from_history(p, h, &self.catalogue, as_of);
+                f.semantic_interests = self.semantic.as_ref().map(|s| s.profile_of(&p.interests));
+                (p.id, f)
             })
             .collect()
     }
@@ -220,6 +314,7 @@ pub fn match_context(cat: &Catalogue, m: &MatchOutcome) -> MatchContext {
             .and_then(|d| cat.index_of(&d))
             .map(|i| cat.tags[i]),
         interests: TagSet::from_names(&m.trip_interests),
+        semantic_interests: None,
     }
 }
 
@@ -240,6 +335,7 @@ pub struct MatchRows {
 
 /// Build the match rows of a dataset around `split`.
 pub fn match_rows(td: &TrainingData, split: DateTime<Utc>) -> MatchRows {
+    let cols = match_feature_list(td.interest_space()).len();
     let feats = td.user_features(split);
     let mut ordered: Vec<(usize, &MatchOutcome)> = td.data.matches.iter().enumerate().collect();
     ordered.sort_by_key(|(_, m)| m.decided_at);
@@ -256,7 +352,7 @@ pub fn match_rows(td: &TrainingData, split: DateTime<Utc>) -> MatchRows {
         let (Some(a), Some(b)) = (feats.get(&m.user_a), feats.get(&m.user_b)) else {
             continue;
         };
-        let f = match_features(a, b, &match_context(&td.catalogue, m));
+        let f = &match_features(a, b, &td.match_context(m))[..cols];
         if m.decided_at < split {
             r.x_train.extend_from_slice(&f);
             r.y_train.push(m.matched as u8 as f32);
@@ -279,7 +375,8 @@ pub fn train_match(td: &TrainingData, seed: u64) -> Result<ModelArtifact, CoreEr
         "match outcomes",
     )?;
     let split = start + (end - start) * 3 / 4;
-    let cols = MATCH_FEATURES.len();
+    let features = match_feature_list(td.interest_space());
+    let cols = features.len();
     let rows = match_rows(td, split);
     let (xtr, ytr, xte, yte) = (&rows.x_train, &rows.y_train, &rows.x_test, &rows.y_test);
     let pte_true = &rows.true_probability;
@@ -332,7 +429,7 @@ pub fn train_match(td: &TrainingData, seed: u64) -> Result<ModelArtifact, CoreEr
     let mut fw = vec![0f32; cols * MATCH_FACTORS.len()];
     let mut fb = vec![0f32; MATCH_FACTORS.len()];
     for g in 0..MATCH_FACTORS.len() {
-        let idx: Vec<usize> = (0..cols).filter(|&j| MATCH_FEATURES[j].1 == g).collect();
+        let idx: Vec<usize> = (0..cols).filter(|&j| features[j].1 == g).collect();
         let xg: Vec<f32> = xtr
             .chunks_exact(cols)
             .flat_map(|r| idx.iter().map(|&j| r[j]).collect::<Vec<_>>())
@@ -385,13 +482,13 @@ pub fn train_match(td: &TrainingData, seed: u64) -> Result<ModelArtifact, CoreEr
     base.insert("auc".into(), metrics::auc(&jac_te, yte));
     Ok(ModelArtifact {
         kind: ModelKind::TravelMatch,
-        feature_names: ModelKind::TravelMatch.feature_names(),
+        feature_names: ModelKind::TravelMatch.feature_names_in(td.interest_space()),
         reference_inputs: take_reference(xte, cols),
         heads: vec![score, factors],
         metrics: m,
         baseline: base,
         baseline_name: "interest overlap (Jaccard) alone".into(),
-        params: ModelParams::default(),
+        params: td.interest_params(),
         window: TrainingWindow {
             data_start: start,
             data_end: end,
@@ -527,8 +624,8 @@ pub fn rec_profile_names() -> Vec<String> {
 
 /// The profile inputs of a user: interests (1/√k each), budget and preferred
 /// trip length (one-hot), and the tag profile of the places they engaged with.
-pub fn rec_profile_input(u: &UserFeatures) -> Vec<f32> {
-    let mut x = interest_input(u).to_vec();
+pub fn rec_profile_input(u: &UserFeatures, space: InterestSpace) -> Vec<f32> {
+    let mut x = interest_input(u, space).to_vec();
     x.extend(Budget::ALL.iter().map(|b| (*b == u.budget) as u8 as f32));
     x.extend(
         TripDuration::ALL
@@ -539,11 +636,17 @@ pub fn rec_profile_input(u: &UserFeatures) -> Vec<f32> {
     x
 }
 
-/// The user's interests as the model reads them: 1/√k on each of k declared tags.
-pub fn interest_input(u: &UserFeatures) -> [f32; TAGS.len()] {
-    let k = u.interests.len().max(1) as f32;
+/// The user's interests as the model reads them: 1/√k on each of k declared
+/// tags; for a semantic model, on each of the k tags they stand for
+/// ([`UserFeatures::interest_tags`]).
+pub fn interest_input(u: &UserFeatures, space: InterestSpace) -> [f32; TAGS.len()] {
+    let tags = match space {
+        InterestSpace::Semantic => u.interest_tags(),
+        InterestSpace::Exact => u.interests,
+    };
+    let k = tags.len().max(1) as f32;
     std::array::from_fn(|t| {
-        if u.interests.contains(t) {
+        if tags.contains(t) {
             1.0 / k.sqrt()
         } else {
             0.0
@@ -569,14 +672,14 @@ pub fn tag_matrix(cat: &Catalogue) -> Vec<f32> {
 
 /// The model input of one user: engagement per destination (catalogue order),
 /// then the profile inputs.
-pub fn rec_input(u: &UserFeatures, items: usize) -> Vec<f32> {
+pub fn rec_input(u: &UserFeatures, items: usize, space: InterestSpace) -> Vec<f32> {
     let mut x = vec![0f32; items];
     for &d in &u.engaged {
         if (d as usize) < items {
             x[d as usize] = 1.0;
         }
     }
-    x.extend(rec_profile_input(u));
+    x.extend(rec_profile_input(u, space));
     x
 }
 
@@ -598,6 +701,7 @@ impl<'a> BlendComponents<'a> {
         positives: &'a HashMap<Uuid, Vec<u32>>,
         profile: &ProfileMatrices,
         items: usize,
+        space: InterestSpace,
     ) -> Self {
         let mut ids: Vec<&Uuid> = positives.keys().collect();
         ids.sort();
@@ -612,7 +716,7 @@ impl<'a> BlendComponents<'a> {
             users,
         };
         for u in &c.users {
-            let x = interest_input(u);
+            let x = interest_input(u, space);
             for i in 0..items {
                 c.content.push(
                     (0..TAGS.len())
@@ -730,7 +834,7 @@ pub fn train_recommendation(td: &TrainingData, seed: u64) -> Result<ModelArtifac
     }
     // The blend is linear: each validation user's score components are
     // computed once (EASE's per fit), so the search only adds vectors.
-    let comps = BlendComponents::new(&feats_v, &pos_v, &profile, items);
+    let comps = BlendComponents::new(&feats_v, &pos_v, &profile, items, td.interest_space());
     let ease_v: Vec<Vec<f32>> = fits.iter().map(|(_, b)| comps.ease(b)).collect();
     let eval = |blend: &RecBlend, fit: usize| comps.quality(&ease_v[fit], &pop_v, blend).0;
     let mut blend = RecBlend {
@@ -785,7 +889,7 @@ pub fn train_recommendation(td: &TrainingData, seed: u64) -> Result<ModelArtifac
     let pop_te = destination_popularity(td, split);
     let pos_te = positives_between(td, &feats_te, split, end);
     let b_te = crate::ease::fit_with_dropout(items, &hist_te, blend.lambda, blend.dropout);
-    let comps_te = BlendComponents::new(&feats_te, &pos_te, &profile, items);
+    let comps_te = BlendComponents::new(&feats_te, &pos_te, &profile, items, td.interest_space());
     let ease_te = comps_te.ease(&b_te);
     let (ndcg, recall) = comps_te.quality(&ease_te, &pop_te, &blend);
     let n_users = comps_te.users.len();
@@ -831,7 +935,7 @@ pub fn train_recommendation(td: &TrainingData, seed: u64) -> Result<ModelArtifac
     let reference_inputs = ids
         .iter()
         .take(8)
-        .map(|id| rec_input(&feats_all[*id], items))
+        .map(|id| rec_input(&feats_all[*id], items, td.interest_space()))
         .collect();
     Ok(ModelArtifact {
         kind: ModelKind::Recommendation,
@@ -850,7 +954,7 @@ pub fn train_recommendation(td: &TrainingData, seed: u64) -> Result<ModelArtifac
         params: ModelParams {
             recommendation_blend: Some(blend),
             destination_popularity: Some(pop.clone()),
-            ..Default::default()
+            ..td.interest_params()
         },
         window: TrainingWindow {
             data_start: start,
@@ -880,7 +984,7 @@ pub fn rec_period_quality(
     let feats = td.user_features(from);
     let pos = positives_between(td, &feats, from, end);
     let mut err = None;
-    let q = rank_quality(&feats, &pos, |u| match score(&rec_input(u, items), 1) {
+    let q = rank_quality(&feats, &pos, |u| match score(&rec_input(u, items, td.interest_space()), 1) {
         Ok(s) => s,
         Err(e) => {
             err = Some(e);
@@ -1081,6 +1185,55 @@ mod tests {
             seed: 11,
             ..Default::default()
         })
+    }
+
+    #[test]
+    fn a_semantic_model_reads_meanings_and_records_its_encoder() {
+        let d = generate(&GeneratorConfig {
+            users: 1500,
+            seed: 11,
+            synonym_rate: 0.5,
+            ..Default::default()
+        });
+        let exact = TrainingData::new(&d);
+        // A perfect encoder: each phrasing means exactly its own tag.
+        let mut semantic = TrainingData::new(&d);
+        let phrases = semantic.interest_phrases();
+        assert!(phrases.iter().any(|p| p == "trekking"), "{phrases:?}");
+        semantic.semantic = Some(SemanticInterests {
+            encoder: "oracle".into(),
+            phrases: phrases
+                .iter()
+                .filter_map(|p| {
+                    let t = crate::generator::SYNONYMS
+                        .iter()
+                        .position(|s| s.contains(&p.as_str()))?;
+                    Some((p.clone(), exact_profile(&TagSet(1 << t))))
+                })
+                .collect(),
+        });
+        let me = train_match(&exact, 1).unwrap();
+        let ms = train_match(&semantic, 1).unwrap();
+        assert_eq!(ms.params.interest_encoder.as_deref(), Some("oracle"));
+        assert_eq!(me.params.interest_encoder, None);
+        assert_eq!(ms.feature_names, ModelKind::TravelMatch.feature_names_in(InterestSpace::Semantic));
+        assert_eq!(me.feature_names.len(), MATCH_FEATURES.len());
+        let (ae, asem) = (me.metrics["auc"], ms.metrics["auc"]);
+        assert!(asem > ae + 0.01, "semantic AUC {asem:.4} vs exact {ae:.4}");
+        let re = train_recommendation(&exact, 1).unwrap();
+        let rs = train_recommendation(&semantic, 1).unwrap();
+        assert_eq!(rs.params.interest_encoder.as_deref(), Some("oracle"));
+        assert!(rs.metrics["ndcg_at_10"] >= re.metrics["ndcg_at_10"] - 0.002);
+        // Profiles that are the exact tags give the exact interest input.
+        let feats = semantic.user_features(Utc::now());
+        for u in feats.values().take(50) {
+            if u.interest_profile() == exact_profile(&u.interests) {
+                assert_eq!(
+                    interest_input(u, InterestSpace::Semantic),
+                    interest_input(u, InterestSpace::Exact)
+                );
+            }
+        }
     }
 
     #[test]

@@ -8,6 +8,7 @@ use crate::lifecycle::Registry;
 use crate::routes;
 use crate::service::{Engine, Predictor};
 use crate::settings::Settings;
+use crate::interests::Interests;
 use crate::training::train_and_publish;
 use anyhow::Context;
 use ml_backend::tract::TractBackend;
@@ -59,6 +60,7 @@ pub fn open_store(settings: &Settings, access: Access) -> anyhow::Result<AppStor
         let d = generate(&GeneratorConfig {
             users: settings.demo_users,
             seed: settings.demo_seed,
+            synonym_rate: settings.demo_synonym_rate,
             ..Default::default()
         });
         store
@@ -113,6 +115,7 @@ pub fn train_missing(
     settings: &Settings,
     repo: &ModelRepository,
     backend: &dyn InferenceBackend,
+    interests: &Interests,
 ) -> anyhow::Result<()> {
     let handle = tokio::runtime::Handle::current();
     let mut missing = vec![];
@@ -134,7 +137,8 @@ pub fn train_missing(
     let data = handle
         .block_on(store.load_sample(training_sample(settings)))
         .context("loading the app data for training")?;
-    let td = TrainingData::new(&data);
+    let mut td = TrainingData::new(&data);
+    interests.attach(&mut td)?;
     for k in missing {
         // Data that cannot train a model (an imported dataset without match
         // outcomes, say) leaves that model out: its endpoint answers 503 and
@@ -208,7 +212,8 @@ pub fn prepare_with(
     let repo = settings
         .repository()
         .context("opening the model repository (MODEL_STORAGE)")?;
-    train_missing(settings, &repo, backend.as_ref())?;
+    let interests = Interests::load(settings)?;
+    train_missing(settings, &repo, backend.as_ref(), &interests)?;
     let catalogue = Catalogue::new(
         handle
             .block_on(store.destinations())
@@ -238,6 +243,7 @@ pub fn prepare_with(
         Arc::clone(&backend),
         engine.clone(),
         catalogue.clone(),
+        interests.encoder(),
     ));
     for status in handle.block_on(models.reload(true)) {
         if status.serving.is_empty() {
@@ -264,6 +270,7 @@ pub fn prepare_with(
         quiet_hours: settings.quiet_hours,
         gpu: backend.gpu(),
         inference_timeout: Duration::from_millis(settings.inference_timeout_ms.max(1)),
+        interests,
         draining: Default::default(),
     }))
 }

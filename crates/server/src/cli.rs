@@ -84,7 +84,8 @@ fn run_command(command: Command) -> anyhow::Result<()> {
                 data.notifications.len(),
                 t.settings.train_max_users
             );
-            let td = TrainingData::new(&data);
+            let mut td = TrainingData::new(&data);
+            crate::interests::Interests::load(&t.settings)?.attach(&mut td)?;
             let repo = repository(&t.settings)?;
             let backend = app::backend(&t.settings)?;
             for k in kinds {
@@ -127,6 +128,7 @@ fn run_command(command: Command) -> anyhow::Result<()> {
                 let data = generate(&GeneratorConfig {
                     users: d.users.unwrap_or(s.demo_users),
                     seed: d.seed.unwrap_or(s.demo_seed),
+                    synonym_rate: s.demo_synonym_rate,
                     ..Default::default()
                 });
                 let generated = t0.elapsed();
@@ -153,6 +155,66 @@ fn run_command(command: Command) -> anyhow::Result<()> {
     }
 }
 
+/// `eval interests`: match and recommendation models trained on exact tag
+/// names against ones trained on the interests' meaning, on the same demo
+/// data (DEMO_USERS, DEMO_SEED) without and with synonymous phrasings; each
+/// scored on its own held-out period.
+fn eval_interests(e: &EvalArgs) -> anyhow::Result<()> {
+    let interests = crate::interests::Interests::load(&e.settings)?;
+    let encoder = interests.encoder().context(
+        "eval interests compares exact and semantic models: set EMBEDDING_MODEL_PATH (scripts/fetch-embedding-model.sh)",
+    )?;
+    println!(
+        "| synonyms | interests read | match AUC | match log loss | rec NDCG@10 | rec recall@10 |"
+    );
+    println!("|---|---|---|---|---|---|");
+    for rate in [0.0, e.synonym_rate] {
+        let d = generate(&GeneratorConfig {
+            users: e.settings.demo_users,
+            seed: e.settings.demo_seed,
+            synonym_rate: rate,
+            ..Default::default()
+        });
+        let exact = TrainingData::new(&d);
+        let mut semantic = TrainingData::new(&d);
+        interests.attach(&mut semantic)?;
+        for (name, td) in [("exact names", &exact), (encoder, &semantic)] {
+            let m = ml_core::train::train_match(td, 1)?;
+            let r = ml_core::train::train_recommendation(td, 1)?;
+            println!(
+                "| {:.0} % | {name} | {:.4} | {:.4} | {:.4} | {:.4} |",
+                rate * 100.0,
+                m.metrics["auc"],
+                m.metrics["log_loss"],
+                r.metrics["ndcg_at_10"],
+                r.metrics["recall_at_10"]
+            );
+        }
+    }
+    Ok(())
+}
+
+/// The data as a model version reads it: with its interests' meaning when
+/// it was trained on them (which needs the same embedding model here).
+fn training_data_for<'a>(
+    data: &'a ml_core::types::Dataset,
+    meta: &ModelMeta,
+    settings: &Settings,
+) -> anyhow::Result<TrainingData<'a>> {
+    let mut td = TrainingData::new(data);
+    if let Some(wanted) = &meta.params.interest_encoder {
+        let interests = crate::interests::Interests::load(settings)?;
+        anyhow::ensure!(
+            interests.encoder() == Some(wanted.as_str()),
+            "{} v{} reads interests embedded by {wanted}: set EMBEDDING_MODEL_PATH to that model",
+            meta.model,
+            meta.version
+        );
+        interests.attach(&mut td)?;
+    }
+    Ok(td)
+}
+
 /// `features refresh`: every (or the named) user's features into Redis.
 fn refresh_features(r: crate::settings::RefreshArgs) -> anyhow::Result<()> {
     init_tracing(&r.settings.log_level);
@@ -161,7 +223,9 @@ fn refresh_features(r: crate::settings::RefreshArgs) -> anyhow::Result<()> {
         "features refresh writes to Redis: set REDIS_URL"
     );
     let data = load_app_data(&r.settings)?;
-    let td = TrainingData::new(&data);
+    let mut td = TrainingData::new(&data);
+    // With an embedding model, stored features carry their interests' meaning.
+    crate::interests::Interests::load(&r.settings)?.attach(&mut td)?;
     let fingerprint = crate::cache::catalogue_fingerprint(
         td.catalogue.destinations.iter().map(|d| d.id.to_string()),
     );
@@ -197,12 +261,11 @@ fn refresh_features(r: crate::settings::RefreshArgs) -> anyhow::Result<()> {
                 .filter_map(|id| {
                     let p = td.profile(id)?;
                     let h = td.histories.get(id).unwrap_or(&empty);
-                    Some(ml_core::features::UserFeatures::from_history(
-                        p,
-                        h,
-                        &td.catalogue,
-                        now,
-                    ))
+                    let mut f =
+                        ml_core::features::UserFeatures::from_history(p, h, &td.catalogue, now);
+                    f.semantic_interests =
+                        td.semantic.as_ref().map(|s| s.profile_of(&p.interests));
+                    Some(f)
                 })
                 .collect();
             caches
@@ -307,7 +370,7 @@ fn quantize(q: crate::settings::QuantizeArgs) -> anyhow::Result<()> {
         .context("the INT8 graph does not load")?;
     let width = meta.features.len();
     let data = load_app_data(&q.settings)?;
-    let td = TrainingData::new(&data);
+    let td = training_data_for(&data, &meta, &q.settings)?;
     let (metric, float_metric) = holdout_metric(&meta, float_model.clone(), &td)?;
     let (_, int8_metric) = holdout_metric(&meta, int8_model.clone(), &td)?;
     let mut out = meta.clone();
@@ -737,6 +800,9 @@ fn onnx_predictor(
 
 fn eval(e: EvalArgs) -> anyhow::Result<()> {
     init_tracing(&e.settings.log_level);
+    if e.model == "interests" {
+        return eval_interests(&e);
+    }
     let kind = ModelKind::parse(&e.model).context("unknown model")?;
     let repo = repository(&e.settings)?;
     let version = block_on(serving_version(&repo, kind))?
@@ -756,7 +822,7 @@ fn eval(e: EvalArgs) -> anyhow::Result<()> {
         .context("model.json has no training window")?;
     let model = TractBackend.load(&bytes, &meta)?;
     let data = load_app_data(&e.settings)?;
-    let td = TrainingData::new(&data);
+    let td = training_data_for(&data, &meta, &e.settings)?;
     let mut predict = onnx_predictor(model);
     let ev = ml_core::eval::evaluate_match(&td, window.holdout_from, &mut predict, None)?;
     println!(

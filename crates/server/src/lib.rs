@@ -8,6 +8,7 @@ pub mod cache;
 pub mod cli;
 pub mod error;
 pub mod extract;
+pub mod interests;
 pub mod lifecycle;
 pub mod report;
 pub mod routes;

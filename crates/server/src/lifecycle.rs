@@ -151,6 +151,9 @@ pub struct Registry {
     /// version would otherwise be read and logged every few seconds), only
     /// by a forced reload.
     rejected: Mutex<HashSet<(ModelKind, u64)>>,
+    /// The sentence-embedding model this service reads interests with, if
+    /// any: a version trained on another one's meanings is refused.
+    interest_encoder: Option<&'static str>,
 }
 
 impl std::fmt::Debug for Registry {
@@ -167,6 +170,7 @@ impl Registry {
         backend: Arc<dyn InferenceBackend>,
         engine: Engine,
         catalogue: Catalogue,
+        interest_encoder: Option<&'static str>,
     ) -> Self {
         Self {
             current: ArcSwap::from_pointee(HashMap::new()),
@@ -176,6 +180,7 @@ impl Registry {
             catalogue,
             reloading: tokio::sync::Mutex::new(()),
             rejected: Mutex::new(HashSet::new()),
+            interest_encoder,
         }
     }
 
@@ -449,6 +454,17 @@ impl Registry {
                 .read(kind, version)
                 .await
                 .map_err(|e| e.to_string())?;
+            if let Some(wanted) = &meta.params.interest_encoder {
+                if self.interest_encoder != Some(wanted.as_str()) {
+                    return Err(format!(
+                        "this version reads interests embedded by {wanted}, and this service {}",
+                        match self.interest_encoder {
+                            Some(have) => format!("embeds them with {have}"),
+                            None => "has no embedding model (set EMBEDDING_MODEL_PATH)".into(),
+                        }
+                    ));
+                }
+            }
             let backend = Arc::clone(&self.backend);
             let size = bytes.len();
             // Parsing and optimising a graph is CPU work: off the runtime.

@@ -128,6 +128,8 @@ pub struct Predictor {
     pub gpu: bool,
     /// Longest wait for one model call before the fallback answers.
     pub inference_timeout: Duration,
+    /// What interest phrases mean (exact names, or the embedding model's).
+    pub interests: crate::interests::Interests,
     /// Set by the shutdown signal: readiness answers 503 from then on.
     pub draining: std::sync::atomic::AtomicBool,
 }
@@ -156,7 +158,17 @@ impl Predictor {
         Ok((vs, m))
     }
 
-    /// Features of users (each with the request field that named it): from the
+    /// The features as a model of exact names reads them (no soft profile).
+fn exact_names(u: Arc<UserFeatures>) -> Arc<UserFeatures> {
+    if u.semantic_interests.is_none() {
+        return u;
+    }
+    let mut f = (*u).clone();
+    f.semantic_interests = None;
+    Arc::new(f)
+}
+
+/// Features of users (each with the request field that named it): from the
     /// caches, else computed from the data source and written back.
     async fn users<const N: usize>(
         &self,
@@ -171,8 +183,15 @@ impl Predictor {
                 .map(|&i| self.compute_user(ids[i].0, ids[i].1)),
         )
         .await?;
-        self.caches.put_features(&computed);
-        for (i, f) in missing.into_iter().zip(computed) {
+        // Features whose interests could not be embedded in time are used
+        // once, not cached, so the next request tries again.
+        let complete: Vec<Arc<UserFeatures>> = computed
+            .iter()
+            .filter(|(_, complete)| *complete)
+            .map(|(f, _)| Arc::clone(f))
+            .collect();
+        self.caches.put_features(&complete);
+        for (i, (f, _)) in missing.into_iter().zip(computed) {
             found[i] = Some(f);
         }
         // Every slot is filled: from a cache, or computed just above.
@@ -185,20 +204,24 @@ impl Predictor {
         }))
     }
 
-    /// Features of a user from the data source, as of now.
-    async fn compute_user(&self, field: &str, id: Uuid) -> Result<Arc<UserFeatures>, ServiceError> {
+    /// Features of a user from the data source, as of now, and whether they
+    /// are complete (false: the interests' meaning was not available in time).
+    async fn compute_user(
+        &self,
+        field: &str,
+        id: Uuid,
+    ) -> Result<(Arc<UserFeatures>, bool), ServiceError> {
         let unknown = || ServiceError::UnknownUser {
             field: field.to_string(),
             id,
         };
         let h = self.data.user_history(id).await?.ok_or_else(unknown)?;
         let p = h.profile.as_ref().ok_or_else(unknown)?;
-        Ok(Arc::new(UserFeatures::from_history(
-            p,
-            &h,
-            &self.catalogue,
-            Utc::now(),
-        )))
+        let mut f = UserFeatures::from_history(p, &h, &self.catalogue, Utc::now());
+        let semantic = self.interests.profile(&p.interests).await;
+        let complete = semantic.is_ok();
+        f.semantic_interests = semantic.unwrap_or(None);
+        Ok((Arc::new(f), complete))
     }
 
     /// One model call within INFERENCE_TIMEOUT_MS, mirrored to the shadow
@@ -379,13 +402,20 @@ impl Predictor {
             Err(e) => return Err(e),
         };
         let ctx = req.context.clone().unwrap_or_default();
-        let ctx = post::match_context(
-            &self.catalogue,
-            ctx.destination.as_deref(),
-            ctx.interests.as_deref().unwrap_or(&[]),
-        );
+        let interests = ctx.interests.as_deref().unwrap_or(&[]);
+        let mut ctx = post::match_context(&self.catalogue, ctx.destination.as_deref(), interests);
+        let (a, b) = if m.meta.params.interest_space() == features::InterestSpace::Semantic {
+            ctx.semantic_interests = self.interests.profile(interests).await.unwrap_or(None);
+            (a, b)
+        } else {
+            // A model trained on exact names reads exact names, even where
+            // the cached features carry the interests' meaning.
+            (Self::exact_names(a), Self::exact_names(b))
+        };
         let x = features::match_features(&a, &b, &ctx);
-        let Some(out) = self.infer(&vs, &m, x.to_vec(), 1).await? else {
+        // An exact model reads the row's first columns, a semantic one all.
+        let width = m.meta.features.len().min(x.len());
+        let Some(out) = self.infer(&vs, &m, x[..width].to_vec(), 1).await? else {
             let mut v = self
                 .fallback("match", (&vs, &m), req.user_a_id, req, || {
                     let f = post::match_fallback(&x);
@@ -521,7 +551,7 @@ impl Predictor {
         // (popularity alone), and without each
         // destination of their history: the differences are each signal's exact
         // share of every score (the graph is linear), which the reason names.
-        let profile = ml_core::train::rec_profile_input(&u);
+        let profile = ml_core::train::rec_profile_input(&u, m.meta.params.interest_space());
         let mut full = vec![0f32; cols + profile.len()];
         let mut history = vec![];
         for (c, d) in rec_columns.iter().enumerate() {

@@ -209,9 +209,15 @@ pub struct TrainArgs {
 
 #[derive(Debug, Args)]
 pub struct EvalArgs {
-    /// The model to evaluate.
-    #[arg(default_value = "travel_match", value_parser = ["travel_match", "recommendation", "notification_timing"])]
+    /// The model to evaluate; `interests` compares exact and semantic
+    /// (embedding) match and recommendation models on demo data whose
+    /// interests are partly synonyms (needs EMBEDDING_MODEL_PATH).
+    #[arg(default_value = "travel_match", value_parser = ["travel_match", "recommendation", "notification_timing", "interests"])]
     pub model: String,
+    /// `interests`: share of interests written as synonyms in the second
+    /// dataset (the first has none).
+    #[arg(long, default_value_t = 0.5, value_parser = crate::settings::parse_share)]
+    pub synonym_rate: f64,
     /// Write a Markdown report with SVG plots into this folder.
     #[arg(long)]
     pub report: Option<std::path::PathBuf>,
@@ -299,6 +305,20 @@ pub struct Settings {
     /// falls back to the CPU, with a warning, when CUDA is not usable.
     #[arg(long, env = "ENABLE_GPU", default_value_t = false, action = clap::ArgAction::Set)]
     pub enable_gpu: bool,
+    /// Folder of the sentence-embedding model all-MiniLM-L6-v2
+    /// (`model.safetensors`, `tokenizer.json`, `config.json`, as
+    /// scripts/fetch-embedding-model.sh prints it). Set: interests are read by
+    /// meaning ("trekking" counts as hiking), training trains match and
+    /// recommendation models on that, and models so trained can serve.
+    /// Unset: exact tag names only. With ENABLE_GPU=true and a `cuda` build it
+    /// runs on the GPU.
+    #[arg(long, env = "EMBEDDING_MODEL_PATH")]
+    pub embedding_model_path: Option<PathBuf>,
+    /// Longest wait, in milliseconds, for phrases not embedded yet; past it
+    /// (or with the embedding queue full) a request reads those interests by
+    /// their exact names, and the features are not cached.
+    #[arg(long, env = "EMBEDDING_TIMEOUT_MS", default_value_t = 1000, value_parser = clap::value_parser!(u64).range(1..))]
+    pub embedding_timeout_ms: u64,
     /// Threads ONNX Runtime uses inside one model call. 1 suits these small
     /// models: calls already run in parallel on the inference threads.
     #[arg(long, env = "ORT_INTRA_OP_THREADS", default_value_t = 1)]
@@ -401,6 +421,10 @@ pub struct Settings {
     /// Seed of the demo dataset.
     #[arg(long, env = "DEMO_SEED", default_value_t = 42)]
     pub demo_seed: u64,
+    /// Share of the demo dataset's interests written as synonymous phrases
+    /// ("trekking" for hiking), as free text reads; 0 writes tag names only.
+    #[arg(long, env = "DEMO_SYNONYM_RATE", default_value_t = 0.0, value_parser = parse_share)]
+    pub demo_synonym_rate: f64,
     /// Prediction requests handled at once; more wait (up to QUEUE_TIMEOUT_MS)
     /// for a turn, so memory and latency stay bounded under any load.
     #[arg(long, env = "MAX_IN_FLIGHT", default_value_t = 50, value_parser = clap::value_parser!(u32).range(1..))]
@@ -439,6 +463,14 @@ pub struct Settings {
 }
 
 /// A secret from the command line or environment (kept out of logs and Debug).
+/// A share in 0..=1.
+pub fn parse_share(s: &str) -> Result<f64, String> {
+    match s.parse::<f64>() {
+        Ok(v) if (0.0..=1.0).contains(&v) => Ok(v),
+        _ => Err(format!("{s:?} is not a number from 0 to 1")),
+    }
+}
+
 pub fn parse_secret(s: &str) -> Result<secrecy::SecretString, String> {
     if s.trim().is_empty() {
         return Err("empty".into());

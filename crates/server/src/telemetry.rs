@@ -75,6 +75,12 @@ pub fn handle() -> &'static PrometheusHandle {
             })
             .and_then(|b| {
                 b.set_buckets_for_metric(
+                    metrics_exporter_prometheus::Matcher::Full("ml_embedding_batch_seconds".into()),
+                    &LATENCY_BUCKETS,
+                )
+            })
+            .and_then(|b| {
+                b.set_buckets_for_metric(
                     metrics_exporter_prometheus::Matcher::Full("ml_shadow_disagreement".into()),
                     &DISAGREEMENT_BUCKETS,
                 )
@@ -173,6 +179,19 @@ fn describe() {
     describe_histogram!(
         "ml_shadow_disagreement",
         "Mean absolute difference between a shadow version's first output and the served one's."
+    );
+    describe_counter!(
+        "ml_embedding_texts_total",
+        "Interest phrases encoded by the sentence-embedding model (each once per process)."
+    );
+    describe_histogram!(
+        "ml_embedding_batch_seconds",
+        Unit::Seconds,
+        "Time of one batch of the sentence-embedding model."
+    );
+    describe_counter!(
+        "ml_embedding_errors_total",
+        "Embedding calls that failed, by reason (overloaded, compute); those interests are read by their exact names."
     );
 }
 

@@ -15,6 +15,7 @@ use serde_json::{json, Value};
 use std::path::PathBuf;
 use std::sync::{Arc, OnceLock};
 
+mod interests;
 mod lifecycle;
 mod observability;
 mod postgres;
@@ -41,7 +42,13 @@ fn fixture() -> &'static Fixture {
             let _entered = rt.enter();
             app::open_store(&s, app::Access::Serve).unwrap();
             let repo = ModelRepository::local(&s.model_path).unwrap();
-            app::train_missing(&s, &repo, &ml_backend::tract::TractBackend).unwrap();
+            app::train_missing(
+                &s,
+                &repo,
+                &ml_backend::tract::TractBackend,
+                &ml_server::interests::Interests::exact(),
+            )
+            .unwrap();
         })
         .join()
         .unwrap();
@@ -883,7 +890,7 @@ async fn the_served_model_is_the_trained_file_and_gives_the_trainers_outputs() {
             &feats[1],
             &match_context(&cat, Some("Kyoto"), &["food".into()]),
         );
-        let expected = art.predict(&x);
+        let expected = art.predict(&x[..art.feature_names.len()]);
         assert!(
             (v["score"].as_f64().unwrap() - expected[0][0] as f64).abs() < 1e-3,
             "{v} vs {expected:?}"

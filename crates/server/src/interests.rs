@@ -1,0 +1,128 @@
+//! What interest phrases mean to this service: nothing beyond their exact tag
+//! names by default, or their soft tag profiles from the sentence-embedding
+//! model (`EMBEDDING_MODEL_PATH`, cargo feature `embeddings`). Serving asks
+//! for profiles of a user's interests when it computes their features (then
+//! cached with them) and of a request's interests (cached by text inside the
+//! embedder); training attaches the profile of every phrase in its data.
+
+use anyhow::Context;
+use ml_core::features::TagProfile;
+use ml_core::train::{SemanticInterests, TrainingData};
+use std::sync::Arc;
+
+use crate::settings::Settings;
+
+/// The optional sentence-embedding model, shared by serving and training.
+#[derive(Debug, Clone, Default)]
+pub struct Interests {
+    #[cfg(feature = "embeddings")]
+    embedder: Option<Arc<ml_embed::Embedder>>,
+}
+
+impl Interests {
+    /// Exact tag names only.
+    pub fn exact() -> Self {
+        Self::default()
+    }
+
+    /// Load the model the settings name, if any (a missing or broken model
+    /// folder is an error: the operator asked for it).
+    pub fn load(settings: &Settings) -> anyhow::Result<Self> {
+        let Some(dir) = &settings.embedding_model_path else {
+            return Ok(Self::exact());
+        };
+        load_embedder(dir, settings)
+    }
+
+    /// The embedding model's name, when one is loaded.
+    pub fn encoder(&self) -> Option<&'static str> {
+        #[cfg(feature = "embeddings")]
+        if let Some(e) = &self.embedder {
+            return Some(e.name());
+        }
+        None
+    }
+
+    /// The soft profile of a list of phrases: `Ok(None)` without a model or
+    /// for an empty list; `Err` when the model could not answer in time, so
+    /// the caller reads the exact names and does not cache the result.
+    pub async fn profile(&self, phrases: &[String]) -> Result<Option<TagProfile>, String> {
+        #[cfg(feature = "embeddings")]
+        if let Some(e) = &self.embedder {
+            if phrases.is_empty() {
+                return Ok(None);
+            }
+            return match e.profiles(&[phrases]).await {
+                Ok(mut v) => Ok(v.pop()),
+                Err(err) => {
+                    tracing::warn!(error = %err, "interests read by their exact names");
+                    Err(err.to_string())
+                }
+            };
+        }
+        let _ = phrases;
+        Ok(None)
+    }
+
+    /// Make `td` train semantic models, when a model is loaded: every phrase
+    /// in the data is embedded (in batches, off the async runtime).
+    pub fn attach(&self, td: &mut TrainingData) -> anyhow::Result<()> {
+        #[cfg(feature = "embeddings")]
+        if let Some(e) = &self.embedder {
+            let phrases = td.interest_phrases();
+            let t0 = std::time::Instant::now();
+            let profiles = e
+                .phrase_profiles(&phrases)
+                .context("embedding the interest phrases of the training data")?;
+            tracing::info!(
+                phrases = phrases.len(),
+                ms = format!("{:.0}", t0.elapsed().as_secs_f64() * 1e3),
+                device = e.device(),
+                "interest phrases embedded for training"
+            );
+            td.semantic = Some(SemanticInterests {
+                encoder: e.name().to_string(),
+                phrases: profiles,
+            });
+        }
+        let _ = td;
+        Ok(())
+    }
+}
+
+#[cfg(feature = "embeddings")]
+fn load_embedder(dir: &std::path::Path, settings: &Settings) -> anyhow::Result<Interests> {
+    let t0 = std::time::Instant::now();
+    let model = ml_embed::MiniLm::load(dir, settings.enable_gpu)
+        .or_else(|e| {
+            if settings.enable_gpu {
+                tracing::warn!(error = %e, "embedding on the CPU: the GPU is not usable");
+                ml_embed::MiniLm::load(dir, false)
+            } else {
+                Err(e)
+            }
+        })
+        .context("loading the embedding model (EMBEDDING_MODEL_PATH)")?;
+    let embedder = ml_embed::Embedder::start(
+        model,
+        ml_embed::EmbedderConfig {
+            timeout: std::time::Duration::from_millis(settings.embedding_timeout_ms),
+            ..Default::default()
+        },
+    )
+    .context("starting the embedding thread")?;
+    tracing::info!(
+        model = embedder.name(),
+        device = embedder.device(),
+        ms = format!("{:.0}", t0.elapsed().as_secs_f64() * 1e3),
+        "interests are read by meaning"
+    );
+    Ok(Interests {
+        embedder: Some(embedder),
+    })
+}
+
+#[cfg(not(feature = "embeddings"))]
+fn load_embedder(_dir: &std::path::Path, _settings: &Settings) -> anyhow::Result<Interests> {
+    anyhow::bail!("EMBEDDING_MODEL_PATH is set, but this build has no embedding support (build with --features embeddings)")
+}
