@@ -28,15 +28,15 @@ find_lib() {
   echo "$p"
 }
 preload=""
-for l in libcuda.so.1 libcublas.so.13 libcublasLt.so.13 libcurand.so.10 libnvrtc.so.13; do
+for l in libcuda.so.1 libcudart.so.13 libcublas.so.13 libcublasLt.so.13 libcurand.so.10 libnvrtc.so.13; do
   preload="$preload:$(find_lib "$l")"
 done
 export LD_PRELOAD="${preload#:}"
 echo "preloaded: $LD_PRELOAD"
 "$bin" "$model" --gpu --seconds "$secs"
+"$bin" "$model" --print-texts > /tmp/embedding-texts.txt
 unset LD_PRELOAD
 if python3 -c 'import torch, transformers' 2>/dev/null; then
-  "$bin" "$model" --print-texts > /tmp/embedding-texts.txt
   python3 - "$model" "$secs" /tmp/embedding-texts.txt <<'PY'
 import sys, time, torch
 from transformers import BertModel, PreTrainedTokenizerFast

@@ -3,7 +3,8 @@
 # toolkit: fetches nvcc and its headers (CUDA 13.0, pinned PyPI wheels:
 # nvidia-cuda-nvcc, -crt, -runtime, -cccl, nvidia-nvvm) into the git-ignored
 # .fixtures/cuda, and writes link stubs for the CUDA libraries candle links
-# (libcuda, libcublas, libcublasLt, libcurand, libnvrtc): the real ones come
+# (libcuda, libcublas, libcublasLt, libcurand, libnvrtc; libcudart is the
+# wheel's own): the real ones come
 # from the GPU host's driver and its CUDA 13 libraries at run time.
 #
 #   eval "$(scripts/setup-cuda-build.sh)"     # exports CUDA_HOME, PATH, CUDA_COMPUTE_CAP, RUSTFLAGS
@@ -36,6 +37,8 @@ if [ ! -f "$root/.ok" ]; then
   for lib in cuda cublas cublasLt curand nvrtc; do
     gcc -shared -fPIC -o "$home/lib/stubs/lib$lib.so" "$root/stub.c"
   done
+  # candle's kernels also link the CUDA runtime, which the wheel ships.
+  ln -sf ../libcudart.so.13 "$home/lib/stubs/libcudart.so"
   touch "$root/.ok"
   echo "CUDA 13.0 build tools in $home" >&2
 fi

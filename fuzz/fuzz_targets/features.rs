@@ -30,7 +30,8 @@ fuzz_target!(|data: &[u8]| {
     let mut fb = UserFeatures::from_history(pb, &b, cat, now);
     // Soft interest profiles (what an embedding model gives) from the input's
     // bytes: one user and the context have them, the other user not.
-    let soft = |k: usize| std::array::from_fn(|i| data.get(i * k).copied().unwrap_or(0) as f32 / 255.0);
+    let soft =
+        |k: usize| std::array::from_fn(|i| data.get(i * k).copied().unwrap_or(0) as f32 / 255.0);
     fb.semantic_interests = Some(soft(3));
     let interests: Vec<String> = pa.interests.iter().take(8).cloned().collect();
     let mut ctx =

@@ -237,19 +237,28 @@ fn onnx_runtime_and_tract_agree_on_every_model_float_and_int8() {
         }
         let tq = TractBackend.load(&q, &meta).unwrap().run(&x, rows).unwrap();
         let oq = ort.load(&q, &meta).unwrap().run(&x, rows).unwrap();
-        let dq = max_diff(&tq, &oq);
-        assert!(
-            dq <= 1e-3,
-            "{kind}: INT8 outputs of tract and ONNX Runtime differ by {dq}"
-        );
-        // And the INT8 model approximates the float one (not exactly).
+        // Each backend's INT8 model approximates the float one (not exactly).
         let scale = o
             .iter()
             .flatten()
             .fold(0f32, |m, v| m.max(v.abs()))
             .max(1e-6);
-        let err = max_diff(&t, &tq) / scale;
-        assert!(err > 0.0 && err < 0.1, "{kind}: INT8 relative error {err}");
+        for (name, out) in [("tract", &tq), ("ONNX Runtime", &oq)] {
+            let err = max_diff(&t, out) / scale;
+            assert!(
+                err > 0.0 && err < 0.1,
+                "{kind}: {name} INT8 relative error {err}"
+            );
+        }
+        // And the two agree closely, though not bit for bit everywhere: on
+        // x86 CPUs without VNNI, ONNX Runtime's u8×s8 kernel (vpmaddubsw)
+        // saturates pairwise sums at 16 bits where tract sums exactly in 32
+        // (seen here on an AVX2-only EPYC: 0.016 on scores up to 0.44).
+        let dq = max_diff(&tq, &oq) / scale;
+        assert!(
+            dq <= 0.05,
+            "{kind}: INT8 outputs of tract and ONNX Runtime differ by {dq} of the output scale"
+        );
     }
 }
 

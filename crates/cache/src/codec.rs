@@ -94,6 +94,11 @@ mod tests {
             n_activity: 0,
             channel_sent: [1, 0, 0],
             channel_opened: [1, 0, 0],
+            semantic_interests: Some(std::array::from_fn(|t| match t {
+                0 => 0.5,
+                3 => 1.0,
+                _ => 0.0,
+            })),
         }
     }
 
@@ -103,7 +108,7 @@ mod tests {
         let sum: u32 = b.iter().map(|x| *x as u32).sum();
         assert_eq!(
             (FEATURE_SCHEMA_VERSION, b.len(), sum),
-            (1, 857, 4663),
+            (2, 954, 4919),
             "the encoding of UserFeatures changed: bump FEATURE_SCHEMA_VERSION and update this test"
         );
     }

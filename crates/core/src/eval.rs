@@ -328,7 +328,9 @@ mod tests {
             if shared.is_empty() || neither.is_empty() {
                 continue;
             }
-            let score = |ctx: &MatchContext| art.predict(&match_features(a, b, ctx)[..art.feature_names.len()])[0][0];
+            let score = |ctx: &MatchContext| {
+                art.predict(&match_features(a, b, ctx)[..art.feature_names.len()])[0][0]
+            };
             // A trip about interests both share beats one about interests neither has.
             let good = score(&MatchContext {
                 destination_tags: None,

@@ -302,10 +302,8 @@ pub const MATCH_FEATURES: [(&str, usize); 31] = [
 /// The match features a semantic model reads after [`MATCH_FEATURES`]: the
 /// same questions as `interest_cosine` and `context_interest_fit`, asked of
 /// the interests' meaning (soft profiles) instead of their exact names.
-pub const SEMANTIC_MATCH_FEATURES: [(&str, usize); 2] = [
-    ("semantic_interest_cosine", 0),
-    ("semantic_context_fit", 0),
-];
+pub const SEMANTIC_MATCH_FEATURES: [(&str, usize); 2] =
+    [("semantic_interest_cosine", 0), ("semantic_context_fit", 0)];
 
 /// Width of [`match_features`]' row: the exact features, then the semantic ones.
 pub const MATCH_ROW: usize = MATCH_FEATURES.len() + SEMANTIC_MATCH_FEATURES.len();
@@ -358,14 +356,12 @@ pub fn match_features(a: &UserFeatures, b: &UserFeatures, ctx: &MatchContext) ->
         Some(ctx_interests)
     };
     let (ctx_fit, ctx_affinity, ctx_shared, has_ctx) = match about {
-        Some(t) if !t.is_empty() => {
-            (
-                (cosine(&ia, &t) + cosine(&ib, &t)) / 2.0,
-                (a.affinity_to(&t) + b.affinity_to(&t)) / 2.0,
-                t.intersection(&shared).len() as f32 / t.len() as f32,
-                1.0,
-            )
-        }
+        Some(t) if !t.is_empty() => (
+            (cosine(&ia, &t) + cosine(&ib, &t)) / 2.0,
+            (a.affinity_to(&t) + b.affinity_to(&t)) / 2.0,
+            t.intersection(&shared).len() as f32 / t.len() as f32,
+            1.0,
+        ),
         _ => (0.0, 0.0, 0.0, 0.0),
     };
     let sd: Vec<f32> = (0..3)
@@ -786,14 +782,20 @@ mod tests {
         let mut w = vec![0f32; TAGS.len()];
         w[1] = SEMANTIC_FLOOR + 0.05;
         assert_eq!(space.phrase_profile("something", &w)[1], 1.0);
-        assert_eq!(full_tags(&space.phrase_profile("something", &w)), TagSet(1 << 1));
+        assert_eq!(
+            full_tags(&space.phrase_profile("something", &w)),
+            TagSet(1 << 1)
+        );
         // Unrelated to everything, or not a number: no tag at all.
         assert_eq!(space.phrase_profile("x", &[0.0; 24]), [0.0; 24]);
         assert_eq!(space.phrase_profile("x", &[f32::NAN; 24]), [0.0; 24]);
         // A tag's own name means it fully, whatever the vector says.
         let p = space.phrase_profile("road trips", &[0.0; 24]);
         assert_eq!(p[tag_index("road_trips").unwrap()], 1.0);
-        assert_eq!(normalize_phrase("  Road_Trips \t and  MORE "), "road trips and more");
+        assert_eq!(
+            normalize_phrase("  Road_Trips \t and  MORE "),
+            "road trips and more"
+        );
         assert_eq!(TagSpace::texts()[23], "road trips");
         let c = combine_profiles([[0.2; 24], {
             let mut x = [0.0; 24];

@@ -850,11 +850,17 @@ mod tests {
         let share = rewritten as f64 / total as f64;
         assert!((0.4..0.6).contains(&share), "{share}");
         for (m, n) in plain.matches.iter().zip(&syn.matches) {
-            assert_eq!((m.user_a, m.matched, m.decided_at), (n.user_a, n.matched, n.decided_at));
+            assert_eq!(
+                (m.user_a, m.matched, m.decided_at),
+                (n.user_a, n.matched, n.decided_at)
+            );
         }
         // No phrasing is itself a tag, so exact matching cannot read it.
         for s in SYNONYMS.iter().flatten() {
-            assert!(tag_index(s).is_none() && tag_index(&s.replace(' ', "_")).is_none(), "{s}");
+            assert!(
+                tag_index(s).is_none() && tag_index(&s.replace(' ', "_")).is_none(),
+                "{s}"
+            );
         }
     }
 

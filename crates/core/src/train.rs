@@ -226,7 +226,12 @@ impl<'a> TrainingData<'a> {
             .profiles
             .iter()
             .flat_map(|p| p.interests.iter())
-            .chain(self.data.matches.iter().flat_map(|m| m.trip_interests.iter()))
+            .chain(
+                self.data
+                    .matches
+                    .iter()
+                    .flat_map(|m| m.trip_interests.iter()),
+            )
             .map(|s| normalize_phrase(s))
             .filter(|s| !s.is_empty())
             .collect();
@@ -354,10 +359,10 @@ pub fn match_rows(td: &TrainingData, split: DateTime<Utc>) -> MatchRows {
         };
         let f = &match_features(a, b, &td.match_context(m))[..cols];
         if m.decided_at < split {
-            r.x_train.extend_from_slice(&f);
+            r.x_train.extend_from_slice(f);
             r.y_train.push(m.matched as u8 as f32);
         } else {
-            r.x_test.extend_from_slice(&f);
+            r.x_test.extend_from_slice(f);
             r.y_test.push(m.matched);
             r.true_probability.push(m.true_probability);
             r.completeness.push(crate::post::match_completeness(a, b));
@@ -984,11 +989,13 @@ pub fn rec_period_quality(
     let feats = td.user_features(from);
     let pos = positives_between(td, &feats, from, end);
     let mut err = None;
-    let q = rank_quality(&feats, &pos, |u| match score(&rec_input(u, items, td.interest_space()), 1) {
-        Ok(s) => s,
-        Err(e) => {
-            err = Some(e);
-            vec![0.0; items]
+    let q = rank_quality(&feats, &pos, |u| {
+        match score(&rec_input(u, items, td.interest_space()), 1) {
+            Ok(s) => s,
+            Err(e) => {
+                err = Some(e);
+                vec![0.0; items]
+            }
         }
     });
     match err {
@@ -1216,7 +1223,10 @@ mod tests {
         let ms = train_match(&semantic, 1).unwrap();
         assert_eq!(ms.params.interest_encoder.as_deref(), Some("oracle"));
         assert_eq!(me.params.interest_encoder, None);
-        assert_eq!(ms.feature_names, ModelKind::TravelMatch.feature_names_in(InterestSpace::Semantic));
+        assert_eq!(
+            ms.feature_names,
+            ModelKind::TravelMatch.feature_names_in(InterestSpace::Semantic)
+        );
         assert_eq!(me.feature_names.len(), MATCH_FEATURES.len());
         let (ae, asem) = (me.metrics["auc"], ms.metrics["auc"]);
         assert!(asem > ae + 0.01, "semantic AUC {asem:.4} vs exact {ae:.4}");

@@ -48,7 +48,9 @@ fn measure(m: &MiniLm, texts: &[String], batch: usize, secs: f64) -> f64 {
 
 fn main() {
     let args: Vec<String> = std::env::args().collect();
-    let dir = args.get(1).expect("usage: throughput MODEL_DIR [--gpu] [--seconds S]");
+    let dir = args
+        .get(1)
+        .expect("usage: throughput MODEL_DIR [--gpu] [--seconds S]");
     let gpu = args.iter().any(|a| a == "--gpu");
     let secs: f64 = args
         .iter()

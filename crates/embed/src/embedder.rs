@@ -156,21 +156,20 @@ impl Embedder {
     }
 
     fn send(&self, texts: Vec<String>, reply: Reply) -> Result<(), EmbedError> {
-        self.tx
-            .try_send(Job { texts, reply })
-            .map_err(|e| match e {
-                crossbeam_channel::TrySendError::Full(_) => {
-                    metrics::counter!("ml_embedding_errors_total", "reason" => "overloaded")
-                        .increment(1);
-                    EmbedError::Overloaded
-                }
-                crossbeam_channel::TrySendError::Disconnected(_) => EmbedError::Stopped,
-            })
+        self.tx.try_send(Job { texts, reply }).map_err(|e| match e {
+            crossbeam_channel::TrySendError::Full(_) => {
+                metrics::counter!("ml_embedding_errors_total", "reason" => "overloaded")
+                    .increment(1);
+                EmbedError::Overloaded
+            }
+            crossbeam_channel::TrySendError::Disconnected(_) => EmbedError::Stopped,
+        })
     }
 
     fn remember(&self, phrases: &[String], vectors: &[Vec<f32>]) {
         for (p, v) in phrases.iter().zip(vectors) {
-            self.cache.insert(p.clone(), self.space.phrase_profile(p, v));
+            self.cache
+                .insert(p.clone(), self.space.phrase_profile(p, v));
         }
     }
 
@@ -178,7 +177,10 @@ impl Embedder {
         lists
             .iter()
             .map(|l| {
-                combine_profiles(l.iter().filter_map(|p| self.cache.get(&normalize_phrase(p))))
+                combine_profiles(
+                    l.iter()
+                        .filter_map(|p| self.cache.get(&normalize_phrase(p))),
+                )
             })
             .collect()
     }

@@ -53,8 +53,7 @@ impl MiniLm {
         let tensors = candle_core::safetensors::load(dir.join("model.safetensors"), &device)
             .map_err(|e| load_err(format!("model.safetensors: {e}")))?;
         let vb = VarBuilder::from_tensors(tensors, DType::F32, &device);
-        let model =
-            BertModel::load(vb, &config).map_err(|e| load_err(format!("weights: {e}")))?;
+        let model = BertModel::load(vb, &config).map_err(|e| load_err(format!("weights: {e}")))?;
         Ok(Self {
             model,
             tokenizer,
@@ -89,11 +88,7 @@ impl MiniLm {
         };
         let ids = Tensor::from_vec(flat(&|e| e.get_ids()), (rows, len), &self.device)?;
         let types = Tensor::from_vec(flat(&|e| e.get_type_ids()), (rows, len), &self.device)?;
-        let mask = Tensor::from_vec(
-            flat(&|e| e.get_attention_mask()),
-            (rows, len),
-            &self.device,
-        )?;
+        let mask = Tensor::from_vec(flat(&|e| e.get_attention_mask()), (rows, len), &self.device)?;
         let hidden = self.model.forward(&ids, &types, Some(&mask))?;
         // Mean over the real tokens, then unit length.
         let m = mask.to_dtype(DType::F32)?.unsqueeze(2)?;

@@ -15,7 +15,9 @@ use std::sync::OnceLock;
 fn model_dir() -> Option<PathBuf> {
     let dir = std::env::var_os("EMBEDDING_MODEL_PATH")
         .map(PathBuf::from)
-        .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../.fixtures/minilm"));
+        .unwrap_or_else(|| {
+            PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../.fixtures/minilm")
+        });
     if dir.join("model.safetensors").is_file() {
         return Some(dir);
     }
@@ -24,7 +26,10 @@ fn model_dir() -> Option<PathBuf> {
         "{} is missing under CI (run scripts/fetch-embedding-model.sh)",
         dir.display()
     );
-    eprintln!("SKIPPED: {} is missing (run scripts/fetch-embedding-model.sh)", dir.display());
+    eprintln!(
+        "SKIPPED: {} is missing (run scripts/fetch-embedding-model.sh)",
+        dir.display()
+    );
     None
 }
 
@@ -69,7 +74,11 @@ fn outputs_match_an_independent_numpy_reference() {
     let ours = m.embed(&r.texts).unwrap();
     for ((t, a), b) in r.texts.iter().zip(&ours).zip(&r.vectors) {
         assert_eq!(a.len(), 384);
-        let worst = a.iter().zip(b).map(|(x, y)| (x - y).abs()).fold(0f32, f32::max);
+        let worst = a
+            .iter()
+            .zip(b)
+            .map(|(x, y)| (x - y).abs())
+            .fold(0f32, f32::max);
         assert!(worst < 1e-4, "{t}: largest difference {worst}");
     }
 }
@@ -85,8 +94,15 @@ fn a_batch_gives_what_each_text_gives_alone_at_unit_length() {
     let batch = m.embed(&texts).unwrap();
     for (t, b) in texts.iter().zip(&batch) {
         let alone = &m.embed(&[*t]).unwrap()[0];
-        let worst = alone.iter().zip(b).map(|(x, y)| (x - y).abs()).fold(0f32, f32::max);
-        assert!(worst < 1e-5, "{t}: padding changed the embedding by {worst}");
+        let worst = alone
+            .iter()
+            .zip(b)
+            .map(|(x, y)| (x - y).abs())
+            .fold(0f32, f32::max);
+        assert!(
+            worst < 1e-5,
+            "{t}: padding changed the embedding by {worst}"
+        );
         let norm = b.iter().map(|x| x * x).sum::<f32>().sqrt();
         assert!((norm - 1.0).abs() < 1e-4, "{norm}");
     }
@@ -148,9 +164,17 @@ async fn the_embedder_answers_profiles_and_caches_phrases() {
         (p.iter().filter(|x| **x > p[t]).count(), p[t])
     };
     let (r, m) = rank(&v[0], "hiking");
-    assert!(r < 3 && m > 0.0, "trekking: hiking ranks {r} ({m}) in {:?}", v[0]);
+    assert!(
+        r < 3 && m > 0.0,
+        "trekking: hiking ranks {r} ({m}) in {:?}",
+        v[0]
+    );
     let (r, m) = rank(&v[1], "food");
-    assert!(r < 3 && m > 0.0, "street food: food ranks {r} ({m}) in {:?}", v[1]);
+    assert!(
+        r < 3 && m > 0.0,
+        "street food: food ranks {r} ({m}) in {:?}",
+        v[1]
+    );
     // A list means each of its phrases (case and spacing do not matter).
     assert!(v[1].iter().zip(&v[0]).all(|(x, y)| x >= y));
     assert!(v[2].iter().all(|x| *x == 0.0));
@@ -170,7 +194,17 @@ async fn a_caller_past_its_timeout_gets_an_error_not_a_hang() {
     let Some(e) = embedder(5) else { return };
     // Time is paused: the 5 ms pass at once while the real thread encodes.
     tokio::time::pause();
-    let long: Vec<String> = (0..64).map(|i| format!("a phrase never seen before number {i}")).collect();
+    let long: Vec<String> = (0..64)
+        .map(|i| format!("a phrase never seen before number {i}"))
+        .collect();
     let err = e.profiles(&[&long]).await.unwrap_err();
     assert!(matches!(err, ml_embed::EmbedError::Timeout(5)), "{err}");
+}
+
+#[cfg(not(feature = "cuda"))]
+#[test]
+fn asking_for_the_gpu_without_a_cuda_build_is_a_clear_error() {
+    let Some(dir) = model_dir() else { return };
+    let err = MiniLm::load(&dir, true).unwrap_err().to_string();
+    assert!(err.contains("--features cuda"), "{err}");
 }

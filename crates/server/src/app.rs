@@ -4,11 +4,11 @@
 //! the shutdown signal, letting in-flight requests finish, while a poller
 //! picks up new model versions.
 
+use crate::interests::Interests;
 use crate::lifecycle::Registry;
 use crate::routes;
 use crate::service::{Engine, Predictor};
 use crate::settings::Settings;
-use crate::interests::Interests;
 use crate::training::train_and_publish;
 use anyhow::Context;
 use ml_backend::tract::TractBackend;

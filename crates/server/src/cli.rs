@@ -263,8 +263,7 @@ fn refresh_features(r: crate::settings::RefreshArgs) -> anyhow::Result<()> {
                     let h = td.histories.get(id).unwrap_or(&empty);
                     let mut f =
                         ml_core::features::UserFeatures::from_history(p, h, &td.catalogue, now);
-                    f.semantic_interests =
-                        td.semantic.as_ref().map(|s| s.profile_of(&p.interests));
+                    f.semantic_interests = td.semantic.as_ref().map(|s| s.profile_of(&p.interests));
                     Some(f)
                 })
                 .collect();

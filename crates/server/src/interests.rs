@@ -31,6 +31,10 @@ impl Interests {
         let Some(dir) = &settings.embedding_model_path else {
             return Ok(Self::exact());
         };
+        // The embedding thread counts its work from the first batch (the
+        // tags' own embeddings, then training's phrases): the recorder must
+        // be installed before it starts.
+        crate::telemetry::handle();
         load_embedder(dir, settings)
     }
 

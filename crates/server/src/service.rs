@@ -159,16 +159,16 @@ impl Predictor {
     }
 
     /// The features as a model of exact names reads them (no soft profile).
-fn exact_names(u: Arc<UserFeatures>) -> Arc<UserFeatures> {
-    if u.semantic_interests.is_none() {
-        return u;
+    fn exact_names(u: Arc<UserFeatures>) -> Arc<UserFeatures> {
+        if u.semantic_interests.is_none() {
+            return u;
+        }
+        let mut f = (*u).clone();
+        f.semantic_interests = None;
+        Arc::new(f)
     }
-    let mut f = (*u).clone();
-    f.semantic_interests = None;
-    Arc::new(f)
-}
 
-/// Features of users (each with the request field that named it): from the
+    /// Features of users (each with the request field that named it): from the
     /// caches, else computed from the data source and written back.
     async fn users<const N: usize>(
         &self,

@@ -301,8 +301,10 @@ pub struct Settings {
     /// scripts/fetch-onnxruntime.sh.
     #[arg(long, env = "ORT_DYLIB_PATH")]
     pub ort_dylib_path: Option<PathBuf>,
-    /// Run models on the GPU through ONNX Runtime's CUDA execution provider;
-    /// falls back to the CPU, with a warning, when CUDA is not usable.
+    /// Run models on the GPU through ONNX Runtime's CUDA execution provider,
+    /// and (in a `cuda` build, with EMBEDDING_MODEL_PATH) the embedding model
+    /// with candle's CUDA backend; each falls back to the CPU, with a
+    /// warning, when CUDA is not usable.
     #[arg(long, env = "ENABLE_GPU", default_value_t = false, action = clap::ArgAction::Set)]
     pub enable_gpu: bool,
     /// Folder of the sentence-embedding model all-MiniLM-L6-v2

@@ -101,8 +101,11 @@ async fn semantic_models_train_serve_and_read_free_text_interests() {
         }
     }
     assert_eq!(pairs, 40);
-    assert!(up * 10 >= pairs * 8, "{up}/{pairs} pairs scored the trip about a shared interest higher");
-    // The request's phrases were embedded once and are counted.
+    assert!(
+        up * 10 >= pairs * 8,
+        "{up}/{pairs} pairs scored the trip about a shared interest higher"
+    );
+    // Phrases are embedded once per process (here all at training) and counted.
     let metrics = app.scrape().await;
     assert!(
         sample(&metrics, "ml_embedding_texts_total", &[]).unwrap() > 0.0,
@@ -124,7 +127,10 @@ async fn semantic_models_train_serve_and_read_free_text_interests() {
         .await;
     assert_eq!(r.status(), 503);
     let r = app
-        .post("/notifications/optimize", json!({"user_id": ids[0]}))
+        .post(
+            "/notifications/optimize",
+            json!({"user_id": ids[0], "notification_type": "reminder"}),
+        )
         .await;
     assert_eq!(r.status(), 200);
 }
@@ -144,7 +150,11 @@ async fn eval_interests_compares_exact_and_semantic_models() {
     .await
     .unwrap();
     let text = String::from_utf8_lossy(&out.stdout);
-    assert!(out.status.success(), "{text}{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{text}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     // One row per dataset and reading, each with four metrics in 0..1.
     let rows: Vec<Vec<String>> = text
         .lines()

@@ -226,7 +226,8 @@ async fn a_replica_reads_features_another_replica_wrote_to_redis() {
         }
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
-    let fkeys: Vec<&String> = keys.iter().filter(|k| k.contains(":f1:")).collect();
+    let layout = format!(":f{}:", ml_core::features::FEATURE_SCHEMA_VERSION);
+    let fkeys: Vec<&String> = keys.iter().filter(|k| k.contains(&layout)).collect();
     assert_eq!(fkeys.len(), 2, "{keys:?}");
     for k in &fkeys {
         let ttl: i64 = redis::cmd("TTL")
