@@ -155,7 +155,7 @@ async fn eval_interests_compares_exact_and_semantic_models() {
         "{text}{}",
         String::from_utf8_lossy(&out.stderr)
     );
-    // One row per dataset and reading, each with four metrics in 0..1.
+    // One row per dataset and reading: AUC, log loss, NDCG and recall.
     let rows: Vec<Vec<String>> = text
         .lines()
         .filter(|l| l.starts_with("| 0 %") || l.starts_with("| 50 %"))
