@@ -33,7 +33,7 @@ free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",
 start_service() {
   port=$(free_port)
   mport=$(free_port)
-  env "$@" ML_SERVICE_PORT="$port" PROMETHEUS_PORT="$mport" "$bin" serve &
+  env "$@" ML_SERVICE_PORT="$port" PROMETHEUS_PORT="$mport" GRPC_PORT=0 "$bin" serve &
   pid=$!
   for _ in $(seq 1 100); do
     curl -sf "http://127.0.0.1:$port/health" >/dev/null && return 0

@@ -28,7 +28,7 @@ const running = new Set();
 /** Start `ml-service serve`; resolves once it logs the address it listens on. */
 function startService(env = {}, port = "0") {
   const proc = spawn(BIN, ["serve"], {
-    env: { ...process.env, ...base, ML_SERVICE_PORT: port, PROMETHEUS_PORT: "0", ...env },
+    env: { ...process.env, ...base, ML_SERVICE_PORT: port, PROMETHEUS_PORT: "0", GRPC_PORT: "0", ...env },
     stdio: ["ignore", "ignore", "pipe"],
   });
   running.add(proc);

@@ -282,13 +282,26 @@ pub async fn run(
     settings: &Settings,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
+    let admission = routes::Admission::new(settings);
+    run_http(listener, predictor, settings, admission, shutdown).await
+}
+
+/// `run` with a given admission (shared with gRPC, so one bound on requests
+/// in flight covers both transports).
+pub async fn run_http(
+    listener: tokio::net::TcpListener,
+    predictor: Arc<Predictor>,
+    settings: &Settings,
+    admission: routes::Admission,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> std::io::Result<()> {
     // New, promoted or re-routed model versions are picked up while serving.
     let poller = (settings.model_poll_interval_s > 0).then(|| {
         tokio::spawn(
             Arc::clone(&predictor.models).poll(Duration::from_secs(settings.model_poll_interval_s)),
         )
     });
-    let app = routes::router(predictor, settings);
+    let app = routes::router(predictor, settings, admission);
     let served = axum::serve(listener, app)
         .with_graceful_shutdown(shutdown)
         .await;
@@ -309,14 +322,21 @@ pub async fn run_metrics(
         .await
 }
 
-/// Serve the API and the metrics until `signal`, then shut down as
-/// Kubernetes expects: readiness turns false at once, both listeners keep
-/// accepting for SHUTDOWN_GRACE_MS (load balancers still send while they
-/// notice), then stop accepting; requests in flight get up to
+/// The listeners `serve` binds.
+pub struct Listeners {
+    pub http: tokio::net::TcpListener,
+    /// None when gRPC is off (ENABLE_GRPC=false).
+    pub grpc: Option<tokio::net::TcpListener>,
+    pub metrics: tokio::net::TcpListener,
+}
+
+/// Serve the API (HTTP and gRPC) and the metrics until `signal`, then shut
+/// down as Kubernetes expects: readiness turns false at once, the listeners
+/// keep accepting for SHUTDOWN_GRACE_MS (load balancers still send while
+/// they notice), then stop accepting; requests in flight get up to
 /// DRAIN_TIMEOUT_MS to finish.
 pub async fn serve_until(
-    listener: tokio::net::TcpListener,
-    metrics: tokio::net::TcpListener,
+    listeners: Listeners,
     predictor: Arc<Predictor>,
     settings: &Settings,
     signal: impl Future<Output = ()> + Send + 'static,
@@ -339,10 +359,41 @@ pub async fn serve_until(
     let stop = |mut rx: tokio::sync::watch::Receiver<bool>| async move {
         let _ = rx.wait_for(|stop| *stop).await;
     };
+    let admission = routes::Admission::new(settings);
+    let grpc = async {
+        match listeners.grpc {
+            Some(l) => {
+                crate::grpc::run(
+                    l,
+                    Arc::clone(&predictor),
+                    settings,
+                    admission.clone(),
+                    stop(rx.clone()),
+                )
+                .await
+            }
+            None => Ok(()),
+        }
+    };
     let serve = async {
         tokio::try_join!(
-            run(listener, Arc::clone(&predictor), settings, stop(rx.clone())),
-            run_metrics(metrics, predictor, stop(rx.clone())),
+            async {
+                run_http(
+                    listeners.http,
+                    Arc::clone(&predictor),
+                    settings,
+                    admission.clone(),
+                    stop(rx.clone()),
+                )
+                .await
+                .map_err(anyhow::Error::from)
+            },
+            grpc,
+            async {
+                run_metrics(listeners.metrics, Arc::clone(&predictor), stop(rx.clone()))
+                    .await
+                    .map_err(anyhow::Error::from)
+            },
         )
     };
     let deadline = async {

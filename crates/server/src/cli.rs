@@ -1199,11 +1199,31 @@ fn serve(settings: Settings) -> anyhow::Result<()> {
         let mlistener = tokio::net::TcpListener::bind(maddr)
             .await
             .with_context(|| format!("binding {maddr}"))?;
+        let glistener = if settings.enable_grpc {
+            let gaddr = std::net::SocketAddr::new(settings.host, settings.grpc_port);
+            Some(
+                tokio::net::TcpListener::bind(gaddr)
+                    .await
+                    .with_context(|| format!("binding {gaddr} (GRPC_PORT)"))?,
+            )
+        } else {
+            None
+        };
         // The bound addresses, so that port 0 (the OS picks) can be found in the log.
         let addr = listener.local_addr().unwrap_or(addr);
         let maddr = mlistener.local_addr().unwrap_or(maddr);
-        tracing::info!(%addr, metrics = %maddr, "listening");
-        app::serve_until(listener, mlistener, predictor, &settings, app::shutdown_signal()).await?;
+        let gaddr = glistener
+            .as_ref()
+            .and_then(|l| l.local_addr().ok())
+            .map(|a| a.to_string())
+            .unwrap_or_else(|| "off".into());
+        tracing::info!(%addr, grpc = %gaddr, metrics = %maddr, "listening");
+        let listeners = app::Listeners {
+            http: listener,
+            grpc: glistener,
+            metrics: mlistener,
+        };
+        app::serve_until(listeners, predictor, &settings, app::shutdown_signal()).await?;
         Ok::<_, anyhow::Error>(())
     })?;
     // Send the spans still buffered.

@@ -1,5 +1,5 @@
-//! The service layer's error type and its one mapping to HTTP responses.
-//! (The gRPC mapping will sit beside this one.)
+//! The service layer's error type, its one mapping to HTTP statuses and,
+//! beside it, its one mapping to gRPC status codes.
 
 use axum::http::{header, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
@@ -35,6 +35,10 @@ pub enum ServiceError {
     /// A user id that the app data does not know.
     #[error("unknown user {id}")]
     UnknownUser { field: String, id: uuid::Uuid },
+    /// A model name (or version) the Open Inference Protocol endpoints do not
+    /// know.
+    #[error("unknown model {0}")]
+    UnknownModel(String),
     /// The model for this endpoint is not loaded.
     #[error("model {0} is not available")]
     ModelUnavailable(&'static str),
@@ -82,6 +86,7 @@ impl ServiceError {
             ServiceError::Unauthorized => (StatusCode::UNAUTHORIZED, "unauthorized"),
             ServiceError::AdminDisabled => (StatusCode::FORBIDDEN, "admin_disabled"),
             ServiceError::UnknownUser { .. } => (StatusCode::NOT_FOUND, "unknown_user"),
+            ServiceError::UnknownModel(_) => (StatusCode::NOT_FOUND, "unknown_model"),
             ServiceError::ModelUnavailable(_) => {
                 (StatusCode::SERVICE_UNAVAILABLE, "model_unavailable")
             }
@@ -94,7 +99,52 @@ impl ServiceError {
         }
     }
 
-    fn field(&self) -> Option<String> {
+    /// The gRPC status code of each error kind, beside [`Self::http_status`]:
+    /// the same meanings (a caller's mistake, a missing thing, a retryable
+    /// condition) in gRPC's terms; the HTTP error code travels along.
+    pub fn grpc_code(&self) -> tonic::Code {
+        use tonic::Code;
+        match self {
+            ServiceError::MalformedJson { .. } | ServiceError::Invalid { .. } => {
+                Code::InvalidArgument
+            }
+            ServiceError::UnsupportedMediaType(_) => Code::InvalidArgument,
+            ServiceError::TooLarge { .. } => Code::ResourceExhausted,
+            ServiceError::NoRoute(_) => Code::Unimplemented,
+            ServiceError::Unauthorized => Code::Unauthenticated,
+            ServiceError::AdminDisabled => Code::PermissionDenied,
+            ServiceError::UnknownUser { .. } | ServiceError::UnknownModel(_) => Code::NotFound,
+            ServiceError::ModelUnavailable(_)
+            | ServiceError::Overloaded
+            | ServiceError::Data(_)
+            | ServiceError::Inference(_) => Code::Unavailable,
+            ServiceError::DeadlineExceeded { .. } => Code::DeadlineExceeded,
+        }
+    }
+
+    /// The gRPC status of this error: its code, the same message as the
+    /// HTTP body's, and the HTTP error code and field as metadata
+    /// (`x-error-code`, `x-error-field`).
+    pub fn to_grpc(&self) -> tonic::Status {
+        let (status, code) = self.http_status();
+        if status.is_server_error() {
+            tracing::warn!(error = ?self, code, "request failed");
+        }
+        let mut s = tonic::Status::new(self.grpc_code(), self.to_string());
+        let md = s.metadata_mut();
+        md.insert(
+            "x-error-code",
+            tonic::metadata::MetadataValue::from_static(code),
+        );
+        if let Some(f) = self.field() {
+            if let Ok(v) = f.parse() {
+                md.insert("x-error-field", v);
+            }
+        }
+        s
+    }
+
+    pub(crate) fn field(&self) -> Option<String> {
         match self {
             ServiceError::Invalid { field, .. } | ServiceError::UnknownUser { field, .. } => {
                 Some(field.clone())

@@ -114,7 +114,8 @@ impl Variants {
         &self.routes[0].0
     }
 
-    fn versions(&self) -> impl Iterator<Item = &Arc<ServedModel>> {
+    /// Every loaded version: those that answer, then the shadow.
+    pub fn versions(&self) -> impl Iterator<Item = &Arc<ServedModel>> {
         self.routes.iter().map(|(m, _)| m).chain(self.shadow.iter())
     }
 }

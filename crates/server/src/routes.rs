@@ -163,7 +163,22 @@ impl ApiKeys {
 
     /// Whether `presented` is one of the keys. Every key is compared, each in
     /// time independent of where the bytes differ.
-    fn accepts(&self, presented: &str) -> bool {
+    /// Whether no keys are configured (no authentication).
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+
+    /// Whether `Authorization: Bearer <key>` in `headers` names a key.
+    pub fn accepts_header(&self, headers: &axum::http::HeaderMap) -> bool {
+        headers
+            .get(axum::http::header::AUTHORIZATION)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.strip_prefix("Bearer "))
+            .map(str::trim)
+            .is_some_and(|k| self.accepts(k))
+    }
+
+    pub fn accepts(&self, presented: &str) -> bool {
         use secrecy::ExposeSecret as _;
         use subtle::ConstantTimeEq as _;
         self.0.iter().fold(false, |ok, k| {
@@ -179,18 +194,10 @@ async fn authenticate(
     req: axum::extract::Request,
     next: axum::middleware::Next,
 ) -> Response {
-    if keys.0.is_empty() {
-        return next.run(req).await;
-    }
-    let presented = req
-        .headers()
-        .get(axum::http::header::AUTHORIZATION)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.strip_prefix("Bearer "))
-        .map(str::trim);
-    match presented {
-        Some(k) if keys.accepts(k) => next.run(req).await,
-        _ => ServiceError::Unauthorized.into_response(),
+    if keys.is_empty() || keys.accepts_header(req.headers()) {
+        next.run(req).await
+    } else {
+        ServiceError::Unauthorized.into_response()
     }
 }
 
@@ -214,8 +221,15 @@ async fn authenticate(
 )]
 pub struct ApiDoc;
 
+/// The whole document: the domain API and the Open Inference Protocol.
+pub fn openapi_doc() -> utoipa::openapi::OpenApi {
+    let mut doc = ApiDoc::openapi();
+    doc.merge(crate::v2_http::V2Doc::openapi());
+    doc
+}
+
 async fn openapi() -> Json<utoipa::openapi::OpenApi> {
-    Json(ApiDoc::openapi())
+    Json(openapi_doc())
 }
 
 async fn not_found(uri: axum::http::Uri) -> ServiceError {
@@ -262,34 +276,49 @@ impl Admission {
     }
 }
 
-/// Wait briefly for a turn (else 503 `overloaded`), then run the request
-/// within its deadline (else 503 `deadline_exceeded`). A request that runs
-/// out of time, or whose caller hangs up, is dropped: its pending work (a
-/// queued model call, a database read) is cancelled with it.
+impl Admission {
+    /// Wait briefly for a turn (else `Overloaded`), then run `work` within
+    /// the request deadline (else `DeadlineExceeded`). Work that runs out of
+    /// time is dropped, and its pending parts (a queued model call, a
+    /// database read) with it. HTTP and gRPC share one `Admission`, so the
+    /// bound on requests in flight holds for both together.
+    pub async fn run<T>(
+        &self,
+        work: impl std::future::Future<Output = T>,
+    ) -> Result<T, ServiceError> {
+        let permit =
+            match tokio::time::timeout(self.queue_wait, Arc::clone(&self.permits).acquire_owned())
+                .await
+            {
+                Ok(Ok(p)) => p,
+                _ => return Err(ServiceError::Overloaded),
+            };
+        let out = tokio::time::timeout(self.deadline, work).await;
+        drop(permit);
+        out.map_err(|_| ServiceError::DeadlineExceeded {
+            ms: self.deadline.as_millis() as u64,
+        })
+    }
+}
+
+/// Admission as middleware: a request whose caller hangs up is dropped with
+/// its work.
 async fn admit(State(a): State<Admission>, req: axum::extract::Request, next: Next) -> Response {
-    let permit = match tokio::time::timeout(a.queue_wait, a.permits.acquire_owned()).await {
-        Ok(Ok(p)) => p,
-        _ => return ServiceError::Overloaded.into_response(),
-    };
-    let response = tokio::time::timeout(a.deadline, next.run(req)).await;
-    drop(permit);
-    response.unwrap_or_else(|_| {
-        ServiceError::DeadlineExceeded {
-            ms: a.deadline.as_millis() as u64,
-        }
-        .into_response()
-    })
+    a.run(next.run(req))
+        .await
+        .unwrap_or_else(IntoResponse::into_response)
 }
 
 /// The router of the API. The prediction endpoints need an API key when keys
 /// are configured and pass admission control; health and the OpenAPI
 /// document stay open.
-pub fn router(p: Arc<Predictor>, settings: &Settings) -> Router {
+pub fn router(p: Arc<Predictor>, settings: &Settings, admission: Admission) -> Router {
     let max_body = settings.max_body_bytes;
     let keys = ApiKeys::new(settings.api_keys.clone());
     // Layers on each method router, not the path: an undeclared method gets
     // 405 (with `Allow`) before any key check or admission.
-    let admission = axum::middleware::from_fn_with_state(Admission::new(settings), admit);
+    let v2 = crate::v2_http::router(keys.clone(), admission.clone());
+    let admission = axum::middleware::from_fn_with_state(admission, admit);
     let auth = axum::middleware::from_fn_with_state(keys, authenticate);
     let prediction = |m: axum::routing::MethodRouter<AppState>| {
         m.route_layer(admission.clone()).route_layer(auth.clone())
@@ -314,6 +343,7 @@ pub fn router(p: Arc<Predictor>, settings: &Settings) -> Router {
     Router::new()
         .merge(predictions)
         .merge(admin)
+        .merge(v2)
         .route("/health", get(health))
         .route("/health/live", get(live))
         .route("/health/ready", get(ready))

@@ -272,6 +272,13 @@ pub struct Settings {
     /// gateway that authenticates callers).
     #[arg(long, env = "ML_SERVICE_INSECURE_NO_AUTH", default_value_t = false, action = clap::ArgAction::Set)]
     pub insecure_no_auth: bool,
+    /// Port of the gRPC listener (the domain service, the Open Inference
+    /// Protocol, health and reflection), on the same host; 0 lets the OS pick.
+    #[arg(long, env = "GRPC_PORT", default_value_t = 8001)]
+    pub grpc_port: u16,
+    /// Serve gRPC (false: HTTP only).
+    #[arg(long, env = "ENABLE_GRPC", default_value_t = true, action = clap::ArgAction::Set)]
+    pub enable_grpc: bool,
     /// Port of the Prometheus metrics listener (`/metrics`), on the same host.
     #[arg(long, env = "PROMETHEUS_PORT", default_value_t = 9090)]
     pub prometheus_port: u16,

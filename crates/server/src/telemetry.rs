@@ -295,26 +295,47 @@ pub async fn track(req: Request, next: Next) -> Response {
         .map(|(m, v)| (m.to_string(), v.to_string()))
         .unwrap_or_else(|| ("none".into(), "none".into()));
     let status = resp.status();
+    let kind = resp
+        .extensions()
+        .get::<ErrorKind>()
+        .map(|k| k.0)
+        .unwrap_or("http");
+    record(
+        endpoint,
+        model,
+        version,
+        status.as_u16(),
+        kind,
+        t0.elapsed().as_secs_f64(),
+    );
+    resp
+}
+
+/// Count one API request (HTTP or gRPC) in `ml_inference_requests_total`,
+/// `ml_inference_duration_seconds` and, when `status` is a 4xx or 5xx (gRPC
+/// errors are counted under their HTTP equivalent), in
+/// `ml_inference_errors_total` with `kind`.
+pub fn record(
+    endpoint: String,
+    model: String,
+    version: String,
+    status: u16,
+    kind: &'static str,
+    seconds: f64,
+) {
     let labels = [
         ("endpoint", endpoint.clone()),
         ("model", model),
         ("version", version),
     ];
-    metrics::histogram!("ml_inference_duration_seconds", &labels)
-        .record(t0.elapsed().as_secs_f64());
+    metrics::histogram!("ml_inference_duration_seconds", &labels).record(seconds);
     let mut with_status = labels.to_vec();
-    with_status.push(("status", status.as_u16().to_string()));
+    with_status.push(("status", status.to_string()));
     metrics::counter!("ml_inference_requests_total", &with_status).increment(1);
-    if status.is_client_error() || status.is_server_error() {
-        let kind = resp
-            .extensions()
-            .get::<ErrorKind>()
-            .map(|k| k.0)
-            .unwrap_or("http");
+    if status >= 400 {
         metrics::counter!("ml_inference_errors_total", "endpoint" => endpoint, "kind" => kind)
             .increment(1);
     }
-    resp
 }
 
 /// Resident memory of this process, from /proc (Linux); None elsewhere.

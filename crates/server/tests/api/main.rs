@@ -15,7 +15,9 @@ use serde_json::{json, Value};
 use std::path::PathBuf;
 use std::sync::{Arc, OnceLock};
 
+mod grpc;
 mod interests;
+mod kserve;
 mod lifecycle;
 mod observability;
 mod postgres;
@@ -74,6 +76,8 @@ fn settings_in(sqlite: PathBuf, models: PathBuf) -> Settings {
 
 struct TestApp {
     base: String,
+    /// The gRPC listener's `host:port`.
+    grpc: String,
     /// The metrics listener's base URL.
     metrics: String,
     client: reqwest::Client,
@@ -159,10 +163,21 @@ async fn spawn_with_backend(
         predictor.clone(),
         std::future::pending(),
     ));
+    let glistener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let gaddr = glistener.local_addr().unwrap();
+    // One admission for both transports, as `serve` has it.
+    let admission = ml_server::routes::Admission::new(&settings);
+    let (s, p, a) = (settings.clone(), predictor.clone(), admission.clone());
+    tokio::spawn(
+        async move { ml_server::grpc::run(glistener, p, &s, a, std::future::pending()).await },
+    );
     let s = settings.clone();
-    tokio::spawn(async move { app::run(listener, predictor, &s, std::future::pending()).await });
+    tokio::spawn(async move {
+        app::run_http(listener, predictor, &s, admission, std::future::pending()).await
+    });
     TestApp {
         base: format!("http://{addr}"),
+        grpc: gaddr.to_string(),
         metrics: format!("http://{maddr}/metrics"),
         client: reqwest::Client::new(),
         store: SqliteStore::open(&settings.sqlite_path, 1).unwrap(),
@@ -222,6 +237,7 @@ async fn serve_process(mut cmd: std::process::Command) -> Process {
     use std::io::BufRead;
     cmd.env("ML_SERVICE_PORT", "0")
         .env("PROMETHEUS_PORT", "0")
+        .env("GRPC_PORT", "0")
         .env("LOG_LEVEL", "info")
         .stdout(std::process::Stdio::null())
         .stderr(std::process::Stdio::piped());

@@ -277,6 +277,7 @@ async fn traces_reach_an_otlp_receiver_and_continue_the_callers_trace() {
         .env("MODEL_PATH", &s.model_path)
         .env("ML_SERVICE_PORT", "0")
         .env("PROMETHEUS_PORT", "0")
+        .env("GRPC_PORT", "0")
         .env("LOG_LEVEL", "info")
         .env("OTEL_EXPORTER_OTLP_ENDPOINT", &endpoint)
         .env("OTEL_BSP_SCHEDULE_DELAY", "100")

@@ -266,7 +266,7 @@ async fn the_api_conforms_to_its_openapi_document() {
         String::from_utf8_lossy(&out.stderr)
     );
     // It really ran: thousands of cases over every operation.
-    assert!(text.contains("Tested: 8"), "{text}");
+    assert!(text.contains("Tested: 17"), "{text}");
     drop(server);
 }
 
@@ -342,7 +342,11 @@ fn no_body_makes_a_prediction_handler_fail_or_answer_outside_its_contract() {
             .unwrap()
             .unwrap();
         let _entered = rt.enter();
-        ml_server::routes::router(predictor, &settings)
+        ml_server::routes::router(
+            predictor,
+            &settings,
+            ml_server::routes::Admission::new(&settings),
+        )
     };
     let known: Vec<String> = SqliteStore::open(&settings.sqlite_path, 1)
         .unwrap()
