@@ -494,6 +494,20 @@ impl tonic::service::Interceptor for Authenticate {
     }
 }
 
+/// The accepted connections of `listener`, with Nagle's algorithm off:
+/// with it on, a small response waits for the client's delayed ACK, which
+/// put a 40 ms p99 on gRPC calls at 50 concurrent streams (bench/grpc.sh).
+fn incoming(
+    listener: tokio::net::TcpListener,
+) -> impl tokio_stream::Stream<Item = std::io::Result<tokio::net::TcpStream>> {
+    use tokio_stream::StreamExt as _;
+    tokio_stream::wrappers::TcpListenerStream::new(listener).map(|conn| {
+        let conn = conn?;
+        conn.set_nodelay(true)?;
+        Ok(conn)
+    })
+}
+
 /// Serve gRPC on `listener` until `shutdown` completes; calls in flight
 /// then finish. `admission` is the HTTP endpoints' own, so the bound on
 /// requests in flight covers both transports.
@@ -550,10 +564,7 @@ pub async fn run(
         .add_service(reflection)
         .add_service(InterceptedService::new(domain, auth.clone()))
         .add_service(InterceptedService::new(inference, auth))
-        .serve_with_incoming_shutdown(
-            tokio_stream::wrappers::TcpListenerStream::new(listener),
-            shutdown,
-        )
+        .serve_with_incoming_shutdown(incoming(listener), shutdown)
         .await;
     watcher.abort();
     served.context("serving gRPC")
