@@ -49,8 +49,10 @@ fn init_tracing_with_traces(
 
 /// Run one command.
 pub fn run(cli: Cli) -> anyhow::Result<()> {
-    if let Command::Serve(s) = cli.command {
-        return serve(s);
+    match cli.command {
+        Command::Serve(s) => return serve(s),
+        Command::Healthcheck(h) => return healthcheck(&h),
+        _ => {}
     }
     // The other commands are synchronous, around a few async store calls
     // that run on this runtime (`block_on`).
@@ -64,9 +66,10 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
 fn run_command(command: Command) -> anyhow::Result<()> {
     match command {
         Command::Serve(s) => serve(s),
+        Command::Healthcheck(h) => healthcheck(&h),
         Command::Train(t) => {
             init_tracing(&t.settings.log_level);
-            let kinds: Vec<ModelKind> = if t.models.is_empty() {
+            let mut kinds: Vec<ModelKind> = if t.models.is_empty() {
                 ModelKind::ALL.to_vec()
             } else {
                 t.models
@@ -74,6 +77,21 @@ fn run_command(command: Command) -> anyhow::Result<()> {
                     .filter_map(|m| ModelKind::parse(m))
                     .collect()
             };
+            if t.if_missing {
+                let repo = repository(&t.settings)?;
+                let mut missing = vec![];
+                for k in kinds {
+                    if block_on(repo.latest(k))?.is_none() {
+                        missing.push(k);
+                    } else {
+                        println!("{k} has a version in {}: not trained", repo.describe());
+                    }
+                }
+                kinds = missing;
+                if kinds.is_empty() {
+                    return Ok(());
+                }
+            }
             let data = load_app_data(&t.settings)?;
             println!(
                 "read {} users, {} match outcomes, {} interactions, {} activity events, {} notifications (TRAIN_MAX_USERS={})",
@@ -123,6 +141,17 @@ fn run_command(command: Command) -> anyhow::Result<()> {
             DataCommand::Demo(d) => {
                 init_tracing(&d.settings.log_level);
                 let s = &d.settings;
+                if d.if_empty {
+                    let store = writable_store(s)?;
+                    let n = block_on(store.count_profiles())?;
+                    if n > 0 {
+                        println!(
+                            "{} already holds {n} users: nothing to do",
+                            store.describe()
+                        );
+                        return Ok(());
+                    }
+                }
                 let store = empty_store(s, d.replace)?;
                 let t0 = Instant::now();
                 let data = generate(&GeneratorConfig {
@@ -1176,6 +1205,28 @@ fn eval_timing(e: &EvalArgs) -> anyhow::Result<()> {
             dir.join("notification_timing.md").display()
         );
     }
+    Ok(())
+}
+
+/// `GET path` on 127.0.0.1:port over plain HTTP/1.0: Ok when the status is 200.
+fn healthcheck(h: &crate::settings::HealthcheckArgs) -> anyhow::Result<()> {
+    use std::io::{Read as _, Write as _};
+    let timeout = std::time::Duration::from_millis(h.timeout_ms.max(1));
+    let addr = std::net::SocketAddr::from(([127, 0, 0, 1], h.port));
+    let mut conn = std::net::TcpStream::connect_timeout(&addr, timeout)
+        .with_context(|| format!("connecting to {addr}"))?;
+    conn.set_read_timeout(Some(timeout))?;
+    conn.set_write_timeout(Some(timeout))?;
+    write!(conn, "GET {} HTTP/1.0\r\nHost: localhost\r\n\r\n", h.path)?;
+    let mut head = [0u8; 64];
+    let n = conn.read(&mut head)?;
+    let status = String::from_utf8_lossy(&head[..n]);
+    let line = status.lines().next().unwrap_or("");
+    anyhow::ensure!(
+        line.split_whitespace().nth(1) == Some("200"),
+        "{addr}{} answered {line:?}",
+        h.path
+    );
     Ok(())
 }
 

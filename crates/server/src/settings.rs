@@ -18,6 +18,10 @@ pub struct Cli {
 pub enum Command {
     /// Run the inference service (trains the models first if the repository is empty).
     Serve(Settings),
+    /// Exit 0 when the service on this host's ML_SERVICE_PORT is ready
+    /// (`GET /health/ready` answers 200), else 1: a container HEALTHCHECK
+    /// that needs no curl in the image.
+    Healthcheck(HealthcheckArgs),
     /// Train models on the app data and write new versions to the repository.
     Train(TrainArgs),
     /// Offline metrics of the served model version on its held-out period,
@@ -47,6 +51,19 @@ pub enum FeaturesCommand {
     /// Compute users' features from the app data and write them to Redis, in
     /// batches, so serving never computes them on a cold path.
     Refresh(RefreshArgs),
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct HealthcheckArgs {
+    /// Port of the service's HTTP listener on 127.0.0.1.
+    #[arg(long, env = "ML_SERVICE_PORT", default_value_t = 8000)]
+    pub port: u16,
+    /// Path to ask (`/health/live` for liveness).
+    #[arg(long, default_value = "/health/ready")]
+    pub path: String,
+    /// Longest wait for the answer, in milliseconds.
+    #[arg(long, default_value_t = 2000)]
+    pub timeout_ms: u64,
 }
 
 #[derive(Debug, Args)]
@@ -203,6 +220,10 @@ pub struct TrainArgs {
     /// Seed of the training run.
     #[arg(long, env = "TRAIN_SEED", default_value_t = 1)]
     pub seed: u64,
+    /// Train only the models that have no version yet (a deployment's
+    /// one-shot init job; run again, it does nothing).
+    #[arg(long)]
+    pub if_missing: bool,
     #[command(flatten)]
     pub settings: Settings,
 }
@@ -250,6 +271,10 @@ pub struct DemoArgs {
     /// Replace any data already in the store.
     #[arg(long)]
     pub replace: bool,
+    /// Do nothing (and succeed) when the store already holds users: a
+    /// deployment's one-shot init job can run it on every start.
+    #[arg(long, conflicts_with = "replace")]
+    pub if_empty: bool,
     #[command(flatten)]
     pub settings: Settings,
 }

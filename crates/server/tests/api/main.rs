@@ -15,6 +15,7 @@ use serde_json::{json, Value};
 use std::path::PathBuf;
 use std::sync::{Arc, OnceLock};
 
+mod deploy;
 mod grpc;
 mod interests;
 mod kserve;
@@ -795,7 +796,16 @@ async fn the_openapi_document_matches_what_the_server_accepts() {
             "/health/ready",
             "/match/score",
             "/notifications/optimize",
-            "/recommend/destinations"
+            "/recommend/destinations",
+            "/v2",
+            "/v2/health/live",
+            "/v2/health/ready",
+            "/v2/models/{name}",
+            "/v2/models/{name}/infer",
+            "/v2/models/{name}/ready",
+            "/v2/models/{name}/versions/{version}",
+            "/v2/models/{name}/versions/{version}/infer",
+            "/v2/models/{name}/versions/{version}/ready"
         ]
     );
     assert_eq!(app.get("/health").await.status(), 200);
