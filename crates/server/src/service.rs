@@ -668,9 +668,32 @@ impl Predictor {
         if let Some(body) = self.caches.prediction::<NotifyResponse>(&key).await {
             return Ok(Versioned::new(body, &m, true));
         }
-        let [u] = self.users([("user_id", req.user_id)]).await?;
-        let x = features::timing_features(&u, &m.population);
         let now = Utc::now();
+        let u = match self.users([("user_id", req.user_id)]).await {
+            Ok([u]) => u,
+            Err(ServiceError::Data(e)) => {
+                // The user's data cannot be read now: another version's
+                // cached answer, else the population's activity under the
+                // same policy for a user known only by id. Their time zone is
+                // unknown too, so quiet hours are kept in UTC and the answer
+                // claims no confidence (the caller sees `fallback`).
+                self.data_fallback(&m, &e);
+                let u = UserFeatures::from_activity(req.user_id, "UTC", &[]);
+                return Ok(self
+                    .fallback("notify", (&vs, &m), req.user_id, req, || {
+                        let (mut body, _) = self.plan(&m, &u, &m.population.hour_of_week, req, now);
+                        body.confidence = 0.0;
+                        body.reason = format!(
+                            "User data unavailable: {} (time zone unknown, UTC assumed)",
+                            body.reason
+                        );
+                        body
+                    })
+                    .await);
+            }
+            Err(e) => return Err(e),
+        };
+        let x = features::timing_features(&u, &m.population);
         let Some(mut out) = self.infer(&vs, &m, x, HOURS_PER_WEEK).await? else {
             // Another version's cached answer, else the documented default:
             // the population's activity by hour of week stands in for the
