@@ -183,6 +183,9 @@ async fn a_corrupt_or_mismatched_version_is_rejected_and_the_old_one_keeps_servi
     let app = spawn_with(settings.clone()).await;
     let u = app.users(2);
     assert_eq!(app.match_version(&u[0], &u[1]).await, "travel_match/1");
+    // Traffic on all three endpoints throughout: not one request fails while
+    // corrupt versions come, are rejected, promoted and refused.
+    let load = Background::start(&app, app.users(100), 3);
     // v2: a truncated ONNX file; v3: another model's graph under travel_match's
     // model.json (a signature mismatch).
     let (bytes, meta) = repo.read(ModelKind::TravelMatch, 1).await.unwrap();
@@ -276,6 +279,7 @@ async fn a_corrupt_or_mismatched_version_is_rejected_and_the_old_one_keeps_servi
         ),
         1.0
     );
+    load.assert_all_ok().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -140,6 +140,74 @@ impl TestApp {
     }
 }
 
+/// Background traffic over the three endpoints (a match, a notification,
+/// a recommendation in turn, every 5 ms per worker) until stopped, counting
+/// the statuses it got: fault tests assert that every one was a 200.
+struct Background {
+    stop: Arc<std::sync::atomic::AtomicBool>,
+    tasks: Vec<tokio::task::JoinHandle<std::collections::BTreeMap<u16, usize>>>,
+}
+
+impl Background {
+    fn start<U: ToString>(app: &TestApp, users: Vec<U>, workers: usize) -> Self {
+        let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let users: Arc<Vec<String>> = Arc::new(users.iter().map(U::to_string).collect());
+        let tasks = (0..workers)
+            .map(|t| {
+                let (client, base) = (app.client.clone(), app.base.clone());
+                let (users, stop) = (Arc::clone(&users), Arc::clone(&stop));
+                tokio::spawn(async move {
+                    let mut statuses = std::collections::BTreeMap::<u16, usize>::new();
+                    let mut i = t;
+                    while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                        let u = |k: usize| &users[k % users.len()];
+                        let (path, body) = match i % 3 {
+                            0 => (
+                                "/match/score",
+                                json!({"user_a_id": u(i), "user_b_id": u(i + 1)}),
+                            ),
+                            1 => (
+                                "/notifications/optimize",
+                                json!({"user_id": u(i), "notification_type": "message"}),
+                            ),
+                            _ => ("/recommend/destinations", json!({"user_id": u(i)})),
+                        };
+                        let r = client
+                            .post(format!("{base}{path}"))
+                            .json(&body)
+                            .send()
+                            .await;
+                        let status = r.map(|r| r.status().as_u16()).unwrap_or(0);
+                        *statuses.entry(status).or_default() += 1;
+                        i += workers;
+                        tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+                    }
+                    statuses
+                })
+            })
+            .collect();
+        Self { stop, tasks }
+    }
+
+    /// Stop, and assert that every request was answered 200 (and that
+    /// there was some load).
+    async fn assert_all_ok(self) {
+        self.stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        let mut statuses = std::collections::BTreeMap::<u16, usize>::new();
+        for t in self.tasks {
+            for (k, n) in t.await.unwrap() {
+                *statuses.entry(k).or_default() += n;
+            }
+        }
+        assert_eq!(
+            statuses.keys().copied().collect::<Vec<_>>(),
+            vec![200],
+            "{statuses:?}"
+        );
+        assert!(statuses[&200] >= 8, "too little load: {statuses:?}");
+    }
+}
+
 async fn spawn_with(settings: Settings) -> TestApp {
     let backend = app::backend(&settings).unwrap();
     spawn_with_backend(settings, backend).await

@@ -264,40 +264,8 @@ async fn postgres_down_or_stalled_degrades_to_the_caches_and_recovers_by_itself(
     // Background load through the whole test (down, stall, back up): match,
     // notification and recommendation requests for cached and uncached
     // users alike.
-    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
     let all = db.store(true).user_ids(200).await.unwrap();
-    let load: Vec<_> = (0..4)
-        .map(|t| {
-            let (app, all, stop) = (Arc::clone(&app), all.clone(), Arc::clone(&stop));
-            tokio::spawn(async move {
-                let mut statuses = std::collections::BTreeMap::<u16, usize>::new();
-                let mut i = t;
-                while !stop.load(std::sync::atomic::Ordering::Relaxed) {
-                    let r = if i % 3 == 0 {
-                        let (a, b) = (&all[i % all.len()], &all[(i + 1) % all.len()]);
-                        app.post("/match/score", json!({"user_a_id": a, "user_b_id": b}))
-                            .await
-                    } else if i % 3 == 1 {
-                        app.post(
-                            "/notifications/optimize",
-                            json!({"user_id": all[i % all.len()], "notification_type": "message"}),
-                        )
-                        .await
-                    } else {
-                        app.post(
-                            "/recommend/destinations",
-                            json!({"user_id": all[i % all.len()]}),
-                        )
-                        .await
-                    };
-                    *statuses.entry(r.status().as_u16()).or_default() += 1;
-                    i += 4;
-                    tokio::time::sleep(std::time::Duration::from_millis(5)).await;
-                }
-                statuses
-            })
-        })
-        .collect();
+    let load = Background::start(&app, all, 4);
 
     for mode in [Mode::Down, Mode::Stall] {
         proxy.set(mode);
@@ -383,17 +351,5 @@ async fn postgres_down_or_stalled_degrades_to_the_caches_and_recovers_by_itself(
     // Under the load, through down, stall and recovery: every match,
     // notification and recommendation was answered 200 (cached, computed or
     // a marked fallback).
-    stop.store(true, std::sync::atomic::Ordering::Relaxed);
-    let mut statuses = std::collections::BTreeMap::<u16, usize>::new();
-    for l in load {
-        for (k, n) in l.await.unwrap() {
-            *statuses.entry(k).or_default() += n;
-        }
-    }
-    assert_eq!(
-        statuses.keys().copied().collect::<Vec<_>>(),
-        vec![200],
-        "{statuses:?}"
-    );
-    assert!(statuses[&200] >= 8, "too little load: {statuses:?}");
+    load.assert_all_ok().await;
 }

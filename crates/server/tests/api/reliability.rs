@@ -478,6 +478,9 @@ async fn a_full_disk_fails_the_new_version_and_the_old_one_keeps_serving() {
         r.headers()["x-model-version"].to_str().unwrap().to_string()
     };
     assert_eq!(recommend().await, "recommendation/1");
+    // Traffic on all three endpoints throughout: not one request fails while
+    // the disk fills, a version fails to be written, and space returns.
+    let load = Background::start(&app, app.users(100), 3);
 
     // Fill the disk but for 64 KiB: a new recommendation version (hundreds
     // of KiB) cannot be written.
@@ -533,4 +536,5 @@ async fn a_full_disk_fails_the_new_version_and_the_old_one_keeps_serving() {
         );
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
+    load.assert_all_ok().await;
 }
