@@ -105,6 +105,18 @@ async fn the_dashboard_and_alerts_work_against_a_real_prometheus() {
         String::from_utf8_lossy(&check.stderr)
     );
     assert_eq!(alert_exprs().len(), 6);
+    // The shipped scrape config (replicas by DNS, the rules beside it) is valid.
+    let check = Command::new("promtool")
+        .args(["check", "config"])
+        .arg(deploy().join("prometheus/prometheus.yml"))
+        .output()
+        .unwrap();
+    assert!(
+        check.status.success(),
+        "{}{}",
+        String::from_utf8_lossy(&check.stdout),
+        String::from_utf8_lossy(&check.stderr)
+    );
 
     let app = spawn_app().await;
     let target = app
