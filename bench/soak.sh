@@ -28,7 +28,11 @@ mixed() { # delay-ms seconds
 }
 rss_mib() { awk '/VmRSS/ {printf "%.0f", $2/1024}' "/proc/$pid/status"; }
 
-# Capacity: the same mix with no pause.
+# Warm-up (features of every user into the near-cache, the models' first
+# calls, the page cache), then capacity: the same mix with no pause. Measured
+# cold, the first second's shedding (requests waiting on cold reads past
+# QUEUE_TIMEOUT_MS) put the capacity at a third of the warm figure.
+mixed 0 5 >/dev/null
 capacity=$(mixed 0 5 | wrk_fields | awk '{print $1}')
 target=$((capacity * 7 / 10))
 pause=$((conns * 1000 / target))

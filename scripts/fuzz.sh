@@ -6,7 +6,7 @@ cd "$(dirname "$0")/.."
 seconds=${1:-20}
 command -v cargo-fuzz >/dev/null || cargo install --locked cargo-fuzz@0.13.2
 export RUSTC_BOOTSTRAP=1
-for target in features import; do
+for target in features import request_bodies; do
   corpus=fuzz/corpus/$target
   mkdir -p "$corpus"
   cp -n fuzz/seeds/$target/* "$corpus/" 2>/dev/null || true

@@ -56,6 +56,15 @@ pub enum ServiceError {
     Inference(BackendError),
 }
 
+impl From<ml_api::ApiError> for ServiceError {
+    fn from(e: ml_api::ApiError) -> Self {
+        match e {
+            ml_api::ApiError::MalformedJson { reason } => ServiceError::MalformedJson { reason },
+            ml_api::ApiError::Invalid { field, reason } => ServiceError::Invalid { field, reason },
+        }
+    }
+}
+
 impl From<BackendError> for ServiceError {
     fn from(e: BackendError) -> Self {
         match e {

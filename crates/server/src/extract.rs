@@ -21,36 +21,9 @@ fn is_json(ct: &str) -> bool {
     mime == "application/json" || (mime.starts_with("application/") && mime.ends_with("+json"))
 }
 
-/// Parse a JSON body, naming the field at fault.
+/// Parse a JSON body, naming the field at fault (`ml_api::parse_json`).
 pub fn parse_json<T: DeserializeOwned>(body: &[u8]) -> Result<T, ServiceError> {
-    let de = &mut serde_json::Deserializer::from_slice(body);
-    serde_path_to_error::deserialize(de).map_err(|e| {
-        let path = e.path().to_string();
-        let inner = e.into_inner();
-        match inner.classify() {
-            serde_json::error::Category::Data if !body.trim_ascii_start().starts_with(b"{") => {
-                ServiceError::invalid("body", "expected a JSON object")
-            }
-            serde_json::error::Category::Data => {
-                let msg = inner.to_string();
-                // serde reports a missing field at its parent; name the field itself.
-                let field = match msg
-                    .strip_prefix("missing field `")
-                    .and_then(|r| r.split('`').next())
-                {
-                    Some(f) if path == "." => f.to_string(),
-                    Some(f) => format!("{path}.{f}"),
-                    None if path == "." => "body".to_string(),
-                    None => path,
-                };
-                let reason = msg.split(" at line ").next().unwrap_or(&msg).to_string();
-                ServiceError::invalid(field, reason)
-            }
-            _ => ServiceError::MalformedJson {
-                reason: inner.to_string(),
-            },
-        }
-    })
+    ml_api::parse_json(body).map_err(ServiceError::from)
 }
 
 impl<T, S> FromRequest<S> for ApiJson<T>
@@ -99,45 +72,6 @@ pub struct BodyLimit(pub usize);
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[derive(Debug, serde::Deserialize)]
-    #[serde(deny_unknown_fields)]
-    #[allow(dead_code)]
-    struct Req {
-        user_id: uuid::Uuid,
-        inner: Option<Inner>,
-    }
-    #[derive(Debug, serde::Deserialize)]
-    #[allow(dead_code)]
-    struct Inner {
-        limit: u32,
-    }
-
-    fn field_of(body: &str) -> String {
-        match parse_json::<Req>(body.as_bytes()).unwrap_err() {
-            ServiceError::Invalid { field, .. } => field,
-            other => panic!("expected Invalid, got {other:?}"),
-        }
-    }
-
-    #[test]
-    fn errors_name_the_field() {
-        assert_eq!(field_of("{}"), "user_id");
-        assert_eq!(field_of(r#"{"user_id":"nope"}"#), "user_id");
-        let u = uuid::Uuid::nil();
-        assert_eq!(
-            field_of(&format!(r#"{{"user_id":"{u}","inner":{{"limit":-1}}}}"#)),
-            "inner.limit"
-        );
-        assert_eq!(
-            field_of(&format!(r#"{{"user_id":"{u}","inner":{{}}}}"#)),
-            "inner.limit"
-        );
-        assert!(matches!(
-            parse_json::<Req>(b"{not json"),
-            Err(ServiceError::MalformedJson { .. })
-        ));
-    }
 
     #[test]
     fn json_content_types() {
