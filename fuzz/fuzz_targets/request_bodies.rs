@@ -21,10 +21,11 @@ where
         Err(ApiError::Invalid { field, reason }) => {
             assert!(!field.is_empty());
             // Field paths and reasons are bounded: long strings in the input
-            // are never echoed whole (serde quotes at most a short prefix of
-            // an unknown variant or field; our checks quote ≤ 200 chars).
-            assert!(field.len() <= 512, "{field}");
-            assert!(reason.len() <= 2048, "{reason}");
+            // are never echoed whole (parse_json clips paths to MAX_ECHO
+            // characters and reasons to twice that; the checks of `validate`
+            // quote at most a date or a count).
+            assert!(field.chars().count() <= ml_api::MAX_ECHO + 1, "{field}");
+            assert!(reason.chars().count() <= 2 * ml_api::MAX_ECHO + 1, "{reason}");
         }
         Err(ApiError::MalformedJson { .. }) => {}
     }

@@ -29,6 +29,17 @@ impl ApiError {
     }
 }
 
+/// Most characters of a field path quoted back in an error.
+pub const MAX_ECHO: usize = 200;
+
+/// `s` cut to `n` characters, marked with `…` when cut.
+fn clip(s: String, n: usize) -> String {
+    match s.char_indices().nth(n) {
+        Some((i, _)) => format!("{}…", &s[..i]),
+        None => s,
+    }
+}
+
 /// Parse a JSON body, naming the field at fault.
 pub fn parse_json<T: serde::de::DeserializeOwned>(body: &[u8]) -> Result<T, ApiError> {
     let de = &mut serde_json::Deserializer::from_slice(body);
@@ -51,8 +62,18 @@ pub fn parse_json<T: serde::de::DeserializeOwned>(body: &[u8]) -> Result<T, ApiE
                     None if path == "." => "body".to_string(),
                     None => path,
                 };
+                // A key that is the empty string has an empty path: the
+                // body is at fault (found by the `request_bodies` fuzz target).
+                let field = if field.is_empty() {
+                    "body".into()
+                } else {
+                    field
+                };
                 let reason = msg.split(" at line ").next().unwrap_or(&msg).to_string();
-                ApiError::invalid(field, reason)
+                // Unknown keys are named in the path and the message: never
+                // echo more than a short prefix of the caller's input (found
+                // by the `request_bodies` fuzz target).
+                ApiError::invalid(clip(field, MAX_ECHO), clip(reason, 2 * MAX_ECHO))
             }
             _ => ApiError::MalformedJson {
                 reason: inner.to_string(),
@@ -101,8 +122,12 @@ fn check_len(field: &str, s: &str) -> Result<(), ApiError> {
 }
 
 fn parse_date(field: &str, s: &str) -> Result<chrono::NaiveDate, ApiError> {
-    chrono::NaiveDate::parse_from_str(s.trim(), "%Y-%m-%d")
-        .map_err(|_| ApiError::invalid(field, format!("{s:?} is not a date YYYY-MM-DD")))
+    chrono::NaiveDate::parse_from_str(s.trim(), "%Y-%m-%d").map_err(|_| {
+        ApiError::invalid(
+            field,
+            format!("{:?} is not a date YYYY-MM-DD", clip(s.to_string(), 40)),
+        )
+    })
 }
 
 impl MatchRequest {
@@ -346,6 +371,14 @@ mod tests {
             "inner.limit"
         );
         assert_eq!(field_of("[1]"), "body");
+        assert_eq!(field_of(r#"{"":1}"#), "body");
+        let long = "k".repeat(5000);
+        let e = parse_json::<Req>(format!(r#"{{"{long}":1}}"#).as_bytes()).unwrap_err();
+        let ApiError::Invalid { field, reason } = e else {
+            panic!()
+        };
+        assert_eq!(field.chars().count(), MAX_ECHO + 1);
+        assert!(reason.chars().count() <= 2 * MAX_ECHO + 1, "{reason}");
         assert!(matches!(
             parse_json::<Req>(b"{not json"),
             Err(ApiError::MalformedJson { .. })

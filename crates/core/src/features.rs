@@ -54,6 +54,20 @@ pub struct UserFeatures {
     pub semantic_interests: Option<TagProfile>,
 }
 
+/// Traits as the models saw them in training: each in [0, 1]. The app's
+/// database may hold anything (a value of 1e70 reads as an infinite f32):
+/// out-of-range values are clamped and non-finite ones read as the middle,
+/// so no feature is ever infinite or NaN (found by the `features` fuzz target).
+fn unit_interval<const N: usize>(v: [f32; N]) -> [f32; N] {
+    v.map(|x| {
+        if x.is_finite() {
+            x.clamp(0.0, 1.0)
+        } else {
+            0.5
+        }
+    })
+}
+
 /// Local hour of the week (Monday 00:00 = 0) of an instant in a time zone.
 pub fn hour_of_week(at: DateTime<Utc>, tz: &chrono_tz::Tz) -> usize {
     let l = at.with_timezone(tz);
@@ -137,9 +151,9 @@ impl UserFeatures {
         Self {
             user_id: profile.id,
             interests: TagSet::from_names(&profile.interests),
-            style_vector: profile.style_vector,
+            style_vector: unit_interval(profile.style_vector),
             travel_style: profile.travel_style,
-            personality: profile.personality,
+            personality: unit_interval(profile.personality),
             languages: profile.languages.clone(),
             budget: profile.budget,
             preferred_duration: profile.preferred_duration,
@@ -627,6 +641,14 @@ pub fn timing_features(u: &UserFeatures, pop: &PopulationActivity) -> Vec<f32> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn traits_out_of_range_are_clamped_and_non_finite_ones_read_as_the_middle() {
+        assert_eq!(
+            unit_interval([f32::INFINITY, f32::NAN, -3.0, 7.0, 0.25]),
+            [0.5, 0.5, 0.0, 1.0, 0.25]
+        );
+    }
     use crate::catalogue::{builtin, Catalogue};
     use chrono::TimeZone;
     use proptest::prelude::*;
