@@ -19,21 +19,11 @@ async fn match_rows(app: &TestApp, pairs: &[(String, String)]) -> Vec<Vec<f32>> 
     let width = meta["inputs"][0]["shape"][1].as_u64().unwrap() as usize;
     let mut rows = vec![];
     for (a, b) in pairs {
-        let mut feats = vec![];
-        for id in [a, b] {
-            let h = store
-                .user_history(id.parse().unwrap())
-                .await
-                .unwrap()
-                .unwrap();
-            feats.push(UserFeatures::from_history(
-                h.profile.as_ref().unwrap(),
-                &h,
-                &cat,
-                Utc::now(),
-            ));
-        }
-        let x = match_features(&feats[0], &feats[1], &match_context(&cat, None, &[]));
+        let (fa, fb) = (
+            features_of(store, &cat, a).await,
+            features_of(store, &cat, b).await,
+        );
+        let x = match_features(&fa, &fb, &match_context(&cat, None, &[]));
         rows.push(x[..width].to_vec());
     }
     rows

@@ -208,6 +208,31 @@ impl Background {
     }
 }
 
+/// A user's features computed here, from the store, as the service computes
+/// them (to check its answers against the trained model's).
+async fn features_of(store: &SqliteStore, cat: &Catalogue, id: &str) -> UserFeatures {
+    let h = store
+        .user_history(id.parse().unwrap())
+        .await
+        .unwrap()
+        .unwrap();
+    UserFeatures::from_history(h.profile.as_ref().unwrap(), &h, cat, Utc::now())
+}
+
+/// Assert that `r` is a marked fallback (200, `x-fallback`, `fallback:
+/// true`, confidence 0) and return its body.
+async fn marked_fallback(r: reqwest::Response) -> Value {
+    assert_eq!(r.status(), 200);
+    assert_eq!(r.headers()["x-fallback"], "true");
+    let v: Value = r.json().await.unwrap();
+    assert_eq!(
+        (v["fallback"].clone(), v["confidence"].clone()),
+        (json!(true), json!(0.0)),
+        "{v}"
+    );
+    v
+}
+
 async fn spawn_with(settings: Settings) -> TestApp {
     let backend = app::backend(&settings).unwrap();
     spawn_with_backend(settings, backend).await
@@ -965,20 +990,10 @@ async fn the_served_model_is_the_trained_file_and_gives_the_trainers_outputs() {
             .await;
         assert_eq!(r.headers()["x-model-version"], "travel_match/1");
         let v: Value = r.json().await.unwrap();
-        let mut feats = vec![];
-        for id in w {
-            let h = store
-                .user_history(id.parse().unwrap())
-                .await
-                .unwrap()
-                .unwrap();
-            feats.push(UserFeatures::from_history(
-                h.profile.as_ref().unwrap(),
-                &h,
-                &cat,
-                Utc::now(),
-            ));
-        }
+        let feats = [
+            features_of(&store, &cat, &w[0]).await,
+            features_of(&store, &cat, &w[1]).await,
+        ];
         let x = match_features(
             &feats[0],
             &feats[1],

@@ -284,14 +284,7 @@ async fn postgres_down_or_stalled_degrades_to_the_caches_and_recovers_by_itself(
         let t0 = std::time::Instant::now();
         let r = score(&ids[2], &ids[3]).await;
         let took = t0.elapsed();
-        assert_eq!(r.status(), 200, "{mode:?}");
-        assert_eq!(r.headers()["x-fallback"], "true");
-        let v: Value = r.json().await.unwrap();
-        assert_eq!(
-            (v["fallback"].clone(), v["confidence"].clone()),
-            (json!(true), json!(0.0)),
-            "{mode:?}: {v}"
-        );
+        marked_fallback(r).await;
         assert!(
             took < std::time::Duration::from_secs(3),
             "{mode:?}: took {took:?} with a 300 ms deadline"
@@ -314,14 +307,7 @@ async fn postgres_down_or_stalled_degrades_to_the_caches_and_recovers_by_itself(
                 json!({"user_id": ids[2], "notification_type": "message"}),
             )
             .await;
-        assert_eq!(r.status(), 200, "{mode:?}");
-        assert_eq!(r.headers()["x-fallback"], "true");
-        let v: Value = r.json().await.unwrap();
-        assert_eq!(
-            (v["fallback"].clone(), v["confidence"].clone()),
-            (json!(true), json!(0.0)),
-            "{v}"
-        );
+        let v = marked_fallback(r).await;
         assert!(
             v["reason"].as_str().unwrap().contains("time zone unknown"),
             "{v}"
