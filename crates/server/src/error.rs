@@ -180,20 +180,16 @@ pub struct ErrorDetail {
     pub field: Option<String>,
 }
 
-impl IntoResponse for ServiceError {
-    fn into_response(self) -> Response {
-        let (status, code) = self.http_status();
+impl ServiceError {
+    /// An HTTP error response: `body` with `status`, the error kind for the
+    /// metrics, `WWW-Authenticate` on 401 and `Retry-After` on 503; 5xx
+    /// internals are logged for operators, never sent. Shared by the
+    /// domain API's body and the Open Inference Protocol's.
+    pub fn respond(&self, status: StatusCode, body: impl Serialize) -> Response {
+        let (_, code) = self.http_status();
         if status.is_server_error() {
-            // Internals are logged for operators, not sent to callers.
             tracing::warn!(error = ?self, code, "request failed");
         }
-        let body = ErrorBody {
-            error: ErrorDetail {
-                code: code.into(),
-                message: self.to_string(),
-                field: self.field(),
-            },
-        };
         let mut resp = (status, axum::Json(body)).into_response();
         resp.extensions_mut()
             .insert(crate::telemetry::ErrorKind(code));
@@ -206,5 +202,19 @@ impl IntoResponse for ServiceError {
                 .insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
         }
         resp
+    }
+}
+
+impl IntoResponse for ServiceError {
+    fn into_response(self) -> Response {
+        let (status, code) = self.http_status();
+        let body = ErrorBody {
+            error: ErrorDetail {
+                code: code.into(),
+                message: self.to_string(),
+                field: self.field(),
+            },
+        };
+        self.respond(status, body)
     }
 }

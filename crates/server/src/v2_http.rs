@@ -45,30 +45,14 @@ impl From<ServiceError> for V2Error {
 
 impl IntoResponse for V2Error {
     fn into_response(self) -> Response {
-        let (mut status, code) = self.0.http_status();
+        let (mut status, _) = self.0.http_status();
         if status == StatusCode::UNPROCESSABLE_ENTITY {
             status = StatusCode::BAD_REQUEST;
         }
-        if status.is_server_error() {
-            tracing::warn!(error = ?self.0, code, "request failed");
-        }
-        let mut r = (
-            status,
-            Json(V2ErrorBody {
-                error: self.0.to_string(),
-            }),
-        )
-            .into_response();
-        r.extensions_mut().insert(crate::telemetry::ErrorKind(code));
-        if status == StatusCode::SERVICE_UNAVAILABLE {
-            r.headers_mut()
-                .insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
-        }
-        if status == StatusCode::UNAUTHORIZED {
-            r.headers_mut()
-                .insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
-        }
-        r
+        let body = V2ErrorBody {
+            error: self.0.to_string(),
+        };
+        self.0.respond(status, body)
     }
 }
 
