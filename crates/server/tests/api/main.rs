@@ -1602,6 +1602,14 @@ fn copy_dir(from: &std::path::Path, to: &std::path::Path) {
     }
 }
 
+/// Whether two notification answers (`[send_at, channel, confidence]`)
+/// chose the same slot: the same send time, or the same confidence (the
+/// slot's probability), since a slot at the current hour is "now" for one
+/// call and its next occurrence for a call a moment later.
+fn same_slot_of(a: &Value, b: &Value) -> bool {
+    a[0] == b[0] || (a[2].as_f64().unwrap() - b[2].as_f64().unwrap()).abs() < 1e-3
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn quantize_writes_int8_versions_that_are_measured_and_served() {
     let dir = tempfile::tempdir().unwrap();
@@ -1682,7 +1690,7 @@ async fn quantize_writes_int8_versions_that_are_measured_and_served() {
             // Slot scores can be near-ties: INT8 may pick a neighbouring
             // hour, and then the confidence is another slot's. Where both
             // pick the same slot, its probability barely moves.
-            if a[0] == b[0] {
+            if same_slot_of(a, b) {
                 same_slot += 1;
                 let d = (a[2].as_f64().unwrap() - b[2].as_f64().unwrap()).abs();
                 assert!(d < 0.05, "notification confidence moved by {d}: {a} vs {b}");
@@ -1694,10 +1702,35 @@ async fn quantize_writes_int8_versions_that_are_measured_and_served() {
             assert!(d < 0.05, "match score moved by {d}");
         }
     }
+    // Over more users: most keep their slot. (Three alone flaked: with near-
+    // ties across 168 hours, two of three moved once in a few dozen runs.)
+    let (mut same, mut total) = (same_slot, 3);
+    for u in float.users(15).iter().skip(3) {
+        let body = json!({"user_id": u, "notification_type": "match_found", "urgency": "medium"});
+        let a: Value = float
+            .post("/notifications/optimize", body.clone())
+            .await
+            .json()
+            .await
+            .unwrap();
+        let b: Value = int8
+            .post("/notifications/optimize", body)
+            .await
+            .json()
+            .await
+            .unwrap();
+        total += 1;
+        if same_slot_of(
+            &json!([a["send_at"], a["channel"], a["confidence"]]),
+            &json!([b["send_at"], b["channel"], b["confidence"]]),
+        ) {
+            same += 1;
+        }
+    }
     assert!(
-        same_slot >= 2,
-        "INT8 changed the send time of {} of 3 notifications",
-        3 - same_slot
+        same * 3 >= total * 2,
+        "INT8 changed the send time of {} of {total} notifications",
+        total - same
     );
 }
 
