@@ -161,8 +161,6 @@ impl ApiKeys {
         Self(Arc::new(keys))
     }
 
-    /// Whether `presented` is one of the keys. Every key is compared, each in
-    /// time independent of where the bytes differ.
     /// Whether no keys are configured (no authentication).
     pub fn is_empty(&self) -> bool {
         self.0.is_empty()
@@ -178,6 +176,8 @@ impl ApiKeys {
             .is_some_and(|k| self.accepts(k))
     }
 
+    /// Whether `presented` is one of the keys. Every key is compared, each in
+    /// time independent of where the bytes differ.
     pub fn accepts(&self, presented: &str) -> bool {
         use secrecy::ExposeSecret as _;
         use subtle::ConstantTimeEq as _;
