@@ -1,0 +1,73 @@
+#!/usr/bin/env bash
+# The performance harness (issue 16): ml-service in release mode on the
+# demo dataset beside a bare axum server that parses and validates the same
+# JSON and answers a constant (crates/server/examples/bare_axum.rs), both
+# driven by wrk at 50 connections over bodies rotating through 1,000 users.
+# Per endpoint and mode (prediction cache off: every request computes; on):
+# requests/s, p50/p95/p99, and the share of the bare server's requests/s
+# measured in the same run; then the service's peak RSS (VmHWM) and how long
+# a start with models present takes to open its port.
+#
+#   bench/perf.sh                  # 10 s per point
+#   DURATION=5 bench/perf.sh
+#
+# The load generator shares the machine's cores with the server: compare
+# the ratios, which hold across noisy runs better than the absolute figures.
+DURATION=${DURATION:-10}
+source "$(dirname "$0")/common.sh"
+cargo build --release --quiet -p ml-server --example bare_axum
+bare=target/release/examples/bare_axum
+head -n 1000 "$work/users.txt" |
+  awk '{printf "{\"user_id\": \"%s\", \"notification_type\": \"message\"}\n", $1}' > "$work/notify.jsonl"
+
+path_of() { case $1 in match) echo /match/score ;; recommend) echo /recommend/destinations ;; notify) echo /notifications/optimize ;; esac; }
+# One wrk point: run_point PORT ENDPOINT -> "rps p50 p95 p99 non2xx"
+run_point() {
+  local out
+  wrk -t1 -c50 -d2s -s bench/post-bodies.lua "http://127.0.0.1:$1$(path_of "$2")" -- "$work/$2.jsonl" >/dev/null
+  out=$(wrk -t1 -c50 -d"${duration}s" --latency -s bench/post-bodies.lua \
+    "http://127.0.0.1:$1$(path_of "$2")" -- "$work/$2.jsonl")
+  read -r rps p50 p99 bad _ < <(echo "$out" | wrk_fields)
+  p95=$(echo "$out" | awk '$1=="p95" {print $2}')
+  echo "$rps $p50 $p95 $p99 $bad"
+}
+
+bport=$(free_port)
+"$bare" "$bport" &
+bpid=$!
+trap 'kill $bpid ${pid:-} 2>/dev/null || true' EXIT
+for _ in $(seq 1 50); do curl -s -o /dev/null "http://127.0.0.1:$bport/" && break; sleep 0.1; done
+declare -A bare_rps
+for ep in match recommend notify; do
+  read -r rps _ < <(run_point "$bport" "$ep")
+  bare_rps[$ep]=$rps
+done
+
+echo "$(nproc) cores, wrk -t1 -c50, ${duration}s per point"
+echo
+echo "| endpoint | prediction cache | requests/s | share of bare axum | p50 | p95 | p99 | non-2xx |"
+echo "| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: |"
+for mode in off on; do
+  [ "$mode" = off ] && cache=false || cache=true
+  start_service PREDICTION_CACHE=$cache
+  for ep in match recommend notify; do
+    read -r rps p50 p95 p99 bad < <(run_point "$port" "$ep")
+    share=$(awk -v a="$rps" -v b="${bare_rps[$ep]}" 'BEGIN {printf "%.2f", a / b}')
+    echo "| $ep | $mode | $rps | $share | $p50 | $p95 | $p99 | $bad |"
+  done
+  hwm=$(awk '/VmHWM/ {printf "%.0f", $2/1024}' "/proc/$pid/status")
+  kill "$pid"; wait "$pid" 2>/dev/null || true
+  echo "| (peak RSS, cache $mode) | | | | | | | ${hwm} MiB |"
+done
+echo "| bare axum | | ${bare_rps[match]} / ${bare_rps[recommend]} / ${bare_rps[notify]} (match / recommend / notify) | 1.00 | | | | |"
+
+# Cold start with models present: from exec to the port answering.
+port=$(free_port)
+t0=$(date +%s%N)
+ML_SERVICE_PORT=$port PROMETHEUS_PORT=0 GRPC_PORT=0 "$bin" serve &
+pid=$!
+until curl -s -o /dev/null "http://127.0.0.1:$port/health/live"; do sleep 0.01; done
+t1=$(date +%s%N)
+kill "$pid"; wait "$pid" 2>/dev/null || true
+echo
+echo "cold start with models present: port answering after $(( (t1 - t0) / 1000000 )) ms"
