@@ -9,8 +9,8 @@
 use axum::routing::post;
 use axum::{Json, Router};
 use ml_api::{
-    MatchFactors, MatchRequest, MatchResponse, NotifyRequest, NotifyResponse, Recommendation,
-    RecommendRequest, RecommendResponse,
+    MatchFactors, MatchRequest, MatchResponse, NotifyRequest, NotifyResponse, RecommendRequest,
+    RecommendResponse, Recommendation,
 };
 use ml_core::types::Channel;
 
