@@ -478,18 +478,14 @@ struct Authenticate(ApiKeys);
 
 impl tonic::service::Interceptor for Authenticate {
     fn call(&mut self, req: Request<()>) -> Result<Request<()>, Status> {
-        if self.0.is_empty() {
-            return Ok(req);
-        }
-        let presented = req
+        let value = req
             .metadata()
             .get("authorization")
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.strip_prefix("Bearer "))
-            .map(str::trim);
-        match presented {
-            Some(k) if self.0.accepts(k) => Ok(req),
-            _ => Err(ServiceError::Unauthorized.to_grpc()),
+            .and_then(|v| v.to_str().ok());
+        if self.0.is_empty() || self.0.accepts_authorization(value) {
+            Ok(req)
+        } else {
+            Err(ServiceError::Unauthorized.to_grpc())
         }
     }
 }

@@ -168,9 +168,17 @@ impl ApiKeys {
 
     /// Whether `Authorization: Bearer <key>` in `headers` names a key.
     pub fn accepts_header(&self, headers: &axum::http::HeaderMap) -> bool {
-        headers
-            .get(axum::http::header::AUTHORIZATION)
-            .and_then(|v| v.to_str().ok())
+        self.accepts_authorization(
+            headers
+                .get(axum::http::header::AUTHORIZATION)
+                .and_then(|v| v.to_str().ok()),
+        )
+    }
+
+    /// Whether an `authorization` value (an HTTP header or gRPC metadata)
+    /// is `Bearer <one of the keys>`.
+    pub fn accepts_authorization(&self, value: Option<&str>) -> bool {
+        value
             .and_then(|v| v.strip_prefix("Bearer "))
             .map(str::trim)
             .is_some_and(|k| self.accepts(k))

@@ -5,18 +5,23 @@
 
 use super::*;
 
-/// Match feature rows of pairs of users, as the service computes them, and
-/// the width the served model reads.
-async fn match_rows(app: &TestApp, pairs: &[(String, String)]) -> Vec<Vec<f32>> {
-    let store = &app.store;
-    let cat = Catalogue::new(store.load_destinations().unwrap());
-    let meta: Value = app
-        .get("/v2/models/travel_match")
+/// The width of a model's `features` input, from its protocol metadata.
+async fn input_width(app: &TestApp, model: &str) -> usize {
+    let m: Value = app
+        .get(&format!("/v2/models/{model}"))
         .await
         .json()
         .await
         .unwrap();
-    let width = meta["inputs"][0]["shape"][1].as_u64().unwrap() as usize;
+    m["inputs"][0]["shape"][1].as_u64().unwrap() as usize
+}
+
+/// Match feature rows of pairs of users, as the service computes them, cut
+/// to the width the served model reads.
+async fn match_rows(app: &TestApp, pairs: &[(String, String)]) -> Vec<Vec<f32>> {
+    let store = &app.store;
+    let cat = Catalogue::new(store.load_destinations().unwrap());
+    let width = input_width(app, "travel_match").await;
     let mut rows = vec![];
     for (a, b) in pairs {
         let (fa, fb) = (
@@ -228,13 +233,7 @@ async fn tritons_own_client_gets_the_domain_answers_over_http_and_grpc() {
     // four ways of calling must agree with each other.
     let mut cases = vec![json!({"model": "travel_match", "rows": rows})];
     for model in ["recommendation", "notification_timing"] {
-        let m: Value = app
-            .get(&format!("/v2/models/{model}"))
-            .await
-            .json()
-            .await
-            .unwrap();
-        let w = m["inputs"][0]["shape"][1].as_u64().unwrap() as usize;
+        let w = input_width(&app, model).await;
         let rows: Vec<Vec<f32>> = (0..3)
             .map(|r| {
                 (0..w)
