@@ -1,15 +1,21 @@
-//! Dynamic batching: one actor per loaded model, on its own OS thread, owns a
-//! bounded queue of requests, forms batches of up to `max_batch` requests
-//! (whatever is queued now, plus whatever arrives within `max_delay` of the
-//! first), runs each batch as one model call on the inference pool, and answers
-//! every request with its own rows. A full queue is refused at once; requests
-//! whose caller has gone away are dropped before inference. The actor is a
-//! thread rather than an async task because its waits are sub-millisecond:
-//! tokio's timers tick in whole milliseconds, a parked thread wakes to the
-//! microsecond.
+//! Dynamic batching without a thread of its own: each loaded model has a
+//! bounded queue of requests, and the first request to find no batch
+//! scheduled for its model schedules one on the inference pool. The
+//! inference thread that picks it up takes what is queued then (up to
+//! `max_batch` requests, waiting up to `max_delay` after the first for more),
+//! runs it as one model call, and answers every request with its own rows.
+//! While the inference threads are busy, arriving requests gather in the
+//! queue and the next batch takes them all, so batches grow with load. A full
+//! queue is refused at once; requests whose caller has gone away are dropped
+//! before inference.
+//!
+//! An earlier version ran an actor thread per model that formed batches and
+//! handed them to the pool: one more thread wake-up per batch, and its
+//! spinning waits took a seventh of the CPU under load (issue 16's profile).
 
 use crate::{BackendError, InferencePool, LoadedModel, Outputs};
 use crossbeam_channel::{bounded, Receiver, Sender, TrySendError};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tokio::sync::oneshot;
@@ -21,16 +27,13 @@ pub struct BatchConfig {
     /// straight to the inference pool).
     pub max_batch: usize,
     /// Requests of this many rows or more skip the batcher: they already fill
-    /// a model call, and joining them only adds copies and a thread hop.
+    /// a model call, and joining them only adds copies.
     pub max_rows: usize,
     /// How long the first request of a batch may wait for others; zero takes
     /// only what is queued at that moment.
     pub max_delay: Duration,
     /// Requests that may wait in the model's queue; beyond it, `Overloaded`.
     pub queue: usize,
-    /// Batches of this model running at once (normally the inference threads):
-    /// while all are busy, arriving requests gather into the next batch.
-    pub concurrency: usize,
 }
 
 impl Default for BatchConfig {
@@ -40,7 +43,6 @@ impl Default for BatchConfig {
             max_rows: 4,
             max_delay: Duration::ZERO,
             queue: 1024,
-            concurrency: 2,
         }
     }
 }
@@ -55,14 +57,28 @@ struct Request {
     arrived: Instant,
 }
 
-/// The handle to one model's batcher; cheap to clone. The actor thread ends
-/// when the last handle is dropped, after answering what is queued.
+/// One model's queue and whether a batch of it is scheduled on the pool.
+struct Queue {
+    model: Arc<dyn LoadedModel>,
+    pool: Arc<InferencePool>,
+    tx: Sender<Request>,
+    rx: Receiver<Request>,
+    /// True from the moment a batch task is handed to the pool until an
+    /// inference thread starts it. Whoever queues a request and finds it
+    /// false schedules the task, so a queued request always has a task
+    /// coming for it, and there is at most one waiting per model.
+    scheduled: AtomicBool,
+    config: BatchConfig,
+    observer: BatchObserver,
+}
+
+/// The handle to one model's batcher; cheap to clone.
 #[derive(Clone)]
 pub struct Batcher {
     model: Arc<dyn LoadedModel>,
     pool: Arc<InferencePool>,
     /// `None` when batching is off.
-    tx: Option<Sender<Request>>,
+    queue: Option<Arc<Queue>>,
     max_rows: usize,
     observer: BatchObserver,
 }
@@ -71,46 +87,36 @@ impl std::fmt::Debug for Batcher {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Batcher")
             .field("model", &self.model)
-            .field("batching", &self.tx.is_some())
+            .field("batching", &self.queue.is_some())
             .finish()
     }
 }
 
 impl Batcher {
-    /// Start the batching actor of `model` (or, with `max_batch` ≤ 1, a handle
-    /// that sends each request on its own).
+    /// The batcher of `model` (with `max_batch` ≤ 1, a handle that sends each
+    /// request on its own).
     pub fn spawn(
         model: Arc<dyn LoadedModel>,
         pool: Arc<InferencePool>,
         config: BatchConfig,
         observer: BatchObserver,
     ) -> Self {
-        let tx = (config.max_batch > 1).then(|| {
+        let queue = (config.max_batch > 1).then(|| {
             let (tx, rx) = bounded(config.queue.max(1));
-            let slots = config.concurrency.max(1);
-            let (slot_tx, slot_rx) = bounded(slots);
-            for _ in 0..slots {
-                let _ = slot_tx.send(());
-            }
-            let actor = Actor {
+            Arc::new(Queue {
                 model: Arc::clone(&model),
                 pool: Arc::clone(&pool),
+                tx,
                 rx,
+                scheduled: AtomicBool::new(false),
                 config,
-                slot_tx,
-                slot_rx,
                 observer: Arc::clone(&observer),
-            };
-            std::thread::Builder::new()
-                .name("batcher".into())
-                .spawn(move || actor.run())
-                .expect("spawn a batcher thread");
-            tx
+            })
         });
         Self {
             model,
             pool,
-            tx,
+            queue,
             max_rows: config.max_rows,
             observer,
         }
@@ -118,73 +124,85 @@ impl Batcher {
 
     /// Requests waiting in this model's queue.
     pub fn queue_depth(&self) -> usize {
-        self.tx.as_ref().map(Sender::len).unwrap_or(0)
+        self.queue.as_ref().map(|q| q.rx.len()).unwrap_or(0)
     }
 
     /// Run `rows` rows through the model, batched with other callers' rows.
     pub async fn run(&self, input: Vec<f32>, rows: usize) -> Result<Outputs, BackendError> {
-        let tx = match &self.tx {
-            Some(tx) if rows < self.max_rows => tx,
+        let queue = match &self.queue {
+            Some(q) if rows < self.max_rows => q,
             _ => {
                 (self.observer)(1, rows);
                 return self.pool.run(Arc::clone(&self.model), input, rows).await;
             }
         };
         let (reply, rx) = oneshot::channel();
-        tx.try_send(Request {
-            input,
-            rows,
-            reply,
-            arrived: Instant::now(),
-        })
-        .map_err(|e| match e {
-            TrySendError::Full(_) => BackendError::Overloaded,
-            TrySendError::Disconnected(_) => BackendError::ShutDown,
-        })?;
+        queue
+            .tx
+            .try_send(Request {
+                input,
+                rows,
+                reply,
+                arrived: Instant::now(),
+            })
+            .map_err(|e| match e {
+                TrySendError::Full(_) => BackendError::Overloaded,
+                TrySendError::Disconnected(_) => BackendError::ShutDown,
+            })?;
+        Queue::schedule(queue);
         rx.await.map_err(|_| BackendError::ShutDown)?
     }
 }
 
-struct Actor {
-    model: Arc<dyn LoadedModel>,
-    pool: Arc<InferencePool>,
-    rx: Receiver<Request>,
-    config: BatchConfig,
-    /// One token per batch allowed in flight; a finished batch returns its token.
-    slot_tx: Sender<()>,
-    slot_rx: Receiver<()>,
-    observer: BatchObserver,
-}
+impl Queue {
+    /// Make sure a batch task is coming for what is queued.
+    fn schedule(this: &Arc<Self>) {
+        if this.scheduled.swap(true, Ordering::SeqCst) {
+            return;
+        }
+        let q = Arc::clone(this);
+        if let Err((e, _task)) = this.pool.submit(Box::new(move || q.run_batch())) {
+            // The pool cannot take it (full or shutting down): what is queued
+            // now is refused with its error rather than left waiting. A
+            // request queued after the flag drops schedules its own task.
+            this.scheduled.store(false, Ordering::SeqCst);
+            for r in this.rx.try_iter() {
+                let _ = r.reply.send(Err(e.for_each_caller()));
+            }
+        }
+    }
 
-impl Actor {
-    fn run(self) {
-        while let Ok(first) = self.rx.recv() {
-            // Wait for a free slot first: while every slot is busy, arriving
-            // requests queue up and join this batch, which is what makes batches
-            // grow with load.
-            if self.slot_rx.recv().is_err() {
-                return;
+    /// On an inference thread: take a batch from the queue and run it.
+    fn run_batch(self: Arc<Self>) {
+        // From here on, a newly queued request schedules another task (which
+        // an idle inference thread runs at once) instead of counting on this
+        // one, which may already have taken its batch.
+        self.scheduled.store(false, Ordering::SeqCst);
+        let Ok(first) = self.rx.try_recv() else {
+            return;
+        };
+        let deadline = first.arrived + self.config.max_delay;
+        let mut batch = vec![first];
+        while batch.len() < self.config.max_batch {
+            match self.rx.try_recv() {
+                Ok(r) => batch.push(r),
+                Err(_) => break,
             }
-            let deadline = first.arrived + self.config.max_delay;
-            let mut batch = vec![first];
-            while batch.len() < self.config.max_batch {
-                match self.rx.try_recv() {
-                    Ok(r) => batch.push(r),
-                    Err(_) => break,
-                }
+        }
+        while batch.len() < self.config.max_batch {
+            match self.rx.recv_deadline(deadline) {
+                Ok(r) => batch.push(r),
+                Err(_) => break,
             }
-            while batch.len() < self.config.max_batch {
-                match self.rx.recv_deadline(deadline) {
-                    Ok(r) => batch.push(r),
-                    Err(_) => break,
-                }
-            }
-            // Callers that gave up (timeout, disconnect) cost no inference.
-            batch.retain(|r| !r.reply.is_closed());
-            if batch.is_empty() {
-                let _ = self.slot_tx.send(());
-                continue;
-            }
+        }
+        // Requests left behind by a full batch were queued while this task
+        // was scheduled, so none of them scheduled its own: do it for them.
+        if !self.rx.is_empty() {
+            Self::schedule(&self);
+        }
+        // Callers that gave up (timeout, disconnect) cost no inference.
+        batch.retain(|r| !r.reply.is_closed());
+        if !batch.is_empty() {
             self.dispatch(batch);
         }
     }
@@ -193,43 +211,32 @@ impl Actor {
     fn dispatch(&self, batch: Vec<Request>) {
         let rows: usize = batch.iter().map(|r| r.rows).sum();
         (self.observer)(batch.len(), rows);
-        let input: Vec<f32> = if batch.len() == 1 {
-            batch[0].input.clone()
+        let result = if batch.len() == 1 {
+            self.model.run(&batch[0].input, rows)
         } else {
-            batch.iter().flat_map(|r| r.input.iter().copied()).collect()
+            let input: Vec<f32> = batch.iter().flat_map(|r| r.input.iter().copied()).collect();
+            self.model.run(&input, rows)
         };
-        let (replies, sizes): (Vec<_>, Vec<_>) =
-            batch.into_iter().map(|r| (r.reply, r.rows)).unzip();
-        let slot = self.slot_tx.clone();
-        let answer = move |result: Result<Outputs, BackendError>| {
-            match result {
-                Ok(outputs) => {
-                    let mut start = 0;
-                    for (reply, n) in replies.into_iter().zip(sizes) {
-                        let part = outputs
-                            .iter()
-                            .map(|o| {
-                                let w = o.len() / rows;
-                                o[start * w..(start + n) * w].to_vec()
-                            })
-                            .collect();
-                        start += n;
-                        let _ = reply.send(Ok(part));
-                    }
-                }
-                Err(e) => {
-                    for reply in replies {
-                        let _ = reply.send(Err(e.for_each_caller()));
-                    }
+        match result {
+            Ok(outputs) => {
+                let mut start = 0;
+                for r in batch {
+                    let part = outputs
+                        .iter()
+                        .map(|o| {
+                            let w = o.len() / rows;
+                            o[start * w..(start + r.rows) * w].to_vec()
+                        })
+                        .collect();
+                    start += r.rows;
+                    let _ = r.reply.send(Ok(part));
                 }
             }
-            let _ = slot.send(());
-        };
-        if let Err((e, answer)) =
-            self.pool
-                .submit(Arc::clone(&self.model), input, rows, Box::new(answer))
-        {
-            answer(Err(e));
+            Err(e) => {
+                for r in batch {
+                    let _ = r.reply.send(Err(e.for_each_caller()));
+                }
+            }
         }
     }
 }
@@ -279,7 +286,6 @@ mod tests {
             max_rows: 32,
             max_delay: Duration::from_millis(5),
             queue: 64,
-            concurrency: 1,
         };
         let b = Batcher::spawn(model.clone(), pool, config, obs);
         let tasks: Vec<_> = (0..40)
@@ -322,7 +328,6 @@ mod tests {
             max_rows: 3,
             max_delay: Duration::from_millis(20),
             queue: 64,
-            concurrency: 1,
         };
         let b = Batcher::spawn(model.clone(), pool, config, obs);
         let tasks: Vec<_> = (0..6)
@@ -380,7 +385,6 @@ mod tests {
             max_rows: 32,
             max_delay: Duration::ZERO,
             queue: 2,
-            concurrency: 1,
         };
         let b = Batcher::spawn(model, pool, config, obs);
         let out = futures_join(&b, 50).await;
@@ -407,7 +411,6 @@ mod tests {
             max_rows: 32,
             max_delay: Duration::from_millis(50),
             queue: 64,
-            concurrency: 1,
         };
         let b = Batcher::spawn(model.clone(), pool, config, obs);
         let busy = {

@@ -6,6 +6,7 @@
 pub mod batcher;
 pub mod error;
 pub mod export;
+pub mod linear;
 pub mod meta;
 #[cfg(feature = "onnxruntime")]
 pub mod onnxruntime;

@@ -11,23 +11,19 @@ use tokio::sync::oneshot;
 /// A model's outputs, each flattened row-major, in signature order.
 pub type Outputs = Vec<Vec<f32>>;
 
-/// What the batcher runs on the inference thread with a batch's result.
-pub type Callback = Box<dyn FnOnce(Result<Outputs, BackendError>) + Send>;
+/// Work handed to an inference thread whole: a batcher's "take what is
+/// queued for my model and run it as one call".
+pub type Task = Box<dyn FnOnce() + Send>;
 
-/// Where a job's result goes.
-enum Reply {
-    /// A waiting caller; skipped when it has gone away.
-    Caller(oneshot::Sender<Result<Outputs, BackendError>>),
-    /// A function run on the inference thread with the result (the batcher's
-    /// way of answering each request of a batch).
-    Then(Callback),
-}
-
-struct Job {
-    model: Arc<dyn LoadedModel>,
-    input: Vec<f32>,
-    rows: usize,
-    reply: Reply,
+enum Job {
+    /// One model call for a waiting caller; skipped when it has gone away.
+    Run {
+        model: Arc<dyn LoadedModel>,
+        input: Vec<f32>,
+        rows: usize,
+        reply: oneshot::Sender<Result<Outputs, BackendError>>,
+    },
+    Task(Task),
 }
 
 /// The pool of inference threads.
@@ -55,13 +51,18 @@ impl InferencePool {
                     .name(format!("inference-{i}"))
                     .spawn(move || {
                         for job in rx.iter() {
-                            match job.reply {
+                            match job {
                                 // The caller gave up (timeout, disconnect): skip the work.
-                                Reply::Caller(tx) if tx.is_closed() => {}
-                                Reply::Caller(tx) => {
-                                    let _ = tx.send(job.model.run(&job.input, job.rows));
+                                Job::Run { reply, .. } if reply.is_closed() => {}
+                                Job::Run {
+                                    model,
+                                    input,
+                                    rows,
+                                    reply,
+                                } => {
+                                    let _ = reply.send(model.run(&input, rows));
                                 }
-                                Reply::Then(f) => f(job.model.run(&job.input, job.rows)),
+                                Job::Task(task) => task(),
                             }
                         }
                     })
@@ -87,35 +88,22 @@ impl InferencePool {
         rows: usize,
     ) -> Result<Outputs, BackendError> {
         let (reply, rx) = oneshot::channel();
-        self.enqueue(Job {
+        self.enqueue(Job::Run {
             model,
             input,
             rows,
-            reply: Reply::Caller(reply),
+            reply,
         })
         .map_err(|(e, _)| e)?;
         rx.await.map_err(|_| BackendError::ShutDown)?
     }
 
-    /// Queue a model run whose result is handed to `then` on the inference
-    /// thread. When the queue is full or closed, the error and `then` come
-    /// back at once.
-    pub fn submit(
-        &self,
-        model: Arc<dyn LoadedModel>,
-        input: Vec<f32>,
-        rows: usize,
-        then: Callback,
-    ) -> Result<(), (BackendError, Callback)> {
-        let job = Job {
-            model,
-            input,
-            rows,
-            reply: Reply::Then(then),
-        };
-        self.enqueue(job).map_err(|(e, job)| match job.reply {
-            Reply::Then(f) => (e, f),
-            Reply::Caller(_) => unreachable!("a submitted job carries a callback"),
+    /// Queue a task for an inference thread. When the queue is full or
+    /// closed, the error and the task come back at once.
+    pub fn submit(&self, task: Task) -> Result<(), (BackendError, Task)> {
+        self.enqueue(Job::Task(task)).map_err(|(e, job)| match job {
+            Job::Task(t) => (e, t),
+            Job::Run { .. } => unreachable!("a task comes back as a task"),
         })
     }
 

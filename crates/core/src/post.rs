@@ -65,6 +65,53 @@ fn join_and(items: &[String]) -> String {
     }
 }
 
+/// History destinations whose share of a recommendation is measured.
+pub const MAX_ATTRIBUTED_HISTORY: usize = 30;
+
+/// The input rows of one recommendation call, and the model columns of the
+/// history destinations measured. Row 0 is the user as they are; then the
+/// same user without profile (interests, budget, trip length), without
+/// history, with neither (popularity alone), and without each history
+/// destination: the differences are each signal's share of every score,
+/// which the reason names. `columns` maps each model column to its
+/// destination in the catalogue. Without `ablations` only the first four rows
+/// are made (the caller knows each destination's share another way).
+pub fn rec_attribution_rows(
+    u: &UserFeatures,
+    columns: &[Option<usize>],
+    space: crate::features::InterestSpace,
+    ablations: bool,
+) -> (Vec<f32>, Vec<usize>) {
+    let cols = columns.len();
+    let profile = crate::train::rec_profile_input(u, space);
+    let width = cols + profile.len();
+    let mut full = vec![0f32; width];
+    let mut history = vec![];
+    for (c, d) in columns.iter().enumerate() {
+        if let Some(d) = d {
+            if u.has_engaged(*d) {
+                full[c] = 1.0;
+                history.push(c);
+            }
+        }
+    }
+    full[cols..].copy_from_slice(&profile);
+    history.truncate(MAX_ATTRIBUTED_HISTORY);
+    let mut rows = Vec::with_capacity(width * (4 + history.len()));
+    rows.extend_from_slice(&full);
+    rows.extend_from_slice(&full[..cols]);
+    rows.resize(rows.len() + profile.len(), 0.0);
+    rows.resize(rows.len() + cols, 0.0);
+    rows.extend_from_slice(&profile);
+    rows.resize(rows.len() + width, 0.0);
+    for &c in history.iter().filter(|_| ablations) {
+        let start = rows.len();
+        rows.extend_from_slice(&full);
+        rows[start + c] = 0.0;
+    }
+    (rows, history)
+}
+
 /// What drove a recommendation's score most (from the model's own attribution).
 #[derive(Debug, Clone, PartialEq)]
 pub enum RecDriver {
@@ -370,6 +417,37 @@ mod tests {
     use super::*;
     use crate::catalogue::builtin;
     use chrono::TimeZone;
+
+    #[test]
+    fn attribution_rows_remove_one_signal_each() {
+        let mut u = user("UTC", None);
+        u.engaged = vec![2, 5, 9];
+        // Columns 0..4 are catalogue destinations 9, 5, 2, none; 1 of them unknown.
+        let columns = [Some(9), Some(5), None, Some(2)];
+        let (rows, history) =
+            rec_attribution_rows(&u, &columns, crate::features::InterestSpace::Exact, true);
+        let profile = crate::train::rec_profile_input(&u, crate::features::InterestSpace::Exact);
+        let w = columns.len() + profile.len();
+        assert_eq!(history, vec![0, 1, 3]);
+        assert_eq!(rows.len(), w * (4 + 3));
+        let row = |r: usize| &rows[r * w..(r + 1) * w];
+        assert_eq!(&row(0)[..4], &[1.0, 1.0, 0.0, 1.0]);
+        assert_eq!(&row(0)[4..], &profile[..]);
+        assert_eq!(&row(1)[..4], &row(0)[..4]);
+        assert!(row(1)[4..].iter().all(|x| *x == 0.0));
+        assert!(row(2)[..4].iter().all(|x| *x == 0.0));
+        assert_eq!(&row(2)[4..], &profile[..]);
+        assert!(row(3).iter().all(|x| *x == 0.0));
+        for (k, &c) in history.iter().enumerate() {
+            let mut expected = row(0).to_vec();
+            expected[c] = 0.0;
+            assert_eq!(row(4 + k), &expected[..]);
+        }
+        let (four, same) =
+            rec_attribution_rows(&u, &columns, crate::features::InterestSpace::Exact, false);
+        assert_eq!(same, history);
+        assert_eq!(&four[..], &rows[..4 * w]);
+    }
 
     fn user(tz: &str, sessions_at_local_hour: Option<(usize, u32)>) -> UserFeatures {
         let p = Profile {

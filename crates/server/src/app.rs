@@ -272,6 +272,7 @@ pub fn prepare_with(
         inference_timeout: Duration::from_millis(settings.inference_timeout_ms.max(1)),
         interests,
         draining: Default::default(),
+        linear_attribution: settings.rec_linear_attribution,
     }))
 }
 

@@ -82,9 +82,8 @@ impl Grpc {
         admit: bool,
         work: impl Future<Output = Result<Answer<T>, ServiceError>>,
     ) -> Result<Response<T>, Status> {
-        crate::telemetry::handle();
         let t0 = Instant::now();
-        let inflight = metrics::gauge!("ml_inflight_requests");
+        let inflight = crate::telemetry::inflight();
         inflight.increment(1.0);
         let r = if admit {
             self.admission.run(work).await.and_then(|r| r)
@@ -97,10 +96,10 @@ impl Grpc {
             Ok(a) => {
                 let (model, version) = a
                     .model
-                    .map(|(m, v)| (m.as_str().to_string(), v.to_string()))
-                    .unwrap_or_else(|| ("none".into(), "none".into()));
+                    .map(|(m, v)| (m.as_str(), v.to_string()))
+                    .unwrap_or_else(|| ("none", "none".into()));
                 let header = format!("{model}/{version}");
-                crate::telemetry::record(endpoint.into(), model, version, 200, "", secs);
+                crate::telemetry::record(endpoint, model, &version, 200, "", secs);
                 let mut resp = Response::new(a.body);
                 let md = resp.metadata_mut();
                 if a.model.is_some() {
@@ -122,14 +121,7 @@ impl Grpc {
             }
             Err(e) => {
                 let (status, code) = e.http_status();
-                crate::telemetry::record(
-                    endpoint.into(),
-                    "none".into(),
-                    "none".into(),
-                    status.as_u16(),
-                    code,
-                    secs,
-                );
+                crate::telemetry::record(endpoint, "none", "none", status.as_u16(), code, secs);
                 Err(e.to_grpc())
             }
         }

@@ -33,10 +33,18 @@ pub struct ServedModel {
     /// each channel's open rate, as of training.
     pub population: PopulationActivity,
     pub channel_prior: [f32; 3],
+    /// Recommendation: the effect of each input column on each score, when
+    /// the model is affine (`ml_backend::linear`).
+    pub effects: Option<ml_backend::linear::Effects>,
 }
 
 impl ServedModel {
-    pub fn new(meta: ModelMeta, batcher: Batcher, catalogue: &Catalogue) -> Self {
+    pub fn new(
+        meta: ModelMeta,
+        batcher: Batcher,
+        catalogue: &Catalogue,
+        effects: Option<ml_backend::linear::Effects>,
+    ) -> Self {
         let rec_columns = if meta.model == ModelKind::Recommendation {
             meta.items()
                 .iter()
@@ -59,6 +67,7 @@ impl ServedModel {
             rec_columns,
             population,
             channel_prior,
+            effects,
         }
     }
 
@@ -469,21 +478,30 @@ impl Registry {
             let backend = Arc::clone(&self.backend);
             let size = bytes.len();
             // Parsing and optimising a graph is CPU work: off the runtime.
-            let model: Arc<ServedModel> =
-                tokio::task::spawn_blocking(move || backend.load(&bytes, &meta).map(|m| (m, meta)))
-                    .await
-                    .map_err(|e| e.to_string())?
-                    .map(|(m, meta)| {
-                        let served = self.engine.serve_model(meta, m, &self.catalogue);
-                        crate::telemetry::model_loaded(
-                            kind.as_str(),
-                            version,
-                            t0.elapsed().as_secs_f64(),
-                            size,
-                        );
-                        served
-                    })
-                    .map_err(|e| e.to_string())?;
+            let model: Arc<ServedModel> = tokio::task::spawn_blocking(move || {
+                let m = backend.load(&bytes, &meta)?;
+                // An affine recommendation model's effects table, which names
+                // the reasons without a model row per history destination.
+                let effects = if kind == ModelKind::Recommendation {
+                    ml_backend::linear::probe(m.as_ref(), meta.features.len())?
+                } else {
+                    None
+                };
+                Ok::<_, ml_backend::BackendError>((m, meta, effects))
+            })
+            .await
+            .map_err(|e| e.to_string())?
+            .map(|(m, meta, effects)| {
+                let served = self.engine.serve_model(meta, m, &self.catalogue, effects);
+                crate::telemetry::model_loaded(
+                    kind.as_str(),
+                    version,
+                    t0.elapsed().as_secs_f64(),
+                    size,
+                );
+                served
+            })
+            .map_err(|e| e.to_string())?;
             Ok::<_, String>(model)
         }
         .await;

@@ -13,7 +13,9 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Extension, Json, Router};
 use std::sync::Arc;
-use tower_http::request_id::{MakeRequestUuid, PropagateRequestIdLayer, SetRequestIdLayer};
+use tower_http::request_id::{
+    MakeRequestId, PropagateRequestIdLayer, RequestId, SetRequestIdLayer,
+};
 use tower_http::trace::{DefaultOnResponse, TraceLayer};
 use utoipa::OpenApi;
 
@@ -244,6 +246,36 @@ async fn not_found(uri: axum::http::Uri) -> ServiceError {
     ServiceError::NoRoute(uri.path().chars().take(100).collect())
 }
 
+/// Request ids for requests that come without one: random UUIDs (version 4
+/// layout) from a per-thread generator seeded once from the OS, instead of
+/// one `getrandom` system call per request. They only need to be unique.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct RandomRequestId;
+
+impl MakeRequestId for RandomRequestId {
+    fn make_request_id<B>(&mut self, _: &axum::http::Request<B>) -> Option<RequestId> {
+        use std::cell::Cell;
+        thread_local! {
+            static STATE: Cell<u64> = Cell::new(uuid::Uuid::new_v4().as_u64_pair().0);
+        }
+        // SplitMix64 (Steele, Lea & Flood 2014): two outputs per id.
+        let next = || {
+            STATE.with(|s| {
+                let mut z = s.get().wrapping_add(0x9E37_79B9_7F4A_7C15);
+                s.set(z);
+                z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+                z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+                z ^ (z >> 31)
+            })
+        };
+        let bits = (u128::from(next()) << 64) | u128::from(next());
+        let id = uuid::Builder::from_random_bytes(bits.to_le_bytes()).into_uuid();
+        HeaderValue::from_str(&id.to_string())
+            .ok()
+            .map(RequestId::new)
+    }
+}
+
 /// The span of one request: method, path and request id — never bodies, query
 /// strings or user data.
 fn request_span(req: &axum::extract::Request) -> tracing::Span {
@@ -253,6 +285,11 @@ fn request_span(req: &axum::extract::Request) -> tracing::Span {
         .and_then(|v| v.to_str().ok())
         .unwrap_or("");
     let span = tracing::info_span!("request", method = %req.method(), path = %req.uri().path(), request_id = %id);
+    if span.is_disabled() {
+        // Below LOG_LEVEL=info and without OTLP nothing reads the span:
+        // skip the trace-context lookup.
+        return span;
+    }
     // W3C trace context (`traceparent`): the caller's trace continues here.
     // Without an OTLP endpoint the propagator is a no-op.
     let parent = opentelemetry::global::get_text_map_propagator(|p| {
@@ -294,13 +331,22 @@ impl Admission {
         &self,
         work: impl std::future::Future<Output = T>,
     ) -> Result<T, ServiceError> {
-        let permit =
-            match tokio::time::timeout(self.queue_wait, Arc::clone(&self.permits).acquire_owned())
+        // A free permit is taken at once; only a wait for one needs a timer.
+        let permit = match Arc::clone(&self.permits).try_acquire_owned() {
+            Ok(p) => p,
+            Err(tokio::sync::TryAcquireError::Closed) => return Err(ServiceError::Overloaded),
+            Err(tokio::sync::TryAcquireError::NoPermits) => {
+                match tokio::time::timeout(
+                    self.queue_wait,
+                    Arc::clone(&self.permits).acquire_owned(),
+                )
                 .await
-            {
-                Ok(Ok(p)) => p,
-                _ => return Err(ServiceError::Overloaded),
-            };
+                {
+                    Ok(Ok(p)) => p,
+                    _ => return Err(ServiceError::Overloaded),
+                }
+            }
+        };
         let out = tokio::time::timeout(self.deadline, work).await;
         drop(permit);
         out.map_err(|_| ServiceError::DeadlineExceeded {
@@ -372,6 +418,6 @@ pub fn router(p: Arc<Predictor>, settings: &Settings, admission: Admission) -> R
                         .latency_unit(tower_http::LatencyUnit::Micros),
                 ),
         )
-        .layer(SetRequestIdLayer::x_request_id(MakeRequestUuid))
+        .layer(SetRequestIdLayer::x_request_id(RandomRequestId))
         .with_state(p)
 }

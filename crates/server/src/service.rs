@@ -16,9 +16,6 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 use uuid::Uuid;
 
-/// History destinations whose share of a recommendation is measured.
-const MAX_ATTRIBUTED_HISTORY: usize = 30;
-
 /// The inference engine: the pool of inference threads shared by all models
 /// and how each model's requests are batched in front of it.
 #[derive(Debug, Clone)]
@@ -41,12 +38,13 @@ impl Engine {
         meta: ModelMeta,
         model: Arc<dyn LoadedModel>,
         catalogue: &Catalogue,
+        effects: Option<ml_backend::linear::Effects>,
     ) -> Arc<ServedModel> {
-        let name = meta.model.as_str();
+        let rows_per_call = crate::telemetry::batch_size(meta.model.as_str());
         let observer: ml_backend::BatchObserver =
-            Arc::new(move |_requests, rows| crate::telemetry::batch(name, rows));
+            Arc::new(move |_requests, rows| rows_per_call.record(rows as f64));
         let batcher = Batcher::spawn(model, Arc::clone(&self.pool), self.batch, observer);
-        Arc::new(ServedModel::new(meta, batcher, catalogue))
+        Arc::new(ServedModel::new(meta, batcher, catalogue, effects))
     }
 }
 
@@ -132,6 +130,9 @@ pub struct Predictor {
     pub interests: crate::interests::Interests,
     /// Set by the shutdown signal: readiness answers 503 from then on.
     pub draining: std::sync::atomic::AtomicBool,
+    /// Use an affine recommendation model's effects table for its reasons
+    /// (REC_LINEAR_ATTRIBUTION).
+    pub linear_attribution: bool,
 }
 
 impl Predictor {
@@ -546,38 +547,14 @@ impl Predictor {
         let rec_columns = &m.rec_columns;
         let cols = rec_columns.len();
         let candidates = self.rec_candidates(&m, req, Some(&u));
-        // Row 0: the user as they are. Then the same user without profile
-        // (interests, budget, trip length), without history, with neither
-        // (popularity alone), and without each
-        // destination of their history: the differences are each signal's exact
-        // share of every score (the graph is linear), which the reason names.
-        let profile = ml_core::train::rec_profile_input(&u, m.meta.params.interest_space());
-        let mut full = vec![0f32; cols + profile.len()];
-        let mut history = vec![];
-        for (c, d) in rec_columns.iter().enumerate() {
-            if let Some(d) = d {
-                if u.has_engaged(*d) {
-                    full[c] = 1.0;
-                    history.push(c);
-                }
-            }
-        }
-        full[cols..].copy_from_slice(&profile);
-        history.truncate(MAX_ATTRIBUTED_HISTORY);
-        let mut rows = full.clone();
-        let mut no_interests = full.clone();
-        no_interests[cols..].fill(0.0);
-        let mut no_history = full.clone();
-        no_history[..cols].fill(0.0);
-        rows.extend(&no_interests);
-        rows.extend(&no_history);
-        rows.extend(vec![0f32; full.len()]);
-        for &c in &history {
-            let mut r = full.clone();
-            r[c] = 0.0;
-            rows.extend(r);
-        }
-        let n_rows = 4 + history.len();
+        let effects = m.effects.as_ref().filter(|_| self.linear_attribution);
+        let (rows, history) = post::rec_attribution_rows(
+            &u,
+            rec_columns,
+            m.meta.params.interest_space(),
+            effects.is_none(),
+        );
+        let n_rows = 4 + if effects.is_none() { history.len() } else { 0 };
         let Some(mut out) = self.infer(&vs, &m, rows, n_rows).await? else {
             // Another version's cached answer, else the most popular
             // destinations the user has not been to, within the filters.
@@ -606,7 +583,15 @@ impl Predictor {
                     let mut items: Vec<(f32, usize)> = history
                         .iter()
                         .enumerate()
-                        .map(|(k, &h)| (row(0)[c] - row(4 + k)[c], h))
+                        .map(|(k, &h)| {
+                            // The share of history destination `h`: its
+                            // effect, else the score less the score without it.
+                            let share = match effects {
+                                Some(e) => e.of(h)[c],
+                                None => row(0)[c] - row(4 + k)[c],
+                            };
+                            (share, h)
+                        })
                         .filter(|(s, _)| *s > 0.0)
                         .collect();
                     items.sort_by(|a, b| b.0.total_cmp(&a.0));

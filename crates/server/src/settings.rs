@@ -388,6 +388,13 @@ pub struct Settings {
     /// stored answer until it expires).
     #[arg(long, env = "PREDICTION_CACHE", default_value_t = true, action = clap::ArgAction::Set)]
     pub prediction_cache: bool,
+    /// Name a recommendation's history reasons from the model's effects table
+    /// when the model is affine (found at load; the trained one is): four
+    /// model rows per request instead of four plus one per history
+    /// destination, the same answers. `false` measures every share with its
+    /// own model row, as for a model that is not affine.
+    #[arg(long, env = "REC_LINEAR_ATTRIBUTION", default_value_t = true, action = clap::ArgAction::Set)]
+    pub rec_linear_attribution: bool,
     /// Where model versions live: `local` (MODEL_PATH) or `s3` (S3_BUCKET,
     /// credentials from the usual AWS_* variables).
     #[arg(long, env = "MODEL_STORAGE", value_enum, default_value_t = StorageKind::Local)]
@@ -572,7 +579,6 @@ impl Settings {
             max_rows: self.batch_max_rows.max(1),
             max_delay: std::time::Duration::from_micros(self.batch_max_delay_us),
             queue: self.inference_queue,
-            concurrency: self.inference_threads(),
         }
     }
 

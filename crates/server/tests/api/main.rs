@@ -580,6 +580,74 @@ async fn recommendations_honour_limit_and_filters_and_skip_visited_places() {
     assert_eq!(v["recommendations"].as_array().unwrap().len(), 10);
 }
 
+/// Reasons named from the affine model's effects table (the default) are
+/// those measured with one model row per history destination
+/// (REC_LINEAR_ATTRIBUTION=false): every user's answer is the same, score for
+/// score and reason for reason, with and without filters. And the table is
+/// in use: the default server runs four rows per request.
+#[tokio::test]
+async fn recommendation_reasons_from_the_effects_table_equal_the_measured_ones() {
+    let mut settings = fixture().settings.clone();
+    settings.prediction_cache = false;
+    let fast = spawn_with(settings.clone()).await;
+    settings.rec_linear_attribution = false;
+    let measured = spawn_with(settings).await;
+    let users = fast.users(300);
+    let body = |i: usize, user: &str| {
+        if i.is_multiple_of(3) {
+            json!({"user_id": user, "limit": 20, "filters": {"budget": "medium"}})
+        } else {
+            json!({"user_id": user, "limit": 10})
+        }
+    };
+    // Model calls of at most four rows for recommendations (the test
+    // binary's servers share one metrics recorder; other tests can only add).
+    let small_calls = |text: String| -> f64 {
+        text.lines()
+            .find(|l| {
+                l.starts_with("ml_prediction_batch_size_bucket")
+                    && l.contains("model=\"recommendation\"")
+                    && l.contains("le=\"4\"")
+            })
+            .and_then(|l| l.rsplit(' ').next())
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(0.0)
+    };
+    let before = small_calls(fast.scrape().await);
+    let mut answers = vec![];
+    for (i, user) in users.iter().enumerate() {
+        let r = fast.post("/recommend/destinations", body(i, user)).await;
+        answers.push(r.json::<Value>().await.unwrap());
+    }
+    let after = small_calls(fast.scrape().await);
+    assert!(
+        after - before >= users.len() as f64,
+        "{} of {} requests ran in four rows: the effects table is not in use",
+        after - before,
+        users.len()
+    );
+    let mut history_reasons = 0;
+    for (i, (user, a)) in users.iter().zip(&answers).enumerate() {
+        let b: Value = measured
+            .post("/recommend/destinations", body(i, user))
+            .await
+            .json()
+            .await
+            .unwrap();
+        assert_eq!(a, &b, "user {user}");
+        history_reasons += a["recommendations"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|r| r["reason"].as_str().unwrap().starts_with("Because you"))
+            .count();
+    }
+    assert!(
+        history_reasons > 100,
+        "only {history_reasons} history reasons: the comparison says little"
+    );
+}
+
 /// The reason the service should give, computed here from the raw events.
 fn expected_reason(activity: &[DateTime<Utc>], tz: &str) -> String {
     let tz = parse_tz(tz);

@@ -1,0 +1,162 @@
+//! Whether a loaded model is affine in its input, and if so the effect of each
+//! input column on its first output: `f(x) = f(0) + Σ_j x_j · effect_j`.
+//!
+//! The recommendation model the service trains is one linear graph, and its
+//! reasons need each history destination's share of every score. For an
+//! affine model that share is the destination's effect, read from a table
+//! made once at load, instead of one more model row per destination per
+//! request (which was most of that endpoint's inference). A model that is not
+//! affine (a team's own network) gets no table, and the service measures the
+//! shares with those rows as before.
+
+use crate::{BackendError, LoadedModel};
+
+/// The effects of every input column of an affine model on its first output.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Effects {
+    /// Width of the first output.
+    pub outputs: usize,
+    /// Row-major `[inputs, outputs]`: row `j` is `f(e_j) − f(0)`.
+    pub table: Vec<f32>,
+}
+
+impl Effects {
+    /// The effect of input column `j` on every output.
+    pub fn of(&self, j: usize) -> &[f32] {
+        &self.table[j * self.outputs..(j + 1) * self.outputs]
+    }
+}
+
+/// Rows of the affinity check.
+const CHECK_ROWS: usize = 16;
+
+/// Largest difference, relative to the outputs' scale, between the model and
+/// its affine reconstruction that still counts as affine: float rounding of
+/// sums over a few hundred columns stays orders of magnitude below it, and
+/// any real non-linearity (a ReLU, a sigmoid) lands far above it.
+const TOLERANCE: f32 = 1e-4;
+
+/// Probe `model` (`inputs` columns wide): run the all-zero row and each unit
+/// row, then check the affine reconstruction on rows of mixed inputs.
+/// `Ok(None)`: the model is not affine.
+pub fn probe(model: &dyn LoadedModel, inputs: usize) -> Result<Option<Effects>, BackendError> {
+    let rows = inputs + 1;
+    let mut x = vec![0f32; rows * inputs];
+    for j in 0..inputs {
+        x[(j + 1) * inputs + j] = 1.0;
+    }
+    let out = model.run(&x, rows)?;
+    let Some(first) = out.first() else {
+        return Ok(None);
+    };
+    let outputs = first.len() / rows;
+    let base = &first[..outputs];
+    let mut table = Vec::with_capacity(inputs * outputs);
+    for j in 0..inputs {
+        let unit = &first[(j + 1) * outputs..(j + 2) * outputs];
+        table.extend(unit.iter().zip(base).map(|(u, b)| u - b));
+    }
+    let effects = Effects { outputs, table };
+
+    // Mixed rows: some columns at 1, others at fractions, most at 0, as the
+    // service's rows are (a handful of history destinations, a profile).
+    let mut seed = 0x2545_F491_4F6C_DD1Du64;
+    let mut next = || {
+        seed ^= seed << 13;
+        seed ^= seed >> 7;
+        seed ^= seed << 17;
+        seed
+    };
+    let mut check = vec![0f32; CHECK_ROWS * inputs];
+    for v in check.iter_mut() {
+        let r = next();
+        *v = match r % 8 {
+            0 => 1.0,
+            1 => (r >> 8) as f32 / (1u64 << 56) as f32,
+            _ => 0.0,
+        };
+    }
+    let got = model.run(&check, CHECK_ROWS)?;
+    let Some(got) = got.first() else {
+        return Ok(None);
+    };
+    let scale = got.iter().chain(first).fold(1f32, |m, v| m.max(v.abs()));
+    for r in 0..CHECK_ROWS {
+        let row = &check[r * inputs..(r + 1) * inputs];
+        let mut predicted = base.to_vec();
+        for (j, &xj) in row.iter().enumerate() {
+            if xj != 0.0 {
+                for (p, e) in predicted.iter_mut().zip(effects.of(j)) {
+                    *p += xj * e;
+                }
+            }
+        }
+        let actual = &got[r * outputs..(r + 1) * outputs];
+        let off = predicted
+            .iter()
+            .zip(actual)
+            .fold(0f32, |m, (p, a)| m.max((p - a).abs()));
+        if !off.is_finite() || off > TOLERANCE * scale {
+            return Ok(None);
+        }
+    }
+    Ok(Some(effects))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::Outputs;
+
+    /// `y = W x + b`, optionally through a ReLU.
+    #[derive(Debug)]
+    struct Dense {
+        w: Vec<f32>,
+        b: Vec<f32>,
+        relu: bool,
+    }
+
+    impl LoadedModel for Dense {
+        fn run(&self, input: &[f32], rows: usize) -> Result<Outputs, BackendError> {
+            let n_in = input.len() / rows;
+            let n_out = self.b.len();
+            let mut y = Vec::with_capacity(rows * n_out);
+            for r in 0..rows {
+                for o in 0..n_out {
+                    let mut s = self.b[o];
+                    for j in 0..n_in {
+                        s += self.w[j * n_out + o] * input[r * n_in + j];
+                    }
+                    y.push(if self.relu { s.max(0.0) } else { s });
+                }
+            }
+            Ok(vec![y])
+        }
+    }
+
+    fn dense(relu: bool) -> Dense {
+        let w = (0..12 * 5)
+            .map(|i| ((i * 37 % 23) as f32 - 11.0) / 7.0)
+            .collect();
+        Dense {
+            w,
+            b: vec![0.5, -1.0, 0.0, 2.0, -0.25],
+            relu,
+        }
+    }
+
+    #[test]
+    fn an_affine_model_gives_its_weights() {
+        let m = dense(false);
+        let e = probe(&m, 12).unwrap().expect("affine");
+        assert_eq!(e.outputs, 5);
+        for (got, want) in e.table.iter().zip(&m.w) {
+            assert!((got - want).abs() < 1e-5, "{got} vs {want}");
+        }
+    }
+
+    #[test]
+    fn a_non_linear_model_gives_none() {
+        assert_eq!(probe(&dense(true), 12).unwrap(), None);
+    }
+}
