@@ -1,16 +1,17 @@
 //! Dynamic batching without a thread of its own: each loaded model has a
-//! bounded queue of requests, and the first request to find no batch
-//! scheduled for its model schedules one on the inference pool. The
-//! inference thread that picks it up takes what is queued then (up to
-//! `max_batch` requests, waiting up to `max_delay` after the first for more),
-//! runs it as one model call, and answers every request with its own rows.
-//! While the inference threads are busy, arriving requests gather in the
-//! queue and the next batch takes them all, so batches grow with load. A full
-//! queue is refused at once; requests whose caller has gone away are dropped
-//! before inference.
+//! bounded queue of requests and at most one batching task on the inference
+//! pool, scheduled by the first request that finds none. The inference
+//! thread running it takes what is queued (up to `max_batch` requests,
+//! waiting up to `max_delay` after the first for more), runs it as one model
+//! call, answers every request with its own rows, and goes on with what
+//! queued meanwhile, so batches grow with load and a busy model costs no
+//! thread wake-ups. After `TURN` batches the task goes to the back of the
+//! pool's queue, so other models' work is not held up. A full queue is
+//! refused at once; requests whose caller has gone away are dropped before
+//! inference.
 //!
 //! An earlier version ran an actor thread per model that formed batches and
-//! handed them to the pool: one more thread wake-up per batch, and its
+//! handed them to the pool: two thread wake-ups per batch, and the actor's
 //! spinning waits took a seventh of the CPU under load (issue 16's profile).
 
 use crate::{BackendError, InferencePool, LoadedModel, Outputs};
@@ -47,6 +48,9 @@ impl Default for BatchConfig {
     }
 }
 
+/// Batches one model's task runs before it yields its inference thread.
+const TURN: usize = 16;
+
 /// Called once per model call with (requests, rows) of the batch.
 pub type BatchObserver = Arc<dyn Fn(usize, usize) + Send + Sync>;
 
@@ -63,10 +67,9 @@ struct Queue {
     pool: Arc<InferencePool>,
     tx: Sender<Request>,
     rx: Receiver<Request>,
-    /// True from the moment a batch task is handed to the pool until an
-    /// inference thread starts it. Whoever queues a request and finds it
-    /// false schedules the task, so a queued request always has a task
-    /// coming for it, and there is at most one waiting per model.
+    /// Whether this model's batching task is queued on the pool or running.
+    /// Whoever queues a request and finds it false schedules the task, so a
+    /// queued request always has a task coming for it.
     scheduled: AtomicBool,
     config: BatchConfig,
     observer: BatchObserver,
@@ -160,8 +163,13 @@ impl Queue {
         if this.scheduled.swap(true, Ordering::SeqCst) {
             return;
         }
+        Self::submit(this);
+    }
+
+    /// Hand the batching task (scheduled already) to the pool.
+    fn submit(this: &Arc<Self>) {
         let q = Arc::clone(this);
-        if let Err((e, _task)) = this.pool.submit(Box::new(move || q.run_batch())) {
+        if let Err((e, _task)) = this.pool.submit(Box::new(move || q.run_turn())) {
             // The pool cannot take it (full or shutting down): what is queued
             // now is refused with its error rather than left waiting. A
             // request queued after the flag drops schedules its own task.
@@ -172,15 +180,31 @@ impl Queue {
         }
     }
 
-    /// On an inference thread: take a batch from the queue and run it.
-    fn run_batch(self: Arc<Self>) {
-        // From here on, a newly queued request schedules another task (which
-        // an idle inference thread runs at once) instead of counting on this
-        // one, which may already have taken its batch.
-        self.scheduled.store(false, Ordering::SeqCst);
-        let Ok(first) = self.rx.try_recv() else {
-            return;
-        };
+    /// On an inference thread: run batches while requests keep coming, up
+    /// to a turn's worth.
+    fn run_turn(self: Arc<Self>) {
+        for _ in 0..TURN {
+            match self.take_batch() {
+                Some(batch) => self.dispatch(batch),
+                None => {
+                    // Nothing queued: stand down, unless a request came in
+                    // between the look and the flag (it saw the flag up and
+                    // counted on this task).
+                    self.scheduled.store(false, Ordering::SeqCst);
+                    if self.rx.is_empty() || self.scheduled.swap(true, Ordering::SeqCst) {
+                        return;
+                    }
+                }
+            }
+        }
+        // Still busy: to the back of the pool's queue (the flag stays up).
+        Self::submit(&self);
+    }
+
+    /// The next batch from the queue (callers that gave up are left out);
+    /// `None` when nothing is queued.
+    fn take_batch(&self) -> Option<Vec<Request>> {
+        let first = self.rx.try_recv().ok()?;
         let deadline = first.arrived + self.config.max_delay;
         let mut batch = vec![first];
         while batch.len() < self.config.max_batch {
@@ -195,20 +219,16 @@ impl Queue {
                 Err(_) => break,
             }
         }
-        // Requests left behind by a full batch were queued while this task
-        // was scheduled, so none of them scheduled its own: do it for them.
-        if !self.rx.is_empty() {
-            Self::schedule(&self);
-        }
         // Callers that gave up (timeout, disconnect) cost no inference.
         batch.retain(|r| !r.reply.is_closed());
-        if !batch.is_empty() {
-            self.dispatch(batch);
-        }
+        Some(batch)
     }
 
     /// One model call for the whole batch; each request gets its own rows.
     fn dispatch(&self, batch: Vec<Request>) {
+        if batch.is_empty() {
+            return;
+        }
         let rows: usize = batch.iter().map(|r| r.rows).sum();
         (self.observer)(batch.len(), rows);
         let result = if batch.len() == 1 {
@@ -399,6 +419,46 @@ mod tests {
         assert!(out
             .iter()
             .all(|r| r.is_ok() || matches!(r, Err(BackendError::Overloaded))));
+    }
+
+    /// One inference thread, one model flooded: another model's request is
+    /// answered within a turn, not after the flood.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_busy_model_does_not_hold_up_another() {
+        let pool = Arc::new(InferencePool::new(1, 64));
+        let config = BatchConfig {
+            max_batch: 2,
+            max_rows: 32,
+            max_delay: Duration::ZERO,
+            queue: 1024,
+        };
+        let busy = Batcher::spawn(
+            Arc::new(Doubler::default()),
+            Arc::clone(&pool),
+            config,
+            counting().0,
+        );
+        let other = Batcher::spawn(Arc::new(Doubler::default()), pool, config, counting().0);
+        let done = Arc::new(AtomicUsize::new(0));
+        let flood: Vec<_> = (0..300)
+            .map(|i| {
+                let (b, done) = (busy.clone(), Arc::clone(&done));
+                tokio::spawn(async move {
+                    b.run(vec![i as f32, 0.0], 1).await.unwrap();
+                    done.fetch_add(1, Ordering::SeqCst);
+                })
+            })
+            .collect();
+        tokio::time::sleep(Duration::from_millis(5)).await;
+        other.run(vec![1.0, 2.0], 1).await.unwrap();
+        let finished = done.load(Ordering::SeqCst);
+        assert!(
+            finished < 300,
+            "the other model waited for all {finished} of the flood"
+        );
+        for t in flood {
+            t.await.unwrap();
+        }
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
