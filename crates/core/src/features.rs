@@ -602,14 +602,22 @@ pub fn timing_features(u: &UserFeatures, pop: &PopulationActivity) -> Vec<f32> {
     let weekend_total: f32 = u.activity[120..].iter().sum();
     let weekday_total = n - weekend_total;
     let share = |c: f32, total: f32| if total > 0.0 { c / total } else { 0.0 };
+    // Sums by hour of day, each added in the same order as when they were
+    // computed once per row (so every value is the same to the bit), once
+    // per hour of day instead of once per hour of the week.
+    let weekend_hod: [f32; 24] =
+        std::array::from_fn(|hd| (5..7).map(|d| u.activity[d * 24 + hd]).sum());
+    let weekday_hod: [f32; 24] =
+        std::array::from_fn(|hd| (0..5).map(|d| u.activity[d * 24 + hd]).sum());
+    let pop_hod: [f32; 24] = std::array::from_fn(|hd| pop.hour_of_day(hd));
     let mut out = Vec::with_capacity(HOURS_PER_WEEK * TIMING_FEATURES.len());
     for h in 0..HOURS_PER_WEEK {
         let hd = h % 24;
         let weekend = h >= 120;
-        let same_type: f32 = if weekend {
-            (5..7).map(|d| u.activity[d * 24 + hd]).sum()
+        let same_type = if weekend {
+            weekend_hod[hd]
         } else {
-            (0..5).map(|d| u.activity[d * 24 + hd]).sum()
+            weekday_hod[hd]
         };
         let nb = hod[(hd + 23) % 24] + hod[(hd + 1) % 24];
         let window = u.activity[(h + HOURS_PER_WEEK - 1) % HOURS_PER_WEEK]
@@ -630,7 +638,7 @@ pub fn timing_features(u: &UserFeatures, pop: &PopulationActivity) -> Vec<f32> {
             ),
             (u.activity[h] + SHRINKAGE_SESSIONS * pop.hour_of_week[h]) / (n + SHRINKAGE_SESSIONS),
             pop.hour_of_week[h],
-            pop.hour_of_day(hd),
+            pop_hod[hd],
             (1.0 + n).ln() / 5.0,
             weekend as u8 as f32,
         ]);
@@ -874,5 +882,37 @@ mod tests {
             prop_assert!((shrunk - 1.0).abs() < 1e-3);
         }
 
+        /// The per-hour-of-day sums are those the rows computed one by one
+        /// before (issue 16), to the bit, on any activity and population.
+        #[test]
+        fn timing_features_equal_the_row_by_row_sums(
+            counts in prop::collection::vec(0u8..9, HOURS_PER_WEEK),
+            pop in prop::collection::vec(0.0f32..1.0, HOURS_PER_WEEK),
+        ) {
+            let cat = Catalogue::new(builtin());
+            let p = profile(&[], "UTC");
+            let mut u = UserFeatures::from_history(&p, &UserHistory::default(), &cat, Utc::now());
+            u.activity = counts.iter().map(|c| *c as f32).collect();
+            u.n_activity = counts.iter().map(|c| *c as u32).sum();
+            let pop = PopulationActivity { hour_of_week: pop };
+            let f = timing_features(&u, &pop);
+            for h in 0..HOURS_PER_WEEK {
+                let hd = h % 24;
+                let same_type: f32 = if h >= 120 {
+                    (5..7).map(|d| u.activity[d * 24 + hd]).sum()
+                } else {
+                    (0..5).map(|d| u.activity[d * 24 + hd]).sum()
+                };
+                let total = if h >= 120 {
+                    u.activity[120..].iter().sum::<f32>()
+                } else {
+                    u.n_activity as f32 - u.activity[120..].iter().sum::<f32>()
+                };
+                let share = if total > 0.0 { same_type / total } else { 0.0 };
+                let row = &f[h * TIMING_FEATURES.len()..(h + 1) * TIMING_FEATURES.len()];
+                prop_assert_eq!(row[4].to_bits(), share.to_bits());
+                prop_assert_eq!(row[7].to_bits(), pop.hour_of_day(hd).to_bits());
+            }
+        }
     }
 }

@@ -355,9 +355,17 @@ impl Admission {
     }
 }
 
-/// Admission as middleware: a request whose caller hangs up is dropped with
-/// its work.
-async fn admit(State(a): State<Admission>, req: axum::extract::Request, next: Next) -> Response {
+/// The prediction endpoints' middleware, one layer: the API key (when keys
+/// are configured), then admission. A request whose caller hangs up is
+/// dropped with its work.
+async fn guard(
+    State((keys, a)): State<(ApiKeys, Admission)>,
+    req: axum::extract::Request,
+    next: Next,
+) -> Response {
+    if !keys.is_empty() && !keys.accepts_header(req.headers()) {
+        return ServiceError::Unauthorized.into_response();
+    }
     a.run(next.run(req))
         .await
         .unwrap_or_else(IntoResponse::into_response)
@@ -372,11 +380,8 @@ pub fn router(p: Arc<Predictor>, settings: &Settings, admission: Admission) -> R
     // Layers on each method router, not the path: an undeclared method gets
     // 405 (with `Allow`) before any key check or admission.
     let v2 = crate::v2_http::router(keys.clone(), admission.clone());
-    let admission = axum::middleware::from_fn_with_state(admission, admit);
-    let auth = axum::middleware::from_fn_with_state(keys, authenticate);
-    let prediction = |m: axum::routing::MethodRouter<AppState>| {
-        m.route_layer(admission.clone()).route_layer(auth.clone())
-    };
+    let guard = axum::middleware::from_fn_with_state((keys, admission), guard);
+    let prediction = |m: axum::routing::MethodRouter<AppState>| m.route_layer(guard.clone());
     let predictions = Router::new()
         .route("/match/score", prediction(post(match_score)))
         .route("/recommend/destinations", prediction(post(recommend)))
