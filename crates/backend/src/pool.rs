@@ -123,7 +123,35 @@ impl Drop for InferencePool {
     fn drop(&mut self) {
         self.tx.take();
         for t in self.threads.drain(..) {
-            let _ = t.join();
+            // A batching task holds the pool (to queue its next turn), so the
+            // last handle can go on an inference thread, which must not wait
+            // for itself; it ends once this job returns.
+            if t.thread().id() != std::thread::current().id() {
+                let _ = t.join();
+            }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A task that holds the last handle of the pool ends normally: the pool
+    /// closes without an inference thread waiting for itself.
+    #[test]
+    fn the_last_handle_may_go_on_an_inference_thread() {
+        let pool = Arc::new(InferencePool::new(1, 4));
+        let (tx, rx) = std::sync::mpsc::channel();
+        let held = Arc::clone(&pool);
+        let submitted = pool.submit(Box::new(move || {
+            std::thread::sleep(std::time::Duration::from_millis(50));
+            drop(held);
+            tx.send(()).expect("the test waits");
+        }));
+        assert!(submitted.is_ok());
+        drop(pool);
+        rx.recv_timeout(std::time::Duration::from_secs(5))
+            .expect("the task ran to its end after dropping the pool");
     }
 }

@@ -426,3 +426,34 @@ pub fn router(p: Arc<Predictor>, settings: &Settings, admission: Admission) -> R
         .layer(SetRequestIdLayer::x_request_id(RandomRequestId))
         .with_state(p)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Generated request ids are version-4 UUIDs and do not repeat, within a
+    /// thread and across threads (each seeds its own generator).
+    #[test]
+    fn generated_request_ids_are_unique_v4_uuids() {
+        let ids = |n: usize| -> Vec<String> {
+            let req = axum::http::Request::new(());
+            (0..n)
+                .map(|_| {
+                    let id = RandomRequestId.make_request_id(&req).expect("an id");
+                    id.header_value().to_str().expect("ascii").to_string()
+                })
+                .collect()
+        };
+        let mut all = ids(20_000);
+        let other = std::thread::spawn(move || ids(20_000)).join().expect("no panic");
+        all.extend(other);
+        for id in &all[..100] {
+            let u = uuid::Uuid::parse_str(id).expect("a UUID");
+            assert_eq!(u.get_version_num(), 4, "{id}");
+        }
+        let n = all.len();
+        all.sort();
+        all.dedup();
+        assert_eq!(all.len(), n, "a request id repeated");
+    }
+}

@@ -1,0 +1,44 @@
+#!/usr/bin/env bash
+# Two builds of the service under the same load, alternated (A B A B ...),
+# for changes smaller than this machine's run-to-run noise. Per run:
+# requests/s, p99, and the service's CPU time per request (user + system
+# from /proc, over the measured seconds), which moves far less than
+# requests/s when the machine is shared.
+#
+#   bench/ab.sh ENDPOINT(match|recommend|notify) BIN_A BIN_B [ROUNDS=3]
+#
+# Both run with the prediction cache off, on the demo data of bench/common.sh.
+set -euo pipefail
+ep=$1
+a=$2
+b=$3
+rounds=${4:-3}
+BENCH_BIN=$a
+export BENCH_BIN
+source "$(dirname "$0")/common.sh"
+head -n 1000 "$work/users.txt" |
+  awk '{printf "{\"user_id\": \"%s\", \"notification_type\": \"message\"}\n", $1}' > "$work/notify.jsonl"
+case $ep in
+  match) path=/match/score ;;
+  recommend) path=/recommend/destinations ;;
+  notify) path=/notifications/optimize ;;
+  *) echo "unknown endpoint $ep" >&2; exit 2 ;;
+esac
+cpu_ticks() { awk '{print $14 + $15}' "/proc/$1/stat"; }
+tick_us=$((1000000 / $(getconf CLK_TCK)))
+echo "| run | build | requests/s | p99 | service CPU per request |"
+echo "| ---: | --- | ---: | ---: | ---: |"
+for r in $(seq 1 "$rounds"); do
+  for which in A B; do
+    [ "$which" = A ] && bin=$a || bin=$b
+    start_service PREDICTION_CACHE=false
+    wrk -t1 -c50 -d2s -s bench/post-bodies.lua "http://127.0.0.1:$port$path" -- "$work/$ep.jsonl" >/dev/null
+    c0=$(cpu_ticks "$pid")
+    out=$(wrk -t1 -c50 -d"${duration}s" --latency -s bench/post-bodies.lua \
+      "http://127.0.0.1:$port$path" -- "$work/$ep.jsonl")
+    c1=$(cpu_ticks "$pid")
+    read -r rps _ p99 _ n < <(echo "$out" | wrk_fields)
+    echo "| $r | $which | $rps | $p99 | $(( (c1 - c0) * tick_us / n )) µs |"
+    kill "$pid"; wait "$pid" 2>/dev/null || true
+  done
+done
