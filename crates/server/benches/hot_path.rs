@@ -100,6 +100,12 @@ fn features_of(s: &Setup, h: &UserHistory) -> UserFeatures {
     UserFeatures::from_history(p, h, &s.predictor.catalogue, chrono::Utc::now())
 }
 
+/// The version of `kind` that answers the first user.
+fn served(s: &Setup, kind: ModelKind) -> Arc<ml_server::lifecycle::ServedModel> {
+    let vs = s.predictor.models.get(kind).expect("a serving version");
+    Arc::clone(vs.pick(kind, s.users[0]))
+}
+
 fn json(c: &mut Criterion, s: &Setup) {
     let mut g = c.benchmark_group("json");
     let body = serde_json::to_vec(&serde_json::json!({
@@ -141,21 +147,11 @@ fn feature_code(c: &mut Criterion, s: &Setup) {
     g.bench_function("match_row", |b| {
         b.iter(|| features::match_features(black_box(&a), black_box(&bu), &ctx))
     });
-    let vs = s
-        .predictor
-        .models
-        .get(ModelKind::NotificationTiming)
-        .expect("a timing model");
-    let timing = vs.pick(ModelKind::NotificationTiming, s.users[0]);
+    let timing = served(s, ModelKind::NotificationTiming);
     g.bench_function("timing_rows_168", |b| {
         b.iter(|| features::timing_features(black_box(&a), &timing.population))
     });
-    let vs = s
-        .predictor
-        .models
-        .get(ModelKind::Recommendation)
-        .expect("a recommendation model");
-    let rec = vs.pick(ModelKind::Recommendation, s.users[0]);
+    let rec = served(s, ModelKind::Recommendation);
     g.bench_function("recommendation_rows", |b| {
         b.iter(|| {
             ml_core::post::rec_attribution_rows(

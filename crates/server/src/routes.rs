@@ -445,7 +445,9 @@ mod tests {
                 .collect()
         };
         let mut all = ids(20_000);
-        let other = std::thread::spawn(move || ids(20_000)).join().expect("no panic");
+        let other = std::thread::spawn(move || ids(20_000))
+            .join()
+            .expect("no panic");
         all.extend(other);
         for id in &all[..100] {
             let u = uuid::Uuid::parse_str(id).expect("a UUID");
