@@ -1,9 +1,9 @@
 #!/usr/bin/env bash
 # Two builds of the service under the same load, alternated (A B A B ...),
-# for changes smaller than this machine's run-to-run noise. Per run:
-# requests/s, p99, and the service's CPU time per request (user + system
-# from /proc, over the measured seconds), which moves far less than
-# requests/s when the machine is shared.
+# so that drift of a shared machine hits both alike. Per run: requests/s,
+# p99, and the service's CPU time per request (user + system from /proc,
+# over the measured seconds). Run a build against itself first to see the
+# noise: on the 2-core machine of session 7 one build spread 57–82 µs.
 #
 #   bench/ab.sh ENDPOINT(match|recommend|notify) BIN_A BIN_B [ROUNDS=3]
 #
@@ -16,14 +16,7 @@ rounds=${4:-3}
 BENCH_BIN=$a
 export BENCH_BIN
 source "$(dirname "$0")/common.sh"
-head -n 1000 "$work/users.txt" |
-  awk '{printf "{\"user_id\": \"%s\", \"notification_type\": \"message\"}\n", $1}' > "$work/notify.jsonl"
-case $ep in
-  match) path=/match/score ;;
-  recommend) path=/recommend/destinations ;;
-  notify) path=/notifications/optimize ;;
-  *) echo "unknown endpoint $ep" >&2; exit 2 ;;
-esac
+path=$(path_of "$ep")
 cpu_ticks() { awk '{print $14 + $15}' "/proc/$1/stat"; }
 tick_us=$((1000000 / $(getconf CLK_TCK)))
 echo "| run | build | requests/s | p99 | service CPU per request |"

@@ -1,6 +1,6 @@
 # Shared by the bench scripts (sourced): the release binary, the demo data and
 # models in $work (made on first use), request bodies rotating over many users
-# ($work/match.jsonl, $work/recommend.jsonl), and free_port.
+# ($work/match.jsonl, recommend.jsonl, notify.jsonl), path_of and free_port.
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 duration=${DURATION:-5}
@@ -18,13 +18,25 @@ mkdir -p "$work"
 export SQLITE_PATH="$work/app.db" MODEL_PATH="$work/models" LOG_LEVEL=warn
 [ -f "$SQLITE_PATH" ] || "$bin" train >/dev/null
 
-# 2,000 user ids (the service's own listing), as 1,000 match pairs and 1,000
-# recommendation requests.
+# 2,000 user ids (the service's own listing), as 1,000 match pairs, 1,000
+# recommendation and 1,000 notification requests.
 "$bin" data users --limit 2000 --log-level warn > "$work/users.txt"
 paste -d' ' - - < "$work/users.txt" |
   awk '{printf "{\"user_a_id\": \"%s\", \"user_b_id\": \"%s\"}\n", $1, $2}' > "$work/match.jsonl"
 head -n 1000 "$work/users.txt" |
   awk '{printf "{\"user_id\": \"%s\", \"limit\": 10}\n", $1}' > "$work/recommend.jsonl"
+head -n 1000 "$work/users.txt" |
+  awk '{printf "{\"user_id\": \"%s\", \"notification_type\": \"message\"}\n", $1}' > "$work/notify.jsonl"
+
+# The path of an endpoint's short name (match, recommend, notify).
+path_of() {
+  case $1 in
+    match) echo /match/score ;;
+    recommend) echo /recommend/destinations ;;
+    notify) echo /notifications/optimize ;;
+    *) echo "unknown endpoint $1" >&2; return 2 ;;
+  esac
+}
 
 free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
 

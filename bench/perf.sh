@@ -17,10 +17,7 @@ DURATION=${DURATION:-10}
 source "$(dirname "$0")/common.sh"
 cargo build --release --quiet -p ml-server --example bare_axum
 bare=target/release/examples/bare_axum
-head -n 1000 "$work/users.txt" |
-  awk '{printf "{\"user_id\": \"%s\", \"notification_type\": \"message\"}\n", $1}' > "$work/notify.jsonl"
 
-path_of() { case $1 in match) echo /match/score ;; recommend) echo /recommend/destinations ;; notify) echo /notifications/optimize ;; esac; }
 # One wrk point: run_point PORT ENDPOINT -> "rps p50 p95 p99 non2xx"
 run_point() {
   local out

@@ -11,14 +11,7 @@ set -euo pipefail
 ep=$1
 source "$(dirname "$0")/common.sh"
 command -v perf >/dev/null || { echo "perf is missing: apt-get install linux-perf" >&2; exit 1; }
-head -n 1000 "$work/users.txt" |
-  awk '{printf "{\"user_id\": \"%s\", \"notification_type\": \"message\"}\n", $1}' > "$work/notify.jsonl"
-case $ep in
-  match) path=/match/score ;;
-  recommend) path=/recommend/destinations ;;
-  notify) path=/notifications/optimize ;;
-  *) echo "unknown endpoint $ep" >&2; exit 2 ;;
-esac
+path=$(path_of "$ep")
 start_service PREDICTION_CACHE=false
 trap 'kill $pid 2>/dev/null || true' EXIT
 wrk -t1 -c50 -d2s -s bench/post-bodies.lua "http://127.0.0.1:$port$path" -- "$work/$ep.jsonl" >/dev/null
