@@ -2,8 +2,11 @@
 //! optimised plan serves any batch size.
 
 use crate::{BackendError, InferenceBackend, LoadedModel, ModelMeta, Outputs};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use tract_onnx::prelude::*;
+
+/// Run states kept per model for reuse: about one per inference thread.
+const SPARE_STATES: usize = 8;
 
 /// The tract backend (the embedded default).
 #[derive(Debug, Default, Clone, Copy)]
@@ -13,8 +16,32 @@ pub struct TractBackend;
 struct TractModel {
     name: String,
     plan: Arc<TypedRunnableModel>,
+    /// Run states between runs. Spawning one per run (what `plan.run` does)
+    /// allocates every node's value slot and op state each time, a fixed
+    /// cost as large as the arithmetic of a small batch (issue 16).
+    states: Mutex<Vec<TypedSimpleState>>,
     inputs: usize,
     outputs: Vec<usize>,
+}
+
+impl TractModel {
+    /// One model call on a spare state (or a new one); the state goes back to
+    /// the spares only after a run that succeeded, so a failed run cannot
+    /// leave anything behind for the next.
+    fn run_plan(&self, input: TValue) -> TractResult<TVec<TValue>> {
+        let spare = self.states.lock().map(|mut s| s.pop()).unwrap_or(None);
+        let mut state = match spare {
+            Some(s) => s,
+            None => self.plan.spawn()?,
+        };
+        let out = state.run(tvec!(input))?;
+        if let Ok(mut spares) = self.states.lock() {
+            if spares.len() < SPARE_STATES {
+                spares.push(state);
+            }
+        }
+        Ok(out)
+    }
 }
 
 impl InferenceBackend for TractBackend {
@@ -41,6 +68,7 @@ impl InferenceBackend for TractBackend {
         let model = TractModel {
             name: name.to_string(),
             plan,
+            states: Mutex::new(Vec::new()),
             inputs,
             outputs,
         };
@@ -54,8 +82,7 @@ impl LoadedModel for TractModel {
         let t = Tensor::from_shape(&[rows, self.inputs], input)
             .map_err(|e| BackendError::Inference(e.to_string()))?;
         let out = self
-            .plan
-            .run(tvec!(t.into()))
+            .run_plan(t.into())
             .map_err(|e| BackendError::Inference(format!("{}: {e:#}", self.name)))?;
         if out.len() != self.outputs.len() {
             return Err(BackendError::Inference(format!(
@@ -68,16 +95,14 @@ impl LoadedModel for TractModel {
         out.iter()
             .zip(&self.outputs)
             .map(|(o, w)| {
-                let view = o
-                    .to_plain_array_view::<f32>()
+                // A tensor's storage is contiguous: one copy of its slice, with
+                // no array view between (building one, and walking it element
+                // by element, took a tenth of the recommendation endpoint's
+                // CPU, and the view alone a twelfth of a match's model call).
+                let v = o
+                    .try_as_plain_ram()
+                    .and_then(|plain| plain.as_slice::<f32>().map(<[f32]>::to_vec))
                     .map_err(|e| BackendError::Inference(e.to_string()))?;
-                // Outputs are contiguous: one copy of the slice, not a walk of
-                // the view element by element (which took a tenth of the
-                // recommendation endpoint's CPU).
-                let v = match view.as_slice() {
-                    Some(s) => s.to_vec(),
-                    None => view.iter().copied().collect::<Vec<f32>>(),
-                };
                 if v.len() != rows * w {
                     return Err(BackendError::Inference(format!(
                         "{}: output has {} values, expected {}",

@@ -199,7 +199,18 @@ fn inference(c: &mut Criterion, s: &Setup) {
     let mut g = c.benchmark_group("inference");
     for (name, backend) in &backends {
         for (kind, model, width) in load_models(s, backend.as_ref()) {
-            for rows in [1usize, 32] {
+            // Batch 1 and 32, and the rows one request of the model runs
+            // (a recommendation 4, a notification 168).
+            let served = match kind {
+                ModelKind::Recommendation => 4,
+                ModelKind::NotificationTiming => 168,
+                _ => 1,
+            };
+            let mut sizes = vec![1usize, 32];
+            if served > 1 {
+                sizes.push(served);
+            }
+            for rows in sizes {
                 let input: Vec<f32> = (0..rows * width).map(|i| (i % 7) as f32 / 7.0).collect();
                 g.bench_function(format!("{name}/{kind}/batch{rows}"), |b| {
                     b.iter(|| model.run(black_box(&input), rows).expect("it runs"))
