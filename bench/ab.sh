@@ -6,6 +6,7 @@
 # noise: on the 2-core machine of session 7 one build spread 57–82 µs.
 #
 #   bench/ab.sh ENDPOINT(match|recommend|notify) BIN_A BIN_B [ROUNDS=3]
+#   A_ENV="TIMING_PLAN_HOURS=false" bench/ab.sh notify BIN BIN   # one build, two settings
 #
 # Both run with the prediction cache off, on the demo data of bench/common.sh.
 set -euo pipefail
@@ -24,7 +25,9 @@ echo "| ---: | --- | ---: | ---: | ---: |"
 for r in $(seq 1 "$rounds"); do
   for which in A B; do
     [ "$which" = A ] && bin=$a || bin=$b
-    start_service PREDICTION_CACHE=false
+    [ "$which" = A ] && extra=${A_ENV:-} || extra=${B_ENV:-}
+    # shellcheck disable=SC2086 # settings split into words on purpose
+    start_service PREDICTION_CACHE=false $extra
     wrk -t1 -c50 -d2s -s bench/post-bodies.lua "http://127.0.0.1:$port$path" -- "$work/$ep.jsonl" >/dev/null
     c0=$(cpu_ticks "$pid")
     out=$(wrk -t1 -c50 -d"${duration}s" --latency -s bench/post-bodies.lua \

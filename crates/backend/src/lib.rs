@@ -13,6 +13,7 @@ pub mod onnxruntime;
 pub mod pool;
 pub mod quantize;
 pub mod repository;
+pub mod rows;
 pub mod tract;
 
 pub use batcher::{BatchConfig, BatchObserver, Batcher};

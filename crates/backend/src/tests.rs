@@ -287,3 +287,43 @@ fn a_missing_or_wrong_runtime_library_is_one_clear_error() {
         "{err}"
     );
 }
+
+/// The float models the service trains answer each row on their own in
+/// tract (and in ONNX Runtime when its library is present), so the
+/// notification model may run on a plan's hours only; their INT8 versions
+/// do not (one activation scale per call), so they run all rows.
+#[test]
+fn float_models_answer_rows_on_their_own_and_int8_ones_do_not() {
+    let data = generate(&GeneratorConfig {
+        users: 600,
+        seed: 5,
+        ..Default::default()
+    });
+    let td = TrainingData::new(&data);
+    let mut backends: Vec<Box<dyn InferenceBackend>> = vec![Box::new(TractBackend)];
+    #[cfg(feature = "onnxruntime")]
+    if let Some(dylib) = ort_dylib() {
+        backends.push(Box::new(ort_backend(dylib)));
+    }
+    for kind in ModelKind::ALL {
+        let art = train(kind, &td, 1).unwrap();
+        let meta = ModelMeta::from_artifact(&art, 1);
+        let onnx = export::to_onnx(&art);
+        let (q, _) = quantize::quantize_dynamic(&onnx).unwrap();
+        let width = meta.features.len();
+        for backend in &backends {
+            let float = backend.load(&onnx, &meta).unwrap();
+            assert!(
+                rows::independent(float.as_ref(), width, 168).unwrap(),
+                "{kind} on {}: float rows depend on each other",
+                backend.name()
+            );
+            let int8 = backend.load(&q, &meta).unwrap();
+            assert!(
+                !rows::independent(int8.as_ref(), width, 168).unwrap(),
+                "{kind} on {}: INT8 rows found independent",
+                backend.name()
+            );
+        }
+    }
+}

@@ -595,6 +595,15 @@ impl PopulationActivity {
 /// Timing features of one user for each of the 168 local hours of the week
 /// (row-major, 168 rows).
 pub fn timing_features(u: &UserFeatures, pop: &PopulationActivity) -> Vec<f32> {
+    let all: Vec<usize> = (0..HOURS_PER_WEEK).collect();
+    timing_rows(u, pop, &all)
+}
+
+/// Timing features of one user for the given local hours of the week (each
+/// below 168), one row per hour in that order; each row is the row of
+/// [`timing_features`] for its hour, to the bit. A notification plan weighs
+/// only the hours of its send window, so it needs only their rows.
+pub fn timing_rows(u: &UserFeatures, pop: &PopulationActivity, hours: &[usize]) -> Vec<f32> {
     let n = u.n_activity as f32;
     let hod: Vec<f32> = (0..24)
         .map(|h| (0..7).map(|d| u.activity[d * 24 + h]).sum())
@@ -610,8 +619,8 @@ pub fn timing_features(u: &UserFeatures, pop: &PopulationActivity) -> Vec<f32> {
     let weekday_hod: [f32; 24] =
         std::array::from_fn(|hd| (0..5).map(|d| u.activity[d * 24 + hd]).sum());
     let pop_hod: [f32; 24] = std::array::from_fn(|hd| pop.hour_of_day(hd));
-    let mut out = Vec::with_capacity(HOURS_PER_WEEK * TIMING_FEATURES.len());
-    for h in 0..HOURS_PER_WEEK {
+    let mut out = Vec::with_capacity(hours.len() * TIMING_FEATURES.len());
+    for &h in hours {
         let hd = h % 24;
         let weekend = h >= 120;
         let same_type = if weekend {
@@ -912,6 +921,31 @@ mod tests {
                 let row = &f[h * TIMING_FEATURES.len()..(h + 1) * TIMING_FEATURES.len()];
                 prop_assert_eq!(row[4].to_bits(), share.to_bits());
                 prop_assert_eq!(row[7].to_bits(), pop.hour_of_day(hd).to_bits());
+            }
+        }
+
+        /// Rows for some hours (any order, repeats allowed) are those hours'
+        /// rows of all 168, to the bit.
+        #[test]
+        fn timing_rows_are_the_rows_of_those_hours(
+            counts in prop::collection::vec(0u8..9, HOURS_PER_WEEK),
+            pop in prop::collection::vec(0.0f32..1.0, HOURS_PER_WEEK),
+            hours in prop::collection::vec(0usize..HOURS_PER_WEEK, 0..40),
+        ) {
+            let cat = Catalogue::new(builtin());
+            let p = profile(&[], "UTC");
+            let mut u = UserFeatures::from_history(&p, &UserHistory::default(), &cat, Utc::now());
+            u.activity = counts.iter().map(|c| *c as f32).collect();
+            u.n_activity = counts.iter().map(|c| *c as u32).sum();
+            let pop = PopulationActivity { hour_of_week: pop };
+            let all = timing_features(&u, &pop);
+            let some = timing_rows(&u, &pop, &hours);
+            let w = TIMING_FEATURES.len();
+            prop_assert_eq!(some.len(), hours.len() * w);
+            for (i, &h) in hours.iter().enumerate() {
+                let want: Vec<u32> = all[h * w..(h + 1) * w].iter().map(|v| v.to_bits()).collect();
+                let got: Vec<u32> = some[i * w..(i + 1) * w].iter().map(|v| v.to_bits()).collect();
+                prop_assert_eq!(got, want, "hour {}", h);
             }
         }
     }

@@ -331,50 +331,103 @@ pub fn plan_valid_for(now: DateTime<Utc>, send_at: DateTime<Utc>) -> std::time::
     std::time::Duration::from_secs(until.max(0) as u64)
 }
 
-/// Choose when and how to send: the best-scored hour within the urgency's
-/// window, outside quiet hours unless urgent, always in the future.
-pub fn plan_notification(r: &NotificationRequest) -> NotificationPlan {
-    assert_eq!(r.scores.len(), HOURS_PER_WEEK, "one score per hour of week");
-    let tz = parse_tz(&r.user.timezone);
-    let earliest = r.now + Duration::minutes(1);
-    let window_end = r.now + send_window(r.urgency, r.kind);
-    let hour0 = r.now.duration_trunc(Duration::hours(1)).unwrap_or(r.now);
-    let respect_quiet = r.urgency != Urgency::High;
-    let candidate = |k: i64| {
-        let t = if k == 0 {
+/// One hour a notification plan weighs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Slot {
+    /// Hours from the current one (0: a minute from now).
+    k: i64,
+    at: DateTime<Utc>,
+    /// The user's local hour of the week there (the timing model's row).
+    hour_of_week: usize,
+}
+
+/// The hours a plan weighs, in order: from a minute from now, each hour that
+/// quiet hours allow (all of them when urgent) up to the end of the send
+/// window; when the window has none, the first allowed hour after it. Which
+/// they are depends on the clock, the time zone and the policy, never on
+/// the scores, so the timing model need only run on these hours.
+fn slots(
+    user: &UserFeatures,
+    kind: NotificationType,
+    urgency: Urgency,
+    now: DateTime<Utc>,
+    quiet: QuietHours,
+) -> Vec<Slot> {
+    let tz = parse_tz(&user.timezone);
+    let earliest = now + Duration::minutes(1);
+    let window_end = now + send_window(urgency, kind);
+    let hour0 = now.duration_trunc(Duration::hours(1)).unwrap_or(now);
+    let respect_quiet = urgency != Urgency::High;
+    let mut out = Vec::new();
+    for k in 0..=HOURS_PER_WEEK as i64 {
+        let at = if k == 0 {
             earliest
         } else {
             hour0 + Duration::hours(k)
         };
-        let local_hour = t.with_timezone(&tz).hour();
-        (t, local_hour)
-    };
-    let mut best: Option<(DateTime<Utc>, f32)> = None;
-    for k in 0..=HOURS_PER_WEEK as i64 {
-        let (t, lh) = candidate(k);
-        if t > window_end && best.is_some() {
+        if at > window_end && !out.is_empty() {
             break;
         }
-        if respect_quiet && r.quiet.contains(lh) {
+        if respect_quiet && quiet.contains(at.with_timezone(&tz).hour()) {
             continue;
         }
+        out.push(Slot {
+            k,
+            at,
+            hour_of_week: hour_of_week(at, &tz),
+        });
+        if at > window_end {
+            break;
+        }
+    }
+    out
+}
+
+/// The local hours of the week (distinct, ascending) whose scores
+/// [`plan_notification`] reads for this user, policy and clock: the rows the
+/// timing model has to run.
+pub fn plan_hours(
+    user: &UserFeatures,
+    kind: NotificationType,
+    urgency: Urgency,
+    now: DateTime<Utc>,
+    quiet: QuietHours,
+) -> Vec<usize> {
+    let mut hours: Vec<usize> = slots(user, kind, urgency, now, quiet)
+        .iter()
+        .map(|s| s.hour_of_week)
+        .collect();
+    hours.sort_unstable();
+    hours.dedup();
+    hours
+}
+
+/// Choose when and how to send: the best-scored hour within the urgency's
+/// window, outside quiet hours unless urgent, always in the future. Only the
+/// scores of [`plan_hours`] are read.
+pub fn plan_notification(r: &NotificationRequest) -> NotificationPlan {
+    assert_eq!(r.scores.len(), HOURS_PER_WEEK, "one score per hour of week");
+    let tz = parse_tz(&r.user.timezone);
+    let window_end = r.now + send_window(r.urgency, r.kind);
+    let mut best: Option<(DateTime<Utc>, f32)> = None;
+    for slot in slots(r.user, r.kind, r.urgency, r.now, r.quiet) {
         // Urgent messages also prefer sooner slots.
         let decay = if r.urgency == Urgency::High {
-            1.0 - 0.1 * k as f32
+            1.0 - 0.1 * slot.k as f32
         } else {
             1.0
         };
-        let s = r.scores[hour_of_week(t, &tz)] * decay;
-        if t > window_end {
+        let s = r.scores[slot.hour_of_week] * decay;
+        if slot.at > window_end {
             // Nothing allowed inside the window: the first allowed slot after it.
-            best = Some((t, s));
+            best = Some((slot.at, s));
             break;
         }
         if best.is_none_or(|(_, bs)| s > bs) {
-            best = Some((t, s));
+            best = Some((slot.at, s));
         }
     }
-    let send_at = best.map(|b| b.0).unwrap_or(earliest);
+    let send_at = best.map(|b| b.0).unwrap_or(r.now + Duration::minutes(1));
     let rates = channel_open_rates(r.user, r.channel_prior);
     let channel = choose_channel(rates, r.urgency);
     NotificationPlan {
@@ -771,5 +824,68 @@ mod tests {
         assert!(match_confidence(0.95, 1.0) > match_confidence(0.6, 1.0));
         assert!(match_confidence(0.05, 1.0) > match_confidence(0.4, 1.0));
         assert!(match_confidence(0.95, 0.5) < match_confidence(0.95, 1.0));
+    }
+
+    #[test]
+    fn a_message_weighs_only_the_hours_of_its_window() {
+        let u = user("Europe/Paris", Some((14, 6)));
+        // Monday 12:10 Paris: a message at medium urgency has a 12-hour
+        // window, of which 22:00-00:10 is quiet.
+        let now = Utc.with_ymd_and_hms(2026, 7, 6, 10, 10, 0).unwrap();
+        let hours = plan_hours(
+            &u,
+            NotificationType::Message,
+            Urgency::Medium,
+            now,
+            QuietHours::default(),
+        );
+        assert_eq!(hours, (12..22).collect::<Vec<_>>());
+        // A reminder at low urgency may go out any time in the week.
+        let all = plan_hours(
+            &u,
+            NotificationType::Reminder,
+            Urgency::Low,
+            now,
+            QuietHours::default(),
+        );
+        assert_eq!(all.len(), 168 - 7 * 10);
+    }
+
+    proptest::proptest! {
+        /// The plan reads no score outside `plan_hours`: with every other
+        /// hour's score set above any real one (it would win if read), the
+        /// plan is the same, for any clock, zone, policy and scores.
+        #[test]
+        fn a_plan_reads_only_the_scores_of_its_hours(
+            secs in 1_767_225_600i64..1_830_297_600,
+            zone in 0usize..6,
+            urgency in 0usize..3,
+            kind in 0usize..3,
+            quiet in (0u32..24, 0u32..24),
+            scores in proptest::collection::vec(0.0f32..1.0, 168),
+        ) {
+            let zones = ["UTC", "Europe/Paris", "America/New_York", "Asia/Kolkata", "Australia/Lord_Howe", "Pacific/Chatham"];
+            let u = user(zones[zone], Some((9, 3)));
+            let now = Utc.timestamp_opt(secs, 0).unwrap();
+            let urgency = [Urgency::Low, Urgency::Medium, Urgency::High][urgency];
+            let kind = [NotificationType::MatchFound, NotificationType::Message, NotificationType::Reminder][kind];
+            let quiet = QuietHours { start: quiet.0, end: quiet.1 };
+            let hours = plan_hours(&u, kind, urgency, now, quiet);
+            let mut poisoned = vec![10.0f32; 168];
+            for &h in &hours {
+                poisoned[h] = scores[h];
+            }
+            let plan = |scores: &[f32]| plan_notification(&NotificationRequest {
+                user: &u,
+                scores,
+                population: &flat_pop(),
+                channel_prior: [0.5, 0.2, 0.4],
+                kind,
+                urgency,
+                now,
+                quiet,
+            });
+            proptest::prop_assert_eq!(plan(&poisoned), plan(&scores));
+        }
     }
 }

@@ -273,6 +273,7 @@ pub fn prepare_with(
         interests,
         draining: Default::default(),
         linear_attribution: settings.rec_linear_attribution,
+        timing_plan_hours: settings.timing_plan_hours,
     }))
 }
 

@@ -36,15 +36,45 @@ pub struct ServedModel {
     /// Recommendation: the effect of each input column on each score, when
     /// the model is affine (`ml_backend::linear`).
     pub effects: Option<ml_backend::linear::Effects>,
+    /// Notification timing: whether the model answers each row on its own
+    /// (`ml_backend::rows`), so a plan's hours may run without the rest.
+    pub rows_independent: bool,
+}
+
+/// What is learned about a model version once, at load, for shortcuts that
+/// keep its answers exactly.
+#[derive(Debug, Clone, Default)]
+pub struct Probes {
+    pub effects: Option<ml_backend::linear::Effects>,
+    pub rows_independent: bool,
+}
+
+impl Probes {
+    /// Probe a loaded model of `kind`: a recommendation model for its
+    /// effects table, a notification model for row independence (one call
+    /// of a few hundred rows and a few small ones).
+    pub fn of(
+        kind: ModelKind,
+        model: &dyn ml_backend::LoadedModel,
+        inputs: usize,
+    ) -> Result<Self, ml_backend::BackendError> {
+        Ok(Self {
+            effects: match kind {
+                ModelKind::Recommendation => ml_backend::linear::probe(model, inputs)?,
+                _ => None,
+            },
+            rows_independent: match kind {
+                ModelKind::NotificationTiming => {
+                    ml_backend::rows::independent(model, inputs, HOURS_PER_WEEK)?
+                }
+                _ => false,
+            },
+        })
+    }
 }
 
 impl ServedModel {
-    pub fn new(
-        meta: ModelMeta,
-        batcher: Batcher,
-        catalogue: &Catalogue,
-        effects: Option<ml_backend::linear::Effects>,
-    ) -> Self {
+    pub fn new(meta: ModelMeta, batcher: Batcher, catalogue: &Catalogue, probes: Probes) -> Self {
         let rec_columns = if meta.model == ModelKind::Recommendation {
             meta.items()
                 .iter()
@@ -67,7 +97,8 @@ impl ServedModel {
             rec_columns,
             population,
             channel_prior,
-            effects,
+            effects: probes.effects,
+            rows_independent: probes.rows_independent,
         }
     }
 
@@ -480,19 +511,17 @@ impl Registry {
             // Parsing and optimising a graph is CPU work: off the runtime.
             let model: Arc<ServedModel> = tokio::task::spawn_blocking(move || {
                 let m = backend.load(&bytes, &meta)?;
-                // An affine recommendation model's effects table, which names
-                // the reasons without a model row per history destination.
-                let effects = if kind == ModelKind::Recommendation {
-                    ml_backend::linear::probe(m.as_ref(), meta.features.len())?
-                } else {
-                    None
-                };
-                Ok::<_, ml_backend::BackendError>((m, meta, effects))
+                // An affine recommendation model's effects table (the reasons
+                // without a model row per history destination) and whether a
+                // notification model's rows are independent (a plan's hours
+                // without the rest of the week).
+                let probes = Probes::of(kind, m.as_ref(), meta.features.len())?;
+                Ok::<_, ml_backend::BackendError>((m, meta, probes))
             })
             .await
             .map_err(|e| e.to_string())?
-            .map(|(m, meta, effects)| {
-                let served = self.engine.serve_model(meta, m, &self.catalogue, effects);
+            .map(|(m, meta, probes)| {
+                let served = self.engine.serve_model(meta, m, &self.catalogue, probes);
                 crate::telemetry::model_loaded(
                     kind.as_str(),
                     version,

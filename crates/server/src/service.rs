@@ -38,14 +38,27 @@ impl Engine {
         meta: ModelMeta,
         model: Arc<dyn LoadedModel>,
         catalogue: &Catalogue,
-        effects: Option<ml_backend::linear::Effects>,
+        probes: crate::lifecycle::Probes,
     ) -> Arc<ServedModel> {
         let rows_per_call = crate::telemetry::batch_size(meta.model.as_str());
         let observer: ml_backend::BatchObserver =
             Arc::new(move |_requests, rows| rows_per_call.record(rows as f64));
         let batcher = Batcher::spawn(model, Arc::clone(&self.pool), self.batch, observer);
-        Arc::new(ServedModel::new(meta, batcher, catalogue, effects))
+        Arc::new(ServedModel::new(meta, batcher, catalogue, probes))
     }
+}
+
+/// Scores by hour of the week from the scores of `hours` (in that order);
+/// hours without a score are NaN, which a plan never reads.
+fn by_hour_of_week(hours: &[usize], scores: Vec<f32>) -> Vec<f32> {
+    if hours.len() == HOURS_PER_WEEK && hours.iter().enumerate().all(|(i, &h)| i == h) {
+        return scores;
+    }
+    let mut all = vec![f32::NAN; HOURS_PER_WEEK];
+    for (&h, s) in hours.iter().zip(scores) {
+        all[h] = s;
+    }
+    all
 }
 
 /// An answer and the model version that produced it.
@@ -133,6 +146,9 @@ pub struct Predictor {
     /// Use an affine recommendation model's effects table for its reasons
     /// (REC_LINEAR_ATTRIBUTION).
     pub linear_attribution: bool,
+    /// Run a row-independent notification model on the plan's hours only
+    /// (TIMING_PLAN_HOURS).
+    pub timing_plan_hours: bool,
 }
 
 impl Predictor {
@@ -678,8 +694,22 @@ impl Predictor {
             }
             Err(e) => return Err(e),
         };
-        let x = features::timing_features(&u, &m.population);
-        let Some(mut out) = self.infer(&vs, &m, x, HOURS_PER_WEEK).await? else {
+        // The plan reads the scores of its hours only (those of the send
+        // window, ~10 for a message): when the model answers each row on its
+        // own, those rows give the answer all 168 would.
+        let hours: Vec<usize> = if self.timing_plan_hours && m.rows_independent {
+            post::plan_hours(
+                &u,
+                req.notification_type,
+                req.urgency,
+                now,
+                self.quiet_hours,
+            )
+        } else {
+            (0..HOURS_PER_WEEK).collect()
+        };
+        let x = features::timing_rows(&u, &m.population, &hours);
+        let Some(mut out) = self.infer(&vs, &m, x, hours.len()).await? else {
             // Another version's cached answer, else the documented default:
             // the population's activity by hour of week stands in for the
             // user's, under the same policy (quiet hours, urgency, channel).
@@ -689,7 +719,8 @@ impl Predictor {
                 })
                 .await);
         };
-        let (body, send_at) = self.plan(&m, &u, &out.swap_remove(0), req, now);
+        let scores = by_hour_of_week(&hours, out.swap_remove(0));
+        let (body, send_at) = self.plan(&m, &u, &scores, req, now);
         self.caches
             .put_prediction(key, &body, post::plan_valid_for(now, send_at));
         Ok(Versioned::new(body, &m, false))

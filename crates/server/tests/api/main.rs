@@ -580,6 +580,69 @@ async fn recommendations_honour_limit_and_filters_and_skip_visited_places() {
     assert_eq!(v["recommendations"].as_array().unwrap().len(), 10);
 }
 
+/// The notification model runs on the hours a plan weighs only (a message:
+/// its 12-hour window) and the answers are those all 168 rows give
+/// (TIMING_PLAN_HOURS=false), for every type and urgency; the calls of at
+/// most 16 rows show the shortcut in use.
+#[tokio::test]
+async fn notification_plans_from_their_hours_equal_those_from_the_whole_week() {
+    let mut settings = fixture().settings.clone();
+    settings.prediction_cache = false;
+    let fast = spawn_with(settings.clone()).await;
+    settings.timing_plan_hours = false;
+    let whole = spawn_with(settings).await;
+    let users = fast.users(120);
+    let kinds = ["message", "match_found", "reminder"];
+    let urgencies = ["low", "medium", "high"];
+    let body = |i: usize, user: &str| json!({"user_id": user, "notification_type": kinds[i % 3], "urgency": urgencies[(i / 3) % 3]});
+    let small_calls = |text: String| -> f64 {
+        text.lines()
+            .find(|l| {
+                l.starts_with("ml_prediction_batch_size_bucket")
+                    && l.contains("model=\"notification_timing\"")
+                    && l.contains("le=\"16\"")
+            })
+            .and_then(|l| l.rsplit(' ').next())
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(0.0)
+    };
+    let before = small_calls(fast.scrape().await);
+    let mut messages = 0;
+    for (i, user) in users.iter().enumerate() {
+        let both = || async {
+            let a: Value = fast
+                .post("/notifications/optimize", body(i, user))
+                .await
+                .json()
+                .await
+                .unwrap();
+            let b: Value = whole
+                .post("/notifications/optimize", body(i, user))
+                .await
+                .json()
+                .await
+                .unwrap();
+            (a, b)
+        };
+        let (mut a, mut b) = both().await;
+        if a != b {
+            // The two answers were made at different moments: a new hour (or
+            // a send time a minute from now, to the second) may have begun
+            // between them. Asked again, both fall within one hour.
+            (a, b) = both().await;
+        }
+        assert_eq!(a, b, "user {user}, {}", body(i, user));
+        messages += usize::from(i % 9 == 4);
+    }
+    let after = small_calls(fast.scrape().await);
+    // Medium-urgency messages (one request in nine) weigh at most 13 hours.
+    assert!(
+        after - before >= messages as f64,
+        "{} of {messages} medium-urgency messages ran in 16 rows or fewer: the shortcut is not in use",
+        after - before
+    );
+}
+
 /// Reasons named from the affine model's effects table (the default) are
 /// those measured with one model row per history destination
 /// (REC_LINEAR_ATTRIBUTION=false): every user's answer is the same, score for
