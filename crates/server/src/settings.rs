@@ -317,8 +317,9 @@ pub struct Settings {
     #[arg(long, env = "BATCH_SIZE", default_value_t = 32, value_parser = clap::value_parser!(u32).range(1..=4096))]
     pub batch_size: u32,
     /// Requests of this many model rows or more skip batching: a match is 1
-    /// row, a recommendation 4 plus one per destination in the user's history
-    /// (up to 30, for the reasons), a notification 168.
+    /// row, a recommendation 4 (plus one per destination in the user's
+    /// history, up to 30, without an effects table), a notification one per
+    /// hour its plan weighs (up to 168).
     #[arg(long, env = "BATCH_MAX_ROWS", default_value_t = 4)]
     pub batch_max_rows: usize,
     /// How long, in microseconds, the first request of a batch waits for more;
