@@ -845,6 +845,16 @@ mod tests {
         assert_eq!(profile_cosine(&[0.0; 24], &c), 0.0);
     }
 
+    /// A user in UTC with `counts` sessions in each hour of the week.
+    fn active_user(counts: &[u8]) -> UserFeatures {
+        let cat = Catalogue::new(builtin());
+        let p = profile(&[], "UTC");
+        let mut u = UserFeatures::from_history(&p, &UserHistory::default(), &cat, Utc::now());
+        u.activity = counts.iter().map(|c| *c as f32).collect();
+        u.n_activity = counts.iter().map(|c| *c as u32).sum();
+        u
+    }
+
     proptest! {
         #[test]
         fn semantic_match_features_are_symmetric_finite_and_bounded(
@@ -876,11 +886,7 @@ mod tests {
 
         #[test]
         fn timing_features_are_finite_and_shares_sum_to_one(counts in prop::collection::vec(0u8..5, HOURS_PER_WEEK)) {
-            let cat = Catalogue::new(builtin());
-            let p = profile(&[], "UTC");
-            let mut u = UserFeatures::from_history(&p, &UserHistory::default(), &cat, Utc::now());
-            u.activity = counts.iter().map(|c| *c as f32).collect();
-            u.n_activity = counts.iter().map(|c| *c as u32).sum();
+            let u = active_user(&counts);
             let pop = PopulationActivity { hour_of_week: vec![1.0 / 168.0; 168] };
             let f = timing_features(&u, &pop);
             prop_assert_eq!(f.len(), 168 * TIMING_FEATURES.len());
@@ -898,11 +904,7 @@ mod tests {
             counts in prop::collection::vec(0u8..9, HOURS_PER_WEEK),
             pop in prop::collection::vec(0.0f32..1.0, HOURS_PER_WEEK),
         ) {
-            let cat = Catalogue::new(builtin());
-            let p = profile(&[], "UTC");
-            let mut u = UserFeatures::from_history(&p, &UserHistory::default(), &cat, Utc::now());
-            u.activity = counts.iter().map(|c| *c as f32).collect();
-            u.n_activity = counts.iter().map(|c| *c as u32).sum();
+            let u = active_user(&counts);
             let pop = PopulationActivity { hour_of_week: pop };
             let f = timing_features(&u, &pop);
             for h in 0..HOURS_PER_WEEK {
@@ -932,11 +934,7 @@ mod tests {
             pop in prop::collection::vec(0.0f32..1.0, HOURS_PER_WEEK),
             hours in prop::collection::vec(0usize..HOURS_PER_WEEK, 0..40),
         ) {
-            let cat = Catalogue::new(builtin());
-            let p = profile(&[], "UTC");
-            let mut u = UserFeatures::from_history(&p, &UserHistory::default(), &cat, Utc::now());
-            u.activity = counts.iter().map(|c| *c as f32).collect();
-            u.n_activity = counts.iter().map(|c| *c as u32).sum();
+            let u = active_user(&counts);
             let pop = PopulationActivity { hour_of_week: pop };
             let all = timing_features(&u, &pop);
             let some = timing_rows(&u, &pop, &hours);

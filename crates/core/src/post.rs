@@ -875,17 +875,10 @@ mod tests {
             for &h in &hours {
                 poisoned[h] = scores[h];
             }
-            let plan = |scores: &[f32]| plan_notification(&NotificationRequest {
-                user: &u,
-                scores,
-                population: &flat_pop(),
-                channel_prior: [0.5, 0.2, 0.4],
-                kind,
-                urgency,
-                now,
-                quiet,
-            });
-            proptest::prop_assert_eq!(plan(&poisoned), plan(&scores));
+            proptest::prop_assert_eq!(
+                plan(zones[zone], &poisoned, now, urgency, kind, quiet),
+                plan(zones[zone], &scores, now, urgency, kind, quiet)
+            );
         }
     }
 }

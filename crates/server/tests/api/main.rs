@@ -580,6 +580,22 @@ async fn recommendations_honour_limit_and_filters_and_skip_visited_places() {
     assert_eq!(v["recommendations"].as_array().unwrap().len(), 10);
 }
 
+/// Model calls of `model` with at most `rows` rows so far, from the
+/// `ml_prediction_batch_size` histogram in a metrics scrape (`rows` one of
+/// its bucket bounds).
+fn calls_of_at_most(scrape: &str, model: &str, rows: usize) -> f64 {
+    scrape
+        .lines()
+        .find(|l| {
+            l.starts_with("ml_prediction_batch_size_bucket")
+                && l.contains(&format!("model=\"{model}\""))
+                && l.contains(&format!("le=\"{rows}\""))
+        })
+        .and_then(|l| l.rsplit(' ').next())
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0.0)
+}
+
 /// The notification model runs on the hours a plan weighs only (a message:
 /// its 12-hour window) and the answers are those all 168 rows give
 /// (TIMING_PLAN_HOURS=false), for every type and urgency; the calls of at
@@ -595,17 +611,7 @@ async fn notification_plans_from_their_hours_equal_those_from_the_whole_week() {
     let kinds = ["message", "match_found", "reminder"];
     let urgencies = ["low", "medium", "high"];
     let body = |i: usize, user: &str| json!({"user_id": user, "notification_type": kinds[i % 3], "urgency": urgencies[(i / 3) % 3]});
-    let small_calls = |text: String| -> f64 {
-        text.lines()
-            .find(|l| {
-                l.starts_with("ml_prediction_batch_size_bucket")
-                    && l.contains("model=\"notification_timing\"")
-                    && l.contains("le=\"16\"")
-            })
-            .and_then(|l| l.rsplit(' ').next())
-            .and_then(|v| v.parse().ok())
-            .unwrap_or(0.0)
-    };
+    let small_calls = |text: String| calls_of_at_most(&text, "notification_timing", 16);
     let before = small_calls(fast.scrape().await);
     let mut messages = 0;
     for (i, user) in users.iter().enumerate() {
@@ -665,17 +671,7 @@ async fn recommendation_reasons_from_the_effects_table_equal_the_measured_ones()
     };
     // Model calls of at most four rows for recommendations (the test
     // binary's servers share one metrics recorder; other tests can only add).
-    let small_calls = |text: String| -> f64 {
-        text.lines()
-            .find(|l| {
-                l.starts_with("ml_prediction_batch_size_bucket")
-                    && l.contains("model=\"recommendation\"")
-                    && l.contains("le=\"4\"")
-            })
-            .and_then(|l| l.rsplit(' ').next())
-            .and_then(|v| v.parse().ok())
-            .unwrap_or(0.0)
-    };
+    let small_calls = |text: String| calls_of_at_most(&text, "recommendation", 4);
     let before = small_calls(fast.scrape().await);
     let mut answers = vec![];
     for (i, user) in users.iter().enumerate() {
