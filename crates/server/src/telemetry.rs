@@ -29,14 +29,12 @@
 
 use crate::routes::MODEL_VERSION_HEADER;
 use crate::service::Predictor;
-use axum::extract::{MatchedPath, Request, State};
-use axum::middleware::Next;
+use axum::extract::{MatchedPath, State};
 use axum::response::Response;
 use axum::routing::get;
 use axum::Router;
 use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
 use std::sync::{Arc, OnceLock};
-use std::time::Instant;
 
 /// Histogram buckets in seconds, fine enough for sub-millisecond requests.
 pub const LATENCY_BUCKETS: [f64; 16] = [
@@ -284,35 +282,30 @@ pub fn inflight() -> &'static metrics::Gauge {
     })
 }
 
-/// Middleware: request count, latency, errors and in-flight requests per endpoint.
-pub async fn track(req: Request, next: Next) -> Response {
-    let endpoint = req.extensions().get::<MatchedPath>().cloned();
-    let inflight = inflight();
-    inflight.increment(1.0);
-    let t0 = Instant::now();
-    let resp = next.run(req).await;
-    inflight.decrement(1.0);
+/// Count one answered HTTP request of `endpoint` (its route, or
+/// "unmatched"): request count, latency and errors, labelled with the model
+/// version the response names. The in-flight gauge is [`inflight`]; both
+/// are kept by the HTTP layer (`routes::RequestLayer`).
+pub fn track(endpoint: Option<&MatchedPath>, resp: &Response, seconds: f64) {
     let (model, version) = resp
         .headers()
         .get(MODEL_VERSION_HEADER)
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.split_once('/'))
         .unwrap_or(("none", "none"));
-    let status = resp.status();
     let kind = resp
         .extensions()
         .get::<ErrorKind>()
         .map(|k| k.0)
         .unwrap_or("http");
     record(
-        endpoint.as_ref().map_or("unmatched", MatchedPath::as_str),
+        endpoint.map_or("unmatched", MatchedPath::as_str),
         model,
         version,
-        status.as_u16(),
+        resp.status().as_u16(),
         kind,
-        t0.elapsed().as_secs_f64(),
+        seconds,
     );
-    resp
 }
 
 /// The handles of one label set of the request metrics.
