@@ -278,10 +278,23 @@ async fn otlp_receiver() -> (String, Received) {
     (format!("http://{addr}"), got)
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn traces_reach_an_otlp_receiver_and_continue_the_callers_trace() {
+/// The release binary serving the fixture's data at LOG_LEVEL=info with
+/// `env`, killed on drop; its JSON log lines (stderr) arrive on `lines`.
+struct Served {
+    child: std::process::Child,
+    addr: String,
+    lines: std::sync::mpsc::Receiver<Value>,
+}
+
+impl Drop for Served {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+async fn serve_binary(env: &[(&str, &str)]) -> Served {
     use std::io::BufRead;
-    let (endpoint, got) = otlp_receiver().await;
     let s = &fixture().settings;
     let mut child = Command::new(env!("CARGO_BIN_EXE_ml-service"))
         .arg("serve")
@@ -291,35 +304,96 @@ async fn traces_reach_an_otlp_receiver_and_continue_the_callers_trace() {
         .env("PROMETHEUS_PORT", "0")
         .env("GRPC_PORT", "0")
         .env("LOG_LEVEL", "info")
-        .env("OTEL_EXPORTER_OTLP_ENDPOINT", &endpoint)
-        .env("OTEL_BSP_SCHEDULE_DELAY", "100")
+        .envs(env.iter().copied())
         .stdout(Stdio::null())
         .stderr(Stdio::piped())
         .spawn()
         .unwrap();
-    struct Kill(std::process::Child);
-    impl Drop for Kill {
-        fn drop(&mut self) {
-            let _ = self.0.kill();
-            let _ = self.0.wait();
-        }
-    }
     let stderr = child.stderr.take().unwrap();
-    let _guard = Kill(child);
-    // The log line that says where it listens (port 0: the OS chose).
-    let addr = tokio::task::spawn_blocking(move || {
+    let (tx, lines) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
         for line in std::io::BufReader::new(stderr).lines() {
-            let line = line.unwrap();
+            let Ok(line) = line else { return };
             if let Ok(v) = serde_json::from_str::<Value>(&line) {
-                if v["message"] == "listening" {
-                    return v["addr"].as_str().unwrap().to_string();
+                if tx.send(v).is_err() {
+                    return;
                 }
             }
         }
-        panic!("ml-service exited without listening");
-    })
-    .await
-    .unwrap();
+    });
+    let mut served = Served {
+        child,
+        addr: String::new(),
+        lines,
+    };
+    // The log line that says where it listens (port 0: the OS chose).
+    let lines = &served.lines;
+    served.addr = tokio::task::block_in_place(|| loop {
+        let v = lines
+            .recv_timeout(Duration::from_secs(60))
+            .expect("ml-service exited or was silent without listening");
+        if v["message"] == "listening" {
+            return v["addr"].as_str().unwrap().to_string();
+        }
+    });
+    served
+}
+
+/// Each request leaves one log line when it is answered, inside its span:
+/// the request id (as sent, or generated and echoed), method, path, status
+/// and latency.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn each_request_logs_one_line_with_its_id_status_and_latency() {
+    let served = serve_binary(&[]).await;
+    let client = reqwest::Client::new();
+    let r = client
+        .get(format!("http://{}/health/live", served.addr))
+        .header("x-request-id", "trip-9")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    let r = client
+        .get(format!("http://{}/nope", served.addr))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 404);
+    let generated = r.headers()["x-request-id"].to_str().unwrap().to_string();
+    let lines = &served.lines;
+    let answered = tokio::task::block_in_place(|| {
+        let mut found = vec![];
+        while found.len() < 2 {
+            let v = lines
+                .recv_timeout(Duration::from_secs(10))
+                .expect("a log line for each request");
+            if v["message"] == "finished processing request" {
+                found.push(v);
+            }
+        }
+        found
+    });
+    let (a, b) = (&answered[0], &answered[1]);
+    assert_eq!(a["span"]["request_id"], "trip-9", "{a}");
+    assert_eq!(a["span"]["method"], "GET");
+    assert_eq!(a["span"]["path"], "/health/live");
+    assert_eq!(a["status"], 200);
+    assert!(a["latency"].as_str().unwrap().ends_with(" μs"), "{a}");
+    assert_eq!(b["span"]["request_id"], generated.as_str(), "{b}");
+    assert_eq!(b["span"]["path"], "/nope");
+    assert_eq!(b["status"], 404);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn traces_reach_an_otlp_receiver_and_continue_the_callers_trace() {
+    let (endpoint, got) = otlp_receiver().await;
+    let s = &fixture().settings;
+    let served = serve_binary(&[
+        ("OTEL_EXPORTER_OTLP_ENDPOINT", &endpoint),
+        ("OTEL_BSP_SCHEDULE_DELAY", "100"),
+    ])
+    .await;
+    let addr = &served.addr;
     let client = reqwest::Client::new();
     let u = {
         let store = SqliteStore::open(&s.sqlite_path, 1).unwrap();
