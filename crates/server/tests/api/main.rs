@@ -580,6 +580,16 @@ async fn recommendations_honour_limit_and_filters_and_skip_visited_places() {
     assert_eq!(v["recommendations"].as_array().unwrap().len(), 10);
 }
 
+/// Two servers on the fixture's data with the prediction cache off (every
+/// request computes): one with the default settings, one after `change`.
+async fn spawn_default_and(change: impl FnOnce(&mut Settings)) -> (TestApp, TestApp) {
+    let mut settings = fixture().settings.clone();
+    settings.prediction_cache = false;
+    let default = spawn_with(settings.clone()).await;
+    change(&mut settings);
+    (default, spawn_with(settings).await)
+}
+
 /// Model calls of `model` with at most `rows` rows so far, from the
 /// `ml_prediction_batch_size` histogram in a metrics scrape (`rows` one of
 /// its bucket bounds).
@@ -602,11 +612,7 @@ fn calls_of_at_most(scrape: &str, model: &str, rows: usize) -> f64 {
 /// most 16 rows show the shortcut in use.
 #[tokio::test]
 async fn notification_plans_from_their_hours_equal_those_from_the_whole_week() {
-    let mut settings = fixture().settings.clone();
-    settings.prediction_cache = false;
-    let fast = spawn_with(settings.clone()).await;
-    settings.timing_plan_hours = false;
-    let whole = spawn_with(settings).await;
+    let (fast, whole) = spawn_default_and(|s| s.timing_plan_hours = false).await;
     let users = fast.users(120);
     let kinds = ["message", "match_found", "reminder"];
     let urgencies = ["low", "medium", "high"];
@@ -656,11 +662,7 @@ async fn notification_plans_from_their_hours_equal_those_from_the_whole_week() {
 /// in use: the default server runs four rows per request.
 #[tokio::test]
 async fn recommendation_reasons_from_the_effects_table_equal_the_measured_ones() {
-    let mut settings = fixture().settings.clone();
-    settings.prediction_cache = false;
-    let fast = spawn_with(settings.clone()).await;
-    settings.rec_linear_attribution = false;
-    let measured = spawn_with(settings).await;
+    let (fast, measured) = spawn_default_and(|s| s.rec_linear_attribution = false).await;
     let users = fast.users(300);
     let body = |i: usize, user: &str| {
         if i.is_multiple_of(3) {
