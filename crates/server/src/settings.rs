@@ -397,10 +397,10 @@ pub struct Settings {
     #[arg(long, env = "REC_LINEAR_ATTRIBUTION", default_value_t = true, action = clap::ArgAction::Set)]
     pub rec_linear_attribution: bool,
     /// Run the notification model only on the hours a plan weighs (those of
-    /// the send window that quiet hours allow: 10-13 for a message, all 168
-    /// for a reminder at low urgency) when the model answers each row on its
-    /// own (checked at load; the trained one does): the same answers.
-    /// `false` runs all 168 hours of the week every time.
+    /// the send window that quiet hours allow: up to 13 for a message at
+    /// medium urgency, all 168 for a reminder at low urgency) when the model
+    /// answers each row on its own (checked at load; the trained one does):
+    /// the same answers. `false` runs all 168 hours of the week every time.
     #[arg(long, env = "TIMING_PLAN_HOURS", default_value_t = true, action = clap::ArgAction::Set)]
     pub timing_plan_hours: bool,
     /// Where model versions live: `local` (MODEL_PATH) or `s3` (S3_BUCKET,
