@@ -365,7 +365,7 @@ where
 fn request_span(req: &axum::extract::Request) -> tracing::Span {
     let id = req
         .headers()
-        .get("x-request-id")
+        .get(REQUEST_ID)
         .and_then(|v| v.to_str().ok())
         .unwrap_or("");
     let span = tracing::info_span!("request", method = %req.method(), path = %req.uri().path(), request_id = %id);

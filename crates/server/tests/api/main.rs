@@ -94,6 +94,10 @@ impl TestApp {
             .await
             .unwrap()
     }
+    /// POST a body and parse the JSON answer.
+    async fn post_json(&self, path: &str, body: Value) -> Value {
+        self.post(path, body).await.json().await.unwrap()
+    }
     async fn post_raw(&self, path: &str, ct: &str, body: Vec<u8>) -> reqwest::Response {
         self.client
             .post(format!("{}{path}", self.base))
@@ -622,19 +626,11 @@ async fn notification_plans_from_their_hours_equal_those_from_the_whole_week() {
     let mut messages = 0;
     for (i, user) in users.iter().enumerate() {
         let both = || async {
-            let a: Value = fast
-                .post("/notifications/optimize", body(i, user))
-                .await
-                .json()
-                .await
-                .unwrap();
-            let b: Value = whole
-                .post("/notifications/optimize", body(i, user))
-                .await
-                .json()
-                .await
-                .unwrap();
-            (a, b)
+            let path = "/notifications/optimize";
+            (
+                fast.post_json(path, body(i, user)).await,
+                whole.post_json(path, body(i, user)).await,
+            )
         };
         let (mut a, mut b) = both().await;
         if a != b {
