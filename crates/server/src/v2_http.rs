@@ -6,13 +6,12 @@
 
 use crate::error::ServiceError;
 use crate::extract::BodyLimit;
-use crate::routes::{Admission, ApiKeys};
+use crate::routes::{Admission, ApiKeys, Guard};
 use crate::service::Predictor;
 use crate::v2::{self, InputTensor};
 use axum::body::Bytes;
 use axum::extract::{Path, State};
 use axum::http::{header, HeaderMap, HeaderName, HeaderValue, StatusCode};
-use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use axum::Extension;
 use axum::Json;
@@ -528,26 +527,9 @@ async fn run_infer(
     Ok(r)
 }
 
-/// Middleware: the API key, as the domain endpoints need it, refused in the
-/// protocol's error form.
-async fn authenticate(
-    State(keys): State<ApiKeys>,
-    req: axum::extract::Request,
-    next: Next,
-) -> Response {
-    if keys.is_empty() || keys.accepts_header(req.headers()) {
-        next.run(req).await
-    } else {
-        V2Error(ServiceError::Unauthorized).into_response()
-    }
-}
-
-/// Middleware: the admission of the domain endpoints (one shared bound on
-/// requests in flight), refused in the protocol's error form.
-async fn admit(State(a): State<Admission>, req: axum::extract::Request, next: Next) -> Response {
-    a.run(next.run(req))
-        .await
-        .unwrap_or_else(|e| V2Error(e).into_response())
+/// A refusal (key, admission) in the protocol's error form.
+fn refuse(e: ServiceError) -> Response {
+    V2Error(e).into_response()
 }
 
 /// The protocol's routes: health and server metadata open to all (like
@@ -555,8 +537,9 @@ async fn admit(State(a): State<Admission>, req: axum::extract::Request, next: Ne
 /// behind the key and admission.
 pub fn router(keys: ApiKeys, admission: Admission) -> axum::Router<AppState> {
     use axum::routing::{get, post};
-    let auth = axum::middleware::from_fn_with_state(keys, authenticate);
-    let admit = axum::middleware::from_fn_with_state(admission, admit);
+    // The key for every model route; admission for inference only.
+    let auth = Guard::new(keys.clone(), None, refuse);
+    let admit = Guard::new(keys, Some(admission), refuse);
     let open = axum::Router::new()
         .route("/v2", get(server_metadata))
         .route("/v2/health/live", get(server_live))
@@ -579,8 +562,7 @@ pub fn router(keys: ApiKeys, admission: Admission) -> axum::Router<AppState> {
             "/v2/models/{name}/versions/{version}/infer",
             post(version_infer),
         )
-        .route_layer(admit)
-        .route_layer(auth);
+        .route_layer(admit);
     open.merge(models).merge(inference)
 }
 

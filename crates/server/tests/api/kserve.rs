@@ -354,3 +354,59 @@ async fn tritons_own_client_gets_the_domain_answers_over_http_and_grpc() {
     assert_eq!(got["http_unknown_model_ready"], false);
     assert_eq!(got["grpc_unknown_model"]["status"], "StatusCode.NOT_FOUND");
 }
+
+/// With API keys configured, the protocol's model routes (metadata,
+/// readiness, inference) need one, refused in the protocol's error form
+/// (`{"error": ...}`, 401, `WWW-Authenticate`), while server metadata and
+/// health stay open as `/health` does.
+#[tokio::test]
+async fn the_protocols_model_routes_need_an_api_key_when_keys_are_set() {
+    let mut s = fixture().settings.clone();
+    s.api_keys = vec!["v2-key-1".to_string().into()];
+    let app = spawn_with(s).await;
+    let send = |method: reqwest::Method, path: &str, key: Option<&str>| {
+        let mut r = app.client.request(method, format!("{}{path}", app.base));
+        if let Some(k) = key {
+            r = r.header("authorization", format!("Bearer {k}"));
+        }
+        r.json(&json!({"inputs": [{"name": "features", "shape": [1, 1], "datatype": "FP32", "data": [0.0]}]}))
+            .send()
+    };
+    let guarded = [
+        (reqwest::Method::GET, "/v2/models/travel_match"),
+        (reqwest::Method::GET, "/v2/models/travel_match/versions/1"),
+        (reqwest::Method::GET, "/v2/models/travel_match/ready"),
+        (
+            reqwest::Method::GET,
+            "/v2/models/travel_match/versions/1/ready",
+        ),
+        (reqwest::Method::POST, "/v2/models/travel_match/infer"),
+        (
+            reqwest::Method::POST,
+            "/v2/models/travel_match/versions/1/infer",
+        ),
+    ];
+    for (method, path) in &guarded {
+        for key in [None, Some("v2-key-")] {
+            let r = send(method.clone(), path, key).await.unwrap();
+            assert_eq!(r.status(), 401, "{method} {path} {key:?}");
+            assert_eq!(r.headers()["www-authenticate"], "Bearer");
+            let body: Value = r.json().await.unwrap();
+            let error = body["error"].as_str().unwrap_or_default();
+            assert!(!error.is_empty() && !error.contains("v2-key"), "{body}");
+        }
+        // With the key, the route answers as without keys: metadata and
+        // readiness 200, inference of a one-column row 400 (the model reads
+        // more columns), never 401.
+        let r = send(method.clone(), path, Some("v2-key-1")).await.unwrap();
+        let expected = if *method == reqwest::Method::GET {
+            200
+        } else {
+            400
+        };
+        assert_eq!(r.status(), expected, "{method} {path}");
+    }
+    for path in ["/v2", "/v2/health/live", "/v2/health/ready"] {
+        assert_eq!(app.get(path).await.status(), 200, "{path}");
+    }
+}
