@@ -213,7 +213,11 @@ impl Queue {
                 Err(_) => break,
             }
         }
-        while batch.len() < self.config.max_batch {
+        // Only while the deadline is ahead: crossbeam's receive spins and
+        // yields the core through its whole backoff before it looks at the
+        // deadline, so with the default delay of zero every batch paid for
+        // a wait it never meant (issue 16, session 9 profile).
+        while batch.len() < self.config.max_batch && Instant::now() < deadline {
             match self.rx.recv_deadline(deadline) {
                 Ok(r) => batch.push(r),
                 Err(_) => break,
