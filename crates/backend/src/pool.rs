@@ -1,14 +1,9 @@
 //! The inference threads: a fixed set of OS threads, fed through one bounded
 //! queue, so model runs never block the async runtime and excess load is refused
 //! at once instead of queueing without bound.
-//!
-//! The queue is a `flume` channel: an idle inference thread parks at once,
-//! where `crossbeam-channel`'s receive spun and then yielded the core several
-//! times before parking, which on two cores under load took about a tenth of
-//! the service's CPU in scheduler calls (issue 16, session 9 profile).
 
 use crate::{BackendError, LoadedModel};
-use flume::{bounded, Sender, TrySendError};
+use crossbeam_channel::{bounded, Sender, TrySendError};
 use std::sync::Arc;
 use std::thread::JoinHandle;
 use tokio::sync::oneshot;
