@@ -70,7 +70,11 @@ fn unit_interval<const N: usize>(v: [f32; N]) -> [f32; N] {
 
 /// Local hour of the week (Monday 00:00 = 0) of an instant in a time zone.
 pub fn hour_of_week(at: DateTime<Utc>, tz: &chrono_tz::Tz) -> usize {
-    let l = at.with_timezone(tz);
+    local_hour_of_week(&at.with_timezone(tz))
+}
+
+/// The hour of the week of a local time (Monday 0h = 0).
+pub fn local_hour_of_week<Tz: chrono::TimeZone>(l: &DateTime<Tz>) -> usize {
     l.weekday().num_days_from_monday() as usize * 24 + l.hour() as usize
 }
 

@@ -4,7 +4,7 @@
 
 use crate::catalogue::Catalogue;
 use crate::features::{
-    hour_of_week, parse_tz, MatchContext, PopulationActivity, UserFeatures, HOURS_PER_WEEK,
+    local_hour_of_week, parse_tz, MatchContext, PopulationActivity, UserFeatures, HOURS_PER_WEEK,
 };
 use crate::types::*;
 use chrono::{DateTime, Duration, DurationRound, Timelike, Utc};
@@ -53,16 +53,42 @@ pub fn passes_filters(
     budget.is_none_or(|b| d.cost_level <= b) && duration.is_none_or(|t| d.trip_lengths.contains(&t))
 }
 
-fn human_tag(t: &str) -> String {
-    t.replace('_', " ")
+/// Append `items` to `out` as a list in prose: "a", "a and b", "a, b and c";
+/// each item through `push` (which writes it).
+fn push_joined<T>(
+    out: &mut String,
+    items: impl Iterator<Item = T>,
+    mut push: impl FnMut(&mut String, T),
+) {
+    let mut items = items.peekable();
+    let mut first = true;
+    while let Some(item) = items.next() {
+        if !first {
+            out.push_str(if items.peek().is_some() {
+                ", "
+            } else {
+                " and "
+            });
+        }
+        push(out, item);
+        first = false;
+    }
 }
 
-fn join_and(items: &[String]) -> String {
-    match items.len() {
-        0 => String::new(),
-        1 => items[0].clone(),
-        n => format!("{} and {}", items[..n - 1].join(", "), items[n - 1]),
+/// A tag as prose: `street_food` → "street food".
+fn push_human_tag(out: &mut String, t: &str) {
+    out.extend(t.chars().map(|c| if c == '_' { ' ' } else { c }));
+}
+
+/// Which destinations (catalogue indices) a list names: `mask[d]`, false past
+/// its end.
+pub fn destination_mask(destinations: &[u32]) -> Vec<bool> {
+    let len = destinations.iter().max().map_or(0, |m| *m as usize + 1);
+    let mut mask = vec![false; len];
+    for d in destinations {
+        mask[*d as usize] = true;
     }
+    mask
 }
 
 /// History destinations whose share of a recommendation is measured.
@@ -86,10 +112,13 @@ pub fn rec_attribution_rows(
     let profile = crate::train::rec_profile_input(u, space);
     let width = cols + profile.len();
     let mut full = vec![0f32; width];
-    let mut history = vec![];
+    let mut history = Vec::with_capacity(u.engaged.len());
+    // One pass over a mask of the user's destinations instead of a search
+    // of their list per column.
+    let engaged = destination_mask(&u.engaged);
     for (c, d) in columns.iter().enumerate() {
         if let Some(d) = d {
-            if u.has_engaged(*d) {
+            if engaged.get(*d).is_some_and(|e| *e) {
                 full[c] = 1.0;
                 history.push(c);
             }
@@ -114,19 +143,43 @@ pub fn rec_attribution_rows(
 
 /// What drove a recommendation's score most (from the model's own attribution).
 #[derive(Debug, Clone, PartialEq)]
-pub enum RecDriver {
+pub enum RecDriver<'a> {
     /// Destinations in the user's history, strongest first, and whether the
     /// user went there (booked or visited) rather than only explored it.
-    History(Vec<(String, bool)>),
+    History(&'a [(&'a str, bool)]),
     /// The user's profile: declared interests the destination offers (may be
-    /// none), their budget and preferred trip length.
+    /// none; the reason names the first two), their budget and preferred
+    /// trip length.
     Profile {
-        interests: Vec<&'static str>,
+        interests: TagSet,
         budget: Budget,
         duration: TripDuration,
     },
     /// Popularity: what travellers engage with overall.
     Popularity,
+}
+
+/// The two strongest of `shares` (share, item) that are above zero, strongest
+/// first; of equal shares the earlier comes first (what a stable sort by
+/// descending share, then taking two, gives). Returns them and how many.
+pub fn strongest_two(shares: impl Iterator<Item = (f32, usize)>) -> ([(f32, usize); 2], usize) {
+    let mut top = [(0f32, 0usize); 2];
+    let mut n = 0;
+    for (s, item) in shares {
+        // Also drops NaN, as the filter `s > 0.0` did.
+        if !(s > 0.0) {
+            continue;
+        }
+        if n == 0 || s > top[0].0 {
+            top[1] = top[0];
+            top[0] = (s, item);
+            n = (n + 1).min(2);
+        } else if n == 1 || s > top[1].0 {
+            top[1] = (s, item);
+            n = 2;
+        }
+    }
+    (top, n)
 }
 
 /// A match answer without the model: what `/match/score` says, marked as a
@@ -158,19 +211,25 @@ pub fn match_fallback(x: &[f32]) -> MatchFallback {
 
 /// The reason shown with a recommendation.
 pub fn recommendation_reason(driver: &RecDriver) -> String {
+    // Written into one buffer: ten of these per recommendation answer made
+    // their intermediate strings a visible share of the endpoint's CPU.
     match driver {
         RecDriver::History(items) if !items.is_empty() => {
             let went = items.iter().all(|(_, v)| *v);
-            let names: Vec<String> = items.iter().map(|(n, _)| n.clone()).collect();
-            format!(
-                "Because you {} {}",
-                if went { "visited" } else { "explored" },
-                join_and(&names)
-            )
+            let mut out = String::with_capacity(64);
+            out.push_str(if went {
+                "Because you visited "
+            } else {
+                "Because you explored "
+            });
+            push_joined(&mut out, items.iter(), |o, (n, _)| o.push_str(n));
+            out
         }
         RecDriver::Profile { interests, .. } if !interests.is_empty() => {
-            let names: Vec<String> = interests.iter().map(|t| human_tag(t)).collect();
-            format!("Matches your interest in {}", join_and(&names))
+            let mut out = String::with_capacity(64);
+            out.push_str("Matches your interest in ");
+            push_joined(&mut out, interests.iter_names().take(2), push_human_tag);
+            out
         }
         RecDriver::Profile {
             budget, duration, ..
@@ -345,14 +404,36 @@ struct Slot {
 /// quiet hours allow (all of them when urgent) up to the end of the send
 /// window; when the window has none, the first allowed hour after it. Which
 /// they are depends on the clock, the time zone and the policy, never on
-/// the scores, so the timing model need only run on these hours.
-fn slots(
+/// the scores, so the timing model need only run on these hours. Made once
+/// per notification by [`plan_slots`]: the rows to run are its
+/// [`PlanSlots::hours`], and [`plan_notification_in`] weighs the same slots.
+#[derive(Debug, Clone, PartialEq)]
+pub struct PlanSlots {
+    slots: Vec<Slot>,
+    /// The user's time zone, parsed once.
+    tz: chrono_tz::Tz,
+}
+
+impl PlanSlots {
+    /// The local hours of the week (distinct, ascending) whose scores the
+    /// plan reads: the rows the timing model has to run.
+    pub fn hours(&self) -> Vec<usize> {
+        let mut hours: Vec<usize> = self.slots.iter().map(|s| s.hour_of_week).collect();
+        hours.sort_unstable();
+        hours.dedup();
+        hours
+    }
+}
+
+/// The slots of a plan for this user (their time zone), notification, clock
+/// and quiet hours.
+pub fn plan_slots(
     user: &UserFeatures,
     kind: NotificationType,
     urgency: Urgency,
     now: DateTime<Utc>,
     quiet: QuietHours,
-) -> Vec<Slot> {
+) -> PlanSlots {
     let tz = parse_tz(&user.timezone);
     let earliest = now + Duration::minutes(1);
     let window_end = now + send_window(urgency, kind);
@@ -368,19 +449,23 @@ fn slots(
         if at > window_end && !out.is_empty() {
             break;
         }
-        if respect_quiet && quiet.contains(at.with_timezone(&tz).hour()) {
+        // One conversion to local time per hour, for both the quiet-hours
+        // check and the hour of the week (each is a search of the zone's
+        // transitions).
+        let local = at.with_timezone(&tz);
+        if respect_quiet && quiet.contains(local.hour()) {
             continue;
         }
         out.push(Slot {
             k,
             at,
-            hour_of_week: hour_of_week(at, &tz),
+            hour_of_week: local_hour_of_week(&local),
         });
         if at > window_end {
             break;
         }
     }
-    out
+    PlanSlots { slots: out, tz }
 }
 
 /// The local hours of the week (distinct, ascending) whose scores
@@ -393,24 +478,24 @@ pub fn plan_hours(
     now: DateTime<Utc>,
     quiet: QuietHours,
 ) -> Vec<usize> {
-    let mut hours: Vec<usize> = slots(user, kind, urgency, now, quiet)
-        .iter()
-        .map(|s| s.hour_of_week)
-        .collect();
-    hours.sort_unstable();
-    hours.dedup();
-    hours
+    plan_slots(user, kind, urgency, now, quiet).hours()
 }
 
 /// Choose when and how to send: the best-scored hour within the urgency's
 /// window, outside quiet hours unless urgent, always in the future. Only the
 /// scores of [`plan_hours`] are read.
 pub fn plan_notification(r: &NotificationRequest) -> NotificationPlan {
+    plan_notification_in(r, &plan_slots(r.user, r.kind, r.urgency, r.now, r.quiet))
+}
+
+/// [`plan_notification`] over slots already made by [`plan_slots`] for the
+/// same user, notification, clock and quiet hours (the caller ran the model
+/// on their hours).
+pub fn plan_notification_in(r: &NotificationRequest, slots: &PlanSlots) -> NotificationPlan {
     assert_eq!(r.scores.len(), HOURS_PER_WEEK, "one score per hour of week");
-    let tz = parse_tz(&r.user.timezone);
     let window_end = r.now + send_window(r.urgency, r.kind);
     let mut best: Option<(DateTime<Utc>, f32)> = None;
-    for slot in slots(r.user, r.kind, r.urgency, r.now, r.quiet) {
+    for slot in &slots.slots {
         // Urgent messages also prefer sooner slots.
         let decay = if r.urgency == Urgency::High {
             1.0 - 0.1 * slot.k as f32
@@ -433,7 +518,10 @@ pub fn plan_notification(r: &NotificationRequest) -> NotificationPlan {
     NotificationPlan {
         send_at,
         channel,
-        confidence: notification_confidence(r.user, send_at.with_timezone(&tz).hour() as usize),
+        confidence: notification_confidence(
+            r.user,
+            send_at.with_timezone(&slots.tz).hour() as usize,
+        ),
         reason: activity_reason(r.user, r.population),
     }
 }
@@ -879,6 +967,158 @@ mod tests {
                 plan(zones[zone], &poisoned, now, urgency, kind, quiet),
                 plan(zones[zone], &scores, now, urgency, kind, quiet)
             );
+        }
+
+        /// The slots, made with one conversion to local time per hour, are
+        /// those of the former way (two conversions: quiet hours, then the
+        /// hour of the week), for any clock, zone and policy.
+        #[test]
+        fn slots_are_those_of_two_conversions_per_hour(
+            secs in 1_767_225_600i64..1_830_297_600,
+            zone in 0usize..6,
+            urgency in 0usize..3,
+            kind in 0usize..3,
+            quiet in (0u32..24, 0u32..24),
+        ) {
+            let zones = ["UTC", "Europe/Paris", "America/New_York", "Asia/Kolkata", "Australia/Lord_Howe", "Pacific/Chatham"];
+            let u = user(zones[zone], None);
+            let now = Utc.timestamp_opt(secs, 0).unwrap();
+            let urgency = [Urgency::Low, Urgency::Medium, Urgency::High][urgency];
+            let kind = [NotificationType::MatchFound, NotificationType::Message, NotificationType::Reminder][kind];
+            let quiet = QuietHours { start: quiet.0, end: quiet.1 };
+            let got = plan_slots(&u, kind, urgency, now, quiet);
+            proptest::prop_assert_eq!(got.slots, reference_slots(&u, kind, urgency, now, quiet));
+        }
+
+        /// Reasons written into one buffer read as those built from joined
+        /// strings did, for any history names, visits and interests.
+        #[test]
+        fn reasons_read_as_joined_strings_did(
+            names in proptest::collection::vec(("[A-Za-z _]{0,12}", proptest::bool::ANY), 0..3),
+            tags in 0u32..(1 << TAGS.len()),
+            budget in 0usize..3,
+            duration in 0usize..3,
+        ) {
+            let items: Vec<(&str, bool)> = names.iter().map(|(n, v)| (n.as_str(), *v)).collect();
+            let interests = TagSet(tags);
+            let budget = Budget::ALL[budget % Budget::ALL.len()];
+            let duration = TripDuration::ALL[duration % TripDuration::ALL.len()];
+            for driver in [
+                RecDriver::History(&items),
+                RecDriver::Profile { interests, budget, duration },
+                RecDriver::Popularity,
+            ] {
+                proptest::prop_assert_eq!(recommendation_reason(&driver), reference_reason(&driver));
+            }
+        }
+
+        /// The two strongest shares are the first two of a stable sort by
+        /// descending share of those above zero (ties in input order).
+        #[test]
+        fn the_strongest_two_are_the_first_two_of_a_stable_sort(
+            shares in proptest::collection::vec(
+                proptest::prop_oneof![Just(0.0f32), Just(0.5f32), Just(-0.25f32), Just(f32::NAN), 0.0f32..1.0],
+                0..12,
+            ),
+        ) {
+            let mut items: Vec<(f32, usize)> = shares
+                .iter()
+                .enumerate()
+                .map(|(i, s)| (*s, i))
+                .filter(|(s, _)| *s > 0.0)
+                .collect();
+            items.sort_by(|a, b| b.0.total_cmp(&a.0));
+            items.truncate(2);
+            let (top, n) = strongest_two(shares.iter().enumerate().map(|(i, s)| (*s, i)));
+            proptest::prop_assert_eq!(&top[..n], &items[..]);
+        }
+    }
+
+    use proptest::strategy::Just;
+
+    #[test]
+    fn a_mask_names_exactly_the_listed_destinations() {
+        let mask = destination_mask(&[2, 5, 3]);
+        let named: Vec<usize> = (0..10)
+            .filter(|d| mask.get(*d).is_some_and(|m| *m))
+            .collect();
+        assert_eq!(named, vec![2, 3, 5]);
+        assert!(destination_mask(&[]).is_empty());
+    }
+
+    /// The slots as they were made before `plan_slots`: two conversions to
+    /// local time per hour.
+    fn reference_slots(
+        user: &UserFeatures,
+        kind: NotificationType,
+        urgency: Urgency,
+        now: DateTime<Utc>,
+        quiet: QuietHours,
+    ) -> Vec<Slot> {
+        let tz = parse_tz(&user.timezone);
+        let earliest = now + Duration::minutes(1);
+        let window_end = now + send_window(urgency, kind);
+        let hour0 = now.duration_trunc(Duration::hours(1)).unwrap_or(now);
+        let mut out = Vec::new();
+        for k in 0..=HOURS_PER_WEEK as i64 {
+            let at = if k == 0 {
+                earliest
+            } else {
+                hour0 + Duration::hours(k)
+            };
+            if at > window_end && !out.is_empty() {
+                break;
+            }
+            if urgency != Urgency::High && quiet.contains(at.with_timezone(&tz).hour()) {
+                continue;
+            }
+            out.push(Slot {
+                k,
+                at,
+                hour_of_week: crate::features::hour_of_week(at, &tz),
+            });
+            if at > window_end {
+                break;
+            }
+        }
+        out
+    }
+
+    /// The reasons as they were written before: names collected, joined,
+    /// formatted.
+    fn reference_reason(driver: &RecDriver) -> String {
+        fn join_and(items: &[String]) -> String {
+            match items.len() {
+                0 => String::new(),
+                1 => items[0].clone(),
+                n => format!("{} and {}", items[..n - 1].join(", "), items[n - 1]),
+            }
+        }
+        match driver {
+            RecDriver::History(items) if !items.is_empty() => {
+                let went = items.iter().all(|(_, v)| *v);
+                let names: Vec<String> = items.iter().map(|(n, _)| n.to_string()).collect();
+                format!(
+                    "Because you {} {}",
+                    if went { "visited" } else { "explored" },
+                    join_and(&names)
+                )
+            }
+            RecDriver::Profile { interests, .. } if !interests.is_empty() => {
+                let names: Vec<String> = interests
+                    .names()
+                    .into_iter()
+                    .take(2)
+                    .map(|t| t.replace('_', " "))
+                    .collect();
+                format!("Matches your interest in {}", join_and(&names))
+            }
+            RecDriver::Profile {
+                budget, duration, ..
+            } => {
+                format!("Fits your {budget} budget and {duration} trips")
+            }
+            _ => "Popular with travellers like you".into(),
         }
     }
 }

@@ -81,10 +81,13 @@ impl TagSet {
     }
     /// Tag names in vocabulary order.
     pub fn names(&self) -> Vec<&'static str> {
+        self.iter_names().collect()
+    }
+    /// Tag names in vocabulary order, without collecting them.
+    pub fn iter_names(&self) -> impl Iterator<Item = &'static str> + '_ {
         (0..TAGS.len())
             .filter(|i| self.contains(*i))
             .map(|i| TAGS[i])
-            .collect()
     }
 }
 

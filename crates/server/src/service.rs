@@ -481,10 +481,12 @@ impl Predictor {
         user: Option<&UserFeatures>,
     ) -> Vec<u32> {
         let filters = req.filters.clone().unwrap_or_default();
+        let consumed = user.map(|u| post::destination_mask(&u.consumed));
+        let consumed = consumed.as_deref().unwrap_or_default();
         (0..m.rec_columns.len())
             .filter(|&c| {
                 m.rec_columns[c].is_some_and(|d| {
-                    !user.is_some_and(|u| u.has_consumed(d))
+                    !consumed.get(d).is_some_and(|c| *c)
                         && post::passes_filters(
                             &self.catalogue.destinations[d],
                             filters.budget,
@@ -592,47 +594,35 @@ impl Predictor {
                 let from_interests = row(0)[c] - row(1)[c];
                 let from_history = row(0)[c] - row(2)[c];
                 let from_popularity = row(3)[c];
+                // The two history destinations with the largest share: their
+                // effect, else the score less the score without them.
+                let mut names = [("", false); 2];
+                let mut named = 0;
                 let driver = if from_history > 0.0
                     && from_history >= from_interests
                     && from_history >= from_popularity
                 {
-                    let mut items: Vec<(f32, usize)> = history
-                        .iter()
-                        .enumerate()
-                        .map(|(k, &h)| {
-                            // The share of history destination `h`: its
-                            // effect, else the score less the score without it.
+                    let (top, n) =
+                        post::strongest_two(history.iter().enumerate().map(|(k, &h)| {
                             let share = match effects {
                                 Some(e) => e.of(h)[c],
                                 None => row(0)[c] - row(4 + k)[c],
                             };
                             (share, h)
-                        })
-                        .filter(|(s, _)| *s > 0.0)
-                        .collect();
-                    items.sort_by(|a, b| b.0.total_cmp(&a.0));
-                    post::RecDriver::History(
-                        items
-                            .iter()
-                            .take(2)
-                            .filter_map(|(_, h)| rec_columns[*h])
-                            .map(|d| {
-                                (
-                                    self.catalogue.destinations[d].name.clone(),
-                                    u.has_consumed(d),
-                                )
-                            })
-                            .collect(),
-                    )
+                        }));
+                    for (_, h) in &top[..n] {
+                        if let Some(d) = rec_columns[*h] {
+                            names[named] = (
+                                self.catalogue.destinations[d].name.as_str(),
+                                u.has_consumed(d),
+                            );
+                            named += 1;
+                        }
+                    }
+                    post::RecDriver::History(&names[..named])
                 } else if from_interests > 0.0 && from_interests >= from_popularity {
                     post::RecDriver::Profile {
-                        interests: u
-                            .interests
-                            .intersection(&self.catalogue.tags[d])
-                            .names()
-                            .into_iter()
-                            .take(2)
-                            .collect(),
+                        interests: u.interests.intersection(&self.catalogue.tags[d]),
                         budget: u.budget,
                         duration: u.preferred_duration,
                     }
@@ -682,7 +672,8 @@ impl Predictor {
                 let u = UserFeatures::from_activity(req.user_id, "UTC", &[]);
                 return Ok(self
                     .fallback("notify", (&vs, &m), req.user_id, req, || {
-                        let (mut body, _) = self.plan(&m, &u, &m.population.hour_of_week, req, now);
+                        let (mut body, _) =
+                            self.plan(&m, &u, &m.population.hour_of_week, req, now, None);
                         body.confidence = 0.0;
                         body.reason = format!(
                             "User data unavailable: {} (time zone unknown, UTC assumed)",
@@ -697,14 +688,15 @@ impl Predictor {
         // The plan reads the scores of its hours only (those of the send
         // window, ~10 for a message): when the model answers each row on its
         // own, those rows give the answer all 168 would.
+        let slots = post::plan_slots(
+            &u,
+            req.notification_type,
+            req.urgency,
+            now,
+            self.quiet_hours,
+        );
         let hours: Vec<usize> = if self.timing_plan_hours && m.rows_independent {
-            post::plan_hours(
-                &u,
-                req.notification_type,
-                req.urgency,
-                now,
-                self.quiet_hours,
-            )
+            slots.hours()
         } else {
             (0..HOURS_PER_WEEK).collect()
         };
@@ -715,19 +707,21 @@ impl Predictor {
             // user's, under the same policy (quiet hours, urgency, channel).
             return Ok(self
                 .fallback("notify", (&vs, &m), req.user_id, req, || {
-                    self.plan(&m, &u, &m.population.hour_of_week, req, now).0
+                    self.plan(&m, &u, &m.population.hour_of_week, req, now, Some(&slots))
+                        .0
                 })
                 .await);
         };
         let scores = by_hour_of_week(&hours, out.swap_remove(0));
-        let (body, send_at) = self.plan(&m, &u, &scores, req, now);
+        let (body, send_at) = self.plan(&m, &u, &scores, req, now, Some(&slots));
         self.caches
             .put_prediction(key, &body, post::plan_valid_for(now, send_at));
         Ok(Versioned::new(body, &m, false))
     }
 
     /// The notification policy on activity `scores` (one per local hour of
-    /// the week); the answer and its send time.
+    /// the week); the answer and its send time. `slots`: those already made
+    /// for this user, request and clock, if any.
     fn plan(
         &self,
         m: &ServedModel,
@@ -735,8 +729,9 @@ impl Predictor {
         scores: &[f32],
         req: &NotifyRequest,
         now: chrono::DateTime<Utc>,
+        slots: Option<&post::PlanSlots>,
     ) -> (NotifyResponse, chrono::DateTime<Utc>) {
-        let plan = post::plan_notification(&post::NotificationRequest {
+        let r = post::NotificationRequest {
             user: u,
             scores,
             population: &m.population,
@@ -745,7 +740,11 @@ impl Predictor {
             urgency: req.urgency,
             now,
             quiet: self.quiet_hours,
-        });
+        };
+        let plan = match slots {
+            Some(slots) => post::plan_notification_in(&r, slots),
+            None => post::plan_notification(&r),
+        };
         let body = NotifyResponse {
             send_at: plan.send_at.to_rfc3339_opts(SecondsFormat::Secs, true),
             channel: plan.channel,
