@@ -114,10 +114,10 @@ impl Caches {
             "near",
             out.iter().filter(|f| f.is_some()).count(),
         );
-        let missing: Vec<usize> = (0..ids.len()).filter(|&i| out[i].is_none()).collect();
-        if missing.is_empty() {
+        if out.iter().all(Option::is_some) {
             return out;
         }
+        let missing: Vec<usize> = (0..ids.len()).filter(|&i| out[i].is_none()).collect();
         if self.store.shared() {
             let keys: Vec<String> = missing.iter().map(|&i| self.feature_key(ids[i])).collect();
             if let Ok(values) = self.store.get_many(&keys).await {
