@@ -166,8 +166,8 @@ pub fn strongest_two(shares: impl Iterator<Item = (f32, usize)>) -> ([(f32, usiz
     let mut top = [(0f32, 0usize); 2];
     let mut n = 0;
     for (s, item) in shares {
-        // Also drops NaN, as the filter `s > 0.0` did.
-        if !(s > 0.0) {
+        // Only shares above zero, as the filter `s > 0.0` kept (so no NaN).
+        if s.is_nan() || s <= 0.0 {
             continue;
         }
         if n == 0 || s > top[0].0 {
