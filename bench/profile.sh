@@ -5,6 +5,7 @@
 #
 #   bench/profile.sh ENDPOINT(match|recommend|notify)
 #   perf report -i target/bench/ENDPOINT.perf --no-children --sort comm,dso,symbol
+#   CALL_GRAPH=1 bench/profile.sh ENDPOINT   # with stacks: see bench/stacks.py
 #
 # Needs `perf` (Debian: linux-perf) and permission to profile the process.
 set -euo pipefail
@@ -15,7 +16,13 @@ path=$(path_of "$ep")
 start_service PREDICTION_CACHE=false
 trap 'kill $pid 2>/dev/null || true' EXIT
 wrk -t1 -c50 -d2s -s bench/post-bodies.lua "http://127.0.0.1:$port$path" -- "$work/$ep.jsonl" >/dev/null
-perf record -F 2000 -p "$pid" -o "$work/$ep.perf" -- sleep 4 >/dev/null 2>&1 &
+# CALL_GRAPH=1: stacks too (DWARF unwinding, fewer samples), for
+# bench/stacks.py on `perf script`'s output.
+if [ -n "${CALL_GRAPH:-}" ]; then
+  perf record -F 500 --call-graph dwarf,16384 -p "$pid" -o "$work/$ep.perf" -- sleep 3 >/dev/null 2>&1 &
+else
+  perf record -F 2000 -p "$pid" -o "$work/$ep.perf" -- sleep 4 >/dev/null 2>&1 &
+fi
 rec=$!
 wrk -t1 -c50 -d6s --latency -s bench/post-bodies.lua "http://127.0.0.1:$port$path" -- "$work/$ep.jsonl" |
   grep -E "Requests/sec|99%"
