@@ -468,22 +468,9 @@ pub fn plan_slots(
     PlanSlots { slots: out, tz }
 }
 
-/// The local hours of the week (distinct, ascending) whose scores
-/// [`plan_notification`] reads for this user, policy and clock: the rows the
-/// timing model has to run.
-pub fn plan_hours(
-    user: &UserFeatures,
-    kind: NotificationType,
-    urgency: Urgency,
-    now: DateTime<Utc>,
-    quiet: QuietHours,
-) -> Vec<usize> {
-    plan_slots(user, kind, urgency, now, quiet).hours()
-}
-
 /// Choose when and how to send: the best-scored hour within the urgency's
 /// window, outside quiet hours unless urgent, always in the future. Only the
-/// scores of [`plan_hours`] are read.
+/// scores of [`PlanSlots::hours`] are read.
 pub fn plan_notification(r: &NotificationRequest) -> NotificationPlan {
     plan_notification_in(r, &plan_slots(r.user, r.kind, r.urgency, r.now, r.quiet))
 }
@@ -920,27 +907,29 @@ mod tests {
         // Monday 12:10 Paris: a message at medium urgency has a 12-hour
         // window, of which 22:00-00:10 is quiet.
         let now = Utc.with_ymd_and_hms(2026, 7, 6, 10, 10, 0).unwrap();
-        let hours = plan_hours(
+        let hours = plan_slots(
             &u,
             NotificationType::Message,
             Urgency::Medium,
             now,
             QuietHours::default(),
-        );
+        )
+        .hours();
         assert_eq!(hours, (12..22).collect::<Vec<_>>());
         // A reminder at low urgency may go out any time in the week.
-        let all = plan_hours(
+        let all = plan_slots(
             &u,
             NotificationType::Reminder,
             Urgency::Low,
             now,
             QuietHours::default(),
-        );
+        )
+        .hours();
         assert_eq!(all.len(), 168 - 7 * 10);
     }
 
     proptest::proptest! {
-        /// The plan reads no score outside `plan_hours`: with every other
+        /// The plan reads no score outside its slots' hours: with every other
         /// hour's score set above any real one (it would win if read), the
         /// plan is the same, for any clock, zone, policy and scores.
         #[test]
@@ -958,7 +947,7 @@ mod tests {
             let urgency = [Urgency::Low, Urgency::Medium, Urgency::High][urgency];
             let kind = [NotificationType::MatchFound, NotificationType::Message, NotificationType::Reminder][kind];
             let quiet = QuietHours { start: quiet.0, end: quiet.1 };
-            let hours = plan_hours(&u, kind, urgency, now, quiet);
+            let hours = plan_slots(&u, kind, urgency, now, quiet).hours();
             let mut poisoned = vec![10.0f32; 168];
             for &h in &hours {
                 poisoned[h] = scores[h];

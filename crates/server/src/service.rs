@@ -193,31 +193,27 @@ impl Predictor {
     ) -> Result<[Arc<UserFeatures>; N], ServiceError> {
         let uuids: [Uuid; N] = std::array::from_fn(|i| ids[i].1);
         let mut found = self.caches.features(&uuids).await;
-        if found.iter().all(Option::is_some) {
-            // The steady state: every user from a cache, nothing to compute
-            // or to store.
-            let mut found = found.into_iter().flatten();
-            return Ok(std::array::from_fn(|_| {
-                found.next().expect("each user was found in a cache")
-            }));
-        }
-        let missing: Vec<usize> = (0..N).filter(|&i| found[i].is_none()).collect();
-        let computed = futures::future::try_join_all(
-            missing
+        // The steady state (every user from a cache) skips this: nothing to
+        // compute or to store.
+        if !found.iter().all(Option::is_some) {
+            let missing: Vec<usize> = (0..N).filter(|&i| found[i].is_none()).collect();
+            let computed = futures::future::try_join_all(
+                missing
+                    .iter()
+                    .map(|&i| self.compute_user(ids[i].0, ids[i].1)),
+            )
+            .await?;
+            // Features whose interests could not be embedded in time are
+            // used once, not cached, so the next request tries again.
+            let complete: Vec<Arc<UserFeatures>> = computed
                 .iter()
-                .map(|&i| self.compute_user(ids[i].0, ids[i].1)),
-        )
-        .await?;
-        // Features whose interests could not be embedded in time are used
-        // once, not cached, so the next request tries again.
-        let complete: Vec<Arc<UserFeatures>> = computed
-            .iter()
-            .filter(|(_, complete)| *complete)
-            .map(|(f, _)| Arc::clone(f))
-            .collect();
-        self.caches.put_features(&complete);
-        for (i, (f, _)) in missing.into_iter().zip(computed) {
-            found[i] = Some(f);
+                .filter(|(_, complete)| *complete)
+                .map(|(f, _)| Arc::clone(f))
+                .collect();
+            self.caches.put_features(&complete);
+            for (i, (f, _)) in missing.into_iter().zip(computed) {
+                found[i] = Some(f);
+            }
         }
         // Every slot is filled: from a cache, or computed just above.
         let mut found = found.into_iter();
