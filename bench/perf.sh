@@ -5,8 +5,9 @@
 # driven by wrk at 50 connections over bodies rotating through 1,000 users.
 # Per endpoint and mode (prediction cache off: every request computes; on):
 # requests/s, p50/p95/p99, and the share of the bare server's requests/s
-# measured in the same run; then the service's peak RSS (VmHWM) and how long
-# a start with models present takes to open its port.
+# measured just before and just after the point (their mean); then the
+# service's peak RSS (VmHWM) and how long a start with models present takes
+# to open its port.
 #
 #   bench/perf.sh                  # 10 s per point
 #   DURATION=5 bench/perf.sh
@@ -34,29 +35,32 @@ bport=$(free_port)
 bpid=$!
 trap 'kill $bpid ${pid:-} 2>/dev/null || true' EXIT
 for _ in $(seq 1 50); do curl -s -o /dev/null "http://127.0.0.1:$bport/" && break; sleep 0.1; done
-declare -A bare_rps
-for ep in match recommend notify; do
-  read -r rps _ < <(run_point "$bport" "$ep")
-  bare_rps[$ep]=$rps
-done
 
-echo "$(nproc) cores, wrk -t1 -c50, ${duration}s per point"
+# The bare server's rate of an endpoint now. Each service point is taken
+# between two bare points of its endpoint, and its share is of their mean:
+# on a machine whose speed drifts by a quarter within a minute, one bare
+# point per endpoint taken up to a minute away (as this script first did,
+# all three before the service) moved the shares more than most changes did.
+bare_point() { read -r rps _ < <(run_point "$bport" "$1"); echo "$rps"; }
+
+echo "$(nproc) cores, wrk -t1 -c50, ${duration}s per point; bare axum measured just before and just after each point"
 echo
-echo "| endpoint | prediction cache | requests/s | share of bare axum | p50 | p95 | p99 | non-2xx |"
-echo "| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: |"
+echo "| endpoint | prediction cache | requests/s | share of bare axum | p50 | p95 | p99 | non-2xx | bare axum before / after |"
+echo "| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | --- |"
 for mode in off on; do
   [ "$mode" = off ] && cache=false || cache=true
   start_service PREDICTION_CACHE=$cache
   for ep in match recommend notify; do
+    before=$(bare_point "$ep")
     read -r rps p50 p95 p99 bad < <(run_point "$port" "$ep")
-    share=$(awk -v a="$rps" -v b="${bare_rps[$ep]}" 'BEGIN {printf "%.2f", a / b}')
-    echo "| $ep | $mode | $rps | $share | $p50 | $p95 | $p99 | $bad |"
+    after=$(bare_point "$ep")
+    share=$(awk -v a="$rps" -v b="$before" -v c="$after" 'BEGIN {printf "%.2f", 2 * a / (b + c)}')
+    echo "| $ep | $mode | $rps | $share | $p50 | $p95 | $p99 | $bad | $before / $after |"
   done
   hwm=$(awk '/VmHWM/ {printf "%.0f", $2/1024}' "/proc/$pid/status")
   kill "$pid"; wait "$pid" 2>/dev/null || true
-  echo "| (peak RSS, cache $mode) | | | | | | | ${hwm} MiB |"
+  echo "| (peak RSS, cache $mode) | | | | | | | ${hwm} MiB | |"
 done
-echo "| bare axum | | ${bare_rps[match]} / ${bare_rps[recommend]} / ${bare_rps[notify]} (match / recommend / notify) | 1.00 | | | | |"
 
 # Cold start with models present: from exec to the port answering.
 port=$(free_port)

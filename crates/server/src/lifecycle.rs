@@ -39,6 +39,9 @@ pub struct ServedModel {
     /// Notification timing: whether the model answers each row on its own
     /// (`ml_backend::rows`), so a plan's hours may run without the rest.
     pub rows_independent: bool,
+    /// `model/version` (e.g. `travel_match/1`), as the `x-model-version`
+    /// header names it: made once here rather than formatted per answer.
+    pub label: bytes::Bytes,
 }
 
 /// What is learned about a model version once, at load, for shortcuts that
@@ -91,7 +94,9 @@ impl ServedModel {
                     hour_of_week: vec![1.0 / HOURS_PER_WEEK as f32; HOURS_PER_WEEK],
                 });
         let channel_prior = meta.params.channel_open_rate.unwrap_or([0.3; 3]);
+        let label = format!("{}/{}", meta.model, meta.version).into();
         Self {
+            label,
             meta,
             batcher,
             rec_columns,

@@ -67,6 +67,8 @@ pub struct Versioned<T> {
     pub body: T,
     pub model: ModelKind,
     pub version: u64,
+    /// `model/version` of the served model ([`ServedModel::label`]).
+    pub label: bytes::Bytes,
     /// Whether the prediction cache answered.
     pub cached: bool,
     /// Whether the model could not answer and this is a fallback.
@@ -79,6 +81,7 @@ impl<T> Versioned<T> {
             body,
             model: m.meta.model,
             version: m.meta.version,
+            label: m.label.clone(),
             cached,
             fallback: false,
         }
