@@ -3,9 +3,9 @@
 # driven by wrk (Debian package `wrk`) at concurrency 1, 8, 50 and 200 with
 # batching off (BATCH_SIZE=1) and on (BATCH_SIZE=32, with BATCH_MAX_DELAY_US=0
 # and =500), on /match/score (one model row per request) and
-# /recommend/destinations (4-34 rows per request; at the default
-# BATCH_MAX_ROWS=4 it skips the batcher, so its rows show what the extra hop
-# would cost). Prints requests/s, p50, p99 and non-2xx responses.
+# /recommend/destinations (4 rows per request; below the default
+# BATCH_MAX_ROWS=64, so it is batched too; BATCH_MAX_ROWS=4 sends each on its
+# own). Prints requests/s, p50, p99 and non-2xx responses.
 #
 #   bench/batching.sh                       # 5 s per point, tract backend
 #   DURATION=10 BACKEND=onnxruntime bench/batching.sh

@@ -41,7 +41,7 @@ impl Default for BatchConfig {
     fn default() -> Self {
         Self {
             max_batch: 32,
-            max_rows: 4,
+            max_rows: 64,
             max_delay: Duration::ZERO,
             queue: 1024,
         }

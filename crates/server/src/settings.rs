@@ -319,8 +319,9 @@ pub struct Settings {
     /// Requests of this many model rows or more skip batching: a match is 1
     /// row, a recommendation 4 (plus one per destination in the user's
     /// history, up to 30, without an effects table), a notification one per
-    /// hour its plan weighs (up to 168).
-    #[arg(long, env = "BATCH_MAX_ROWS", default_value_t = 4)]
+    /// hour its plan weighs (up to 13 for a message, 37 at medium urgency,
+    /// 168 for a week). The default batches all but week-long plans.
+    #[arg(long, env = "BATCH_MAX_ROWS", default_value_t = 64)]
     pub batch_max_rows: usize,
     /// How long, in microseconds, the first request of a batch waits for more;
     /// 0 takes only what is already queued (no added latency).

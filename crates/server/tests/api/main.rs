@@ -1519,7 +1519,7 @@ async fn concurrent_requests_are_batched_and_get_their_own_answers() {
         .text()
         .await
         .unwrap();
-    let before = batches_over_one(&metrics);
+    let before = calls_over(&metrics, "travel_match", 1);
     let app = std::sync::Arc::new(app);
     let tasks: Vec<_> = (0..40)
         .map(|i| {
@@ -1549,17 +1549,81 @@ async fn concurrent_requests_are_batched_and_get_their_own_answers() {
         .await
         .unwrap();
     assert!(
-        batches_over_one(&metrics) > before,
+        calls_over(&metrics, "travel_match", 1) > before,
         "40 concurrent match requests never shared a model call"
     );
 }
 
-/// Model calls of the match model that carried more than one row.
-fn batches_over_one(text: &str) -> f64 {
-    let m = "model=\"travel_match\"";
-    let count = sample(text, "ml_prediction_batch_size_count", &[m]).unwrap_or(0.0);
-    let ones = sample(text, "ml_prediction_batch_size_bucket", &[m, "le=\"1\""]).unwrap_or(0.0);
-    count - ones
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn concurrent_recommendations_and_notifications_share_model_calls_and_get_their_own_answers()
+{
+    // The default BATCH_MAX_ROWS batches both: a recommendation is 4 rows,
+    // a message's plan at most 13.
+    let mut settings = fixture().settings.clone();
+    settings.batch_size = 32;
+    settings.batch_max_delay_us = 20_000;
+    settings.prediction_cache = false;
+    let app = Arc::new(spawn_with(settings).await);
+    let u = app.users(30);
+    let rec = |i: usize| json!({"user_id": u[i], "limit": 10});
+    let note = |i: usize| json!({"user_id": u[i], "notification_type": "message"});
+    let answer = |v: Value, path: &str| {
+        if path == "/recommend/destinations" {
+            v["destinations"].clone()
+        } else {
+            json!([v["send_at"], v["channel"], v["confidence"]])
+        }
+    };
+    const PATHS: [&str; 2] = ["/recommend/destinations", "/notifications/optimize"];
+    let mut sequential = vec![];
+    for i in 0..u.len() {
+        for (path, body) in PATHS.into_iter().zip([rec(i), note(i)]) {
+            let r = app.post(path, body).await;
+            assert_eq!(r.status(), 200);
+            sequential.push(answer(r.json().await.unwrap(), path));
+        }
+    }
+    let before = app.scrape().await;
+    let tasks: Vec<_> = (0..u.len())
+        .flat_map(|i| PATHS.into_iter().zip([rec(i), note(i)]))
+        .map(|(path, body)| {
+            let app = app.clone();
+            tokio::spawn(async move {
+                let r = app.post(path, body).await;
+                assert_eq!(r.status(), 200);
+                answer(r.json().await.unwrap(), path)
+            })
+        })
+        .collect();
+    for (i, t) in tasks.into_iter().enumerate() {
+        let got = t.await.unwrap();
+        let want = &sequential[i];
+        if i % 2 == 0 {
+            assert_eq!(&got, want, "user {}'s recommendations", i / 2);
+        } else {
+            // A plan made a moment later may name the current hour's slot
+            // by its next occurrence; the slot chosen is the same.
+            assert!(same_slot_of(&got, want), "user {}: {got} vs {want}", i / 2);
+        }
+    }
+    let after = app.scrape().await;
+    // Calls of more rows than one request has: requests shared them.
+    for (model, rows) in [("recommendation", 4), ("notification_timing", 16)] {
+        assert!(
+            calls_over(&after, model, rows) > calls_over(&before, model, rows),
+            "30 concurrent {model} requests never shared a model call"
+        );
+    }
+}
+
+/// Calls of `model` that carried more than `rows` rows (`rows` a bucket of
+/// `ml_prediction_batch_size`).
+fn calls_over(text: &str, model: &str, rows: usize) -> f64 {
+    let m = format!("model=\"{model}\"");
+    let le = format!("le=\"{rows}\"");
+    let count = sample(text, "ml_prediction_batch_size_count", &[&m]).unwrap_or(0.0);
+    let within = sample(text, "ml_prediction_batch_size_bucket", &[&m, &le]).unwrap_or(0.0);
+    count - within
 }
 
 /// A fetched file a test needs: the path in `env_var`, else `default`
