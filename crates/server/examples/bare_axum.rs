@@ -5,6 +5,10 @@
 //! prints each endpoint's throughput as a share of this one.
 //!
 //!   bare_axum PORT
+//!
+//! It runs on the same allocator as the service (jemalloc), so a share
+//! compares the work done, not the allocators (which alone moved the bare
+//! rate by about a tenth: README, session 13).
 
 use axum::routing::post;
 use axum::{Json, Router};
@@ -13,6 +17,9 @@ use ml_api::{
     RecommendResponse, Recommendation,
 };
 use ml_core::types::Channel;
+
+#[global_allocator]
+static GLOBAL: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
 
 async fn score(Json(r): Json<MatchRequest>) -> Json<MatchResponse> {
     let ok = r.validate().is_ok();
