@@ -238,7 +238,13 @@ impl Queue {
         let result = if batch.len() == 1 {
             self.model.run(&batch[0].input, rows)
         } else {
-            let input: Vec<f32> = batch.iter().flat_map(|r| r.input.iter().copied()).collect();
+            // One copy of each request's rows (a flat_map over the values
+            // went value by value: a tenth of a recommendation's inference
+            // thread time, issue 16).
+            let mut input = Vec::with_capacity(batch.iter().map(|r| r.input.len()).sum());
+            for r in &batch {
+                input.extend_from_slice(&r.input);
+            }
             self.model.run(&input, rows)
         };
         match result {

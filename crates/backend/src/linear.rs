@@ -5,25 +5,33 @@
 //! reasons need each history destination's share of every score. For an
 //! affine model that share is the destination's effect, read from a table
 //! made once at load, instead of one more model row per destination per
-//! request (which was most of that endpoint's inference). A model that is not
-//! affine (a team's own network) gets no table, and the service measures the
-//! shares with those rows as before.
+//! request (which was most of that endpoint's inference); likewise its answer
+//! on the empty row (popularity alone) is the table's base, not a row of
+//! every call. A model that is not affine (a team's own network) gets no
+//! table, and the service measures the shares with those rows as before.
 
 use crate::{BackendError, LoadedModel};
 
 /// The effects of every input column of an affine model on its first output.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Effects {
+    /// Width of the input.
+    pub inputs: usize,
     /// Width of the first output.
     pub outputs: usize,
-    /// Row-major `[inputs, outputs]`: row `j` is `f(e_j) − f(0)`.
-    pub table: Vec<f32>,
+    /// `f(0)`: the first output on the all-zero row.
+    pub base: Vec<f32>,
+    /// Row-major `[outputs, inputs]`: entry `(o, j)` is `f(e_j)[o] − f(0)[o]`.
+    /// By output, because a request reads the effects of a few inputs (its
+    /// history destinations) on each output it answers: one short stretch
+    /// of memory per answer rather than a cache line per input.
+    pub by_output: Vec<f32>,
 }
 
 impl Effects {
-    /// The effect of input column `j` on every output.
-    pub fn of(&self, j: usize) -> &[f32] {
-        &self.table[j * self.outputs..(j + 1) * self.outputs]
+    /// The effect of every input column on output `o`.
+    pub fn on(&self, o: usize) -> &[f32] {
+        &self.by_output[o * self.inputs..(o + 1) * self.inputs]
     }
 }
 
@@ -56,7 +64,6 @@ pub fn probe(model: &dyn LoadedModel, inputs: usize) -> Result<Option<Effects>, 
         let unit = &first[(j + 1) * outputs..(j + 2) * outputs];
         table.extend(unit.iter().zip(base).map(|(u, b)| u - b));
     }
-    let effects = Effects { outputs, table };
 
     // Mixed rows: some columns at 1, others at fractions, most at 0, as the
     // service's rows are (a handful of history destinations, a profile).
@@ -86,7 +93,10 @@ pub fn probe(model: &dyn LoadedModel, inputs: usize) -> Result<Option<Effects>, 
         let mut predicted = base.to_vec();
         for (j, &xj) in row.iter().enumerate() {
             if xj != 0.0 {
-                for (p, e) in predicted.iter_mut().zip(effects.of(j)) {
+                for (p, e) in predicted
+                    .iter_mut()
+                    .zip(&table[j * outputs..(j + 1) * outputs])
+                {
                     *p += xj * e;
                 }
             }
@@ -100,7 +110,16 @@ pub fn probe(model: &dyn LoadedModel, inputs: usize) -> Result<Option<Effects>, 
             return Ok(None);
         }
     }
-    Ok(Some(effects))
+    let by_output = (0..outputs)
+        .flat_map(|o| (0..inputs).map(move |j| (o, j)))
+        .map(|(o, j)| table[j * outputs + o])
+        .collect();
+    Ok(Some(Effects {
+        inputs,
+        outputs,
+        base: base.to_vec(),
+        by_output,
+    }))
 }
 
 #[cfg(test)]
@@ -149,10 +168,14 @@ mod tests {
     fn an_affine_model_gives_its_weights() {
         let m = dense(false);
         let e = probe(&m, 12).unwrap().expect("affine");
-        assert_eq!(e.outputs, 5);
-        for (got, want) in e.table.iter().zip(&m.w) {
-            assert!((got - want).abs() < 1e-5, "{got} vs {want}");
+        assert_eq!((e.inputs, e.outputs), (12, 5));
+        for j in 0..12 {
+            for o in 0..5 {
+                let (got, want) = (e.on(o)[j], m.w[j * 5 + o]);
+                assert!((got - want).abs() < 1e-5, "{got} vs {want}");
+            }
         }
+        assert_eq!(e.base, m.b);
     }
 
     #[test]

@@ -100,8 +100,10 @@ pub const MAX_ATTRIBUTED_HISTORY: usize = 30;
 /// history, with neither (popularity alone), and without each history
 /// destination: the differences are each signal's share of every score,
 /// which the reason names. `columns` maps each model column to its
-/// destination in the catalogue. Without `ablations` only the first four rows
-/// are made (the caller knows each destination's share another way).
+/// destination in the catalogue. Without `ablations` only the first three
+/// rows are made: the caller of an affine model knows the model's answer on
+/// the empty row (popularity alone) and each destination's share another
+/// way.
 pub fn rec_attribution_rows(
     u: &UserFeatures,
     columns: &[Option<usize>],
@@ -111,33 +113,40 @@ pub fn rec_attribution_rows(
     let cols = columns.len();
     let profile = crate::train::rec_profile_input(u, space);
     let width = cols + profile.len();
-    let mut full = vec![0f32; width];
-    let mut history = Vec::with_capacity(u.engaged.len());
-    // One pass over a mask of the user's destinations instead of a search
-    // of their list per column.
+    // The model columns of the user's destinations: one pass over a mask of
+    // them instead of a search of their list per column.
     let engaged = destination_mask(&u.engaged);
+    let mut history: Vec<usize> = Vec::with_capacity(u.engaged.len());
     for (c, d) in columns.iter().enumerate() {
-        if let Some(d) = d {
-            if engaged.get(*d).is_some_and(|e| *e) {
-                full[c] = 1.0;
-                history.push(c);
-            }
+        if d.is_some_and(|d| engaged.get(d).is_some_and(|e| *e)) {
+            history.push(c);
         }
     }
-    full[cols..].copy_from_slice(&profile);
-    history.truncate(MAX_ATTRIBUTED_HISTORY);
-    let mut rows = Vec::with_capacity(width * (4 + history.len()));
-    rows.extend_from_slice(&full);
-    rows.extend_from_slice(&full[..cols]);
-    rows.resize(rows.len() + profile.len(), 0.0);
-    rows.resize(rows.len() + cols, 0.0);
-    rows.extend_from_slice(&profile);
-    rows.resize(rows.len() + width, 0.0);
-    for &c in history.iter().filter(|_| ablations) {
-        let start = rows.len();
-        rows.extend_from_slice(&full);
-        rows[start + c] = 0.0;
+    let attributed = history.len().min(MAX_ATTRIBUTED_HISTORY);
+    let n_rows = if ablations { 4 + attributed } else { 3 };
+    // All rows start empty (popularity alone, row 3, stays so); the others
+    // get their signals written in.
+    let mut rows = vec![0f32; width * n_rows];
+    for (r, row) in rows.chunks_exact_mut(width).enumerate() {
+        let (with_history, with_profile) = match r {
+            1 => (true, false),
+            2 => (false, true),
+            3 => (false, false),
+            _ => (true, true),
+        };
+        if with_history {
+            for &c in &history {
+                row[c] = 1.0;
+            }
+        }
+        if with_profile {
+            row[cols..].copy_from_slice(&profile);
+        }
+        if r >= 4 {
+            row[history[r - 4]] = 0.0;
+        }
     }
+    history.truncate(attributed);
     (rows, history)
 }
 
@@ -571,10 +580,30 @@ mod tests {
             expected[c] = 0.0;
             assert_eq!(row(4 + k), &expected[..]);
         }
-        let (four, same) =
+        let (three, same) =
             rec_attribution_rows(&u, &columns, crate::features::InterestSpace::Exact, false);
         assert_eq!(same, history);
-        assert_eq!(&four[..], &rows[..4 * w]);
+        assert_eq!(&three[..], &rows[..3 * w]);
+    }
+
+    #[test]
+    fn attribution_rows_keep_every_destination_but_measure_the_first_thirty() {
+        let mut u = user("UTC", None);
+        u.engaged = (0..35).collect();
+        let columns: Vec<Option<usize>> = (0..40).map(Some).collect();
+        let space = crate::features::InterestSpace::Exact;
+        let (rows, history) = rec_attribution_rows(&u, &columns, space, true);
+        let w = columns.len() + crate::train::rec_profile_input(&u, space).len();
+        assert_eq!(history, (0..MAX_ATTRIBUTED_HISTORY).collect::<Vec<_>>());
+        assert_eq!(rows.len(), w * (4 + MAX_ATTRIBUTED_HISTORY));
+        let row = |r: usize| &rows[r * w..(r + 1) * w];
+        for r in [0, 1] {
+            assert_eq!(row(r)[..40].iter().filter(|x| **x == 1.0).count(), 35);
+        }
+        for (k, &c) in history.iter().enumerate() {
+            assert_eq!(row(4 + k)[c], 0.0);
+            assert_eq!(row(4 + k)[..40].iter().filter(|x| **x == 1.0).count(), 34);
+        }
     }
 
     fn user(tz: &str, sessions_at_local_hour: Option<(usize, u32)>) -> UserFeatures {

@@ -169,17 +169,41 @@ impl RankingAcc {
 
 /// The `k` best items, best first, skipping excluded ones (ties by item index).
 pub fn top_k(scores: &[f32], k: usize, excluded: impl Fn(u32) -> bool) -> Vec<u32> {
-    let cand: Vec<u32> = (0..scores.len() as u32).filter(|i| !excluded(*i)).collect();
-    top_k_of(scores, cand, k)
+    top_k_of(
+        scores,
+        (0..scores.len() as u32).filter(|i| !excluded(*i)),
+        k,
+    )
 }
 
+/// Up to this many wanted, [`top_k_of`] keeps them in one pass.
+const ONE_PASS_K: usize = 64;
+
 /// The `k` best of `candidates`, best first (ties by index).
-pub fn top_k_of(scores: &[f32], mut candidates: Vec<u32>, k: usize) -> Vec<u32> {
+pub fn top_k_of(scores: &[f32], candidates: impl IntoIterator<Item = u32>, k: usize) -> Vec<u32> {
     let by = |a: &u32, b: &u32| {
         scores[*b as usize]
             .total_cmp(&scores[*a as usize])
             .then(a.cmp(b))
     };
+    if k <= ONE_PASS_K {
+        // A page of answers (a recommendation's `limit`): the best so far
+        // in order, where most candidates cost one comparison with the
+        // last kept. Selecting from a collected list did the same in four
+        // times the time (issue 16). The order is total, so both give the
+        // same list.
+        let mut top: Vec<u32> = Vec::with_capacity(k + 1);
+        for c in candidates {
+            if top.len() == k && top.last().is_none_or(|last| by(&c, last).is_ge()) {
+                continue;
+            }
+            let at = top.partition_point(|t| by(t, &c).is_lt());
+            top.insert(at, c);
+            top.truncate(k);
+        }
+        return top;
+    }
+    let mut candidates: Vec<u32> = candidates.into_iter().collect();
     if candidates.len() > k {
         candidates.select_nth_unstable_by(k, by);
         candidates.truncate(k);
@@ -237,6 +261,32 @@ mod tests {
         let idcg = 1.0 + 1.0 / 3f64.log2();
         assert!((m.ndcg - 1.0 / idcg).abs() < 1e-12);
         assert_eq!(top_k(&scores, 3, |i| i == 0), vec![1, 2, 3]);
+    }
+
+    use proptest::prelude::*;
+
+    proptest! {
+        /// Either way of picking gives what sorting every candidate (best
+        /// score first, ties by index) and taking `k` gives, ties, NaN and
+        /// infinities included.
+        #[test]
+        fn top_k_of_is_the_head_of_the_full_sort(
+            scores in proptest::collection::vec(
+                prop_oneof![(0u8..6).prop_map(f32::from), proptest::num::f32::ANY],
+                0..200,
+            ),
+            keep in proptest::collection::vec(proptest::bool::ANY, 200),
+            k in 0usize..90,
+        ) {
+            let candidates: Vec<u32> =
+                (0..scores.len() as u32).filter(|&i| keep[i as usize]).collect();
+            let mut sorted = candidates.clone();
+            sorted.sort_by(|a, b| {
+                scores[*b as usize].total_cmp(&scores[*a as usize]).then(a.cmp(b))
+            });
+            sorted.truncate(k);
+            prop_assert_eq!(top_k_of(&scores, candidates, k), sorted);
+        }
     }
 }
 

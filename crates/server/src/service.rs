@@ -481,28 +481,29 @@ impl Predictor {
     /// the catalogue knows, within the filters, and (when the user is known)
     /// not yet consumed. Filters apply before top-k, so `limit` results come
     /// back whenever that many destinations match.
-    fn rec_candidates(
-        &self,
-        m: &ServedModel,
+    fn rec_candidates<'a>(
+        &'a self,
+        m: &'a ServedModel,
         req: &RecommendRequest,
         user: Option<&UserFeatures>,
-    ) -> Vec<u32> {
-        let filters = req.filters.clone().unwrap_or_default();
-        let consumed = user.map(|u| post::destination_mask(&u.consumed));
-        let consumed = consumed.as_deref().unwrap_or_default();
-        (0..m.rec_columns.len())
-            .filter(|&c| {
-                m.rec_columns[c].is_some_and(|d| {
+    ) -> impl Iterator<Item = u32> + 'a {
+        let (budget, duration) = req
+            .filters
+            .as_ref()
+            .map_or((None, None), |f| (f.budget, f.duration));
+        let consumed = user
+            .map(|u| post::destination_mask(&u.consumed))
+            .unwrap_or_default();
+        m.rec_columns
+            .iter()
+            .enumerate()
+            .filter(move |(_, d)| {
+                d.is_some_and(|d| {
                     !consumed.get(d).is_some_and(|c| *c)
-                        && post::passes_filters(
-                            &self.catalogue.destinations[d],
-                            filters.budget,
-                            filters.duration,
-                        )
+                        && post::passes_filters(&self.catalogue.destinations[d], budget, duration)
                 })
             })
-            .map(|c| c as u32)
-            .collect()
+            .map(|(c, _)| c as u32)
     }
 
     /// The documented recommendation fallback: the most popular candidates
@@ -571,7 +572,6 @@ impl Predictor {
         };
         let rec_columns = &m.rec_columns;
         let cols = rec_columns.len();
-        let candidates = self.rec_candidates(&m, req, Some(&u));
         let effects = m.effects.as_ref().filter(|_| self.linear_attribution);
         let (rows, history) = post::rec_attribution_rows(
             &u,
@@ -579,7 +579,11 @@ impl Predictor {
             m.meta.params.interest_space(),
             effects.is_none(),
         );
-        let n_rows = 4 + if effects.is_none() { history.len() } else { 0 };
+        let n_rows = if effects.is_none() {
+            4 + history.len()
+        } else {
+            3
+        };
         let Some(mut out) = self.infer(&vs, &m, rows, n_rows).await? else {
             // Another version's cached answer, else the most popular
             // destinations the user has not been to, within the filters.
@@ -592,6 +596,7 @@ impl Predictor {
         let out = out.swap_remove(0);
         let row = |r: usize| &out[r * cols..(r + 1) * cols];
         let scores = row(0);
+        let candidates = self.rec_candidates(&m, req, Some(&u));
         let top = ml_core::rec_bench::top_k_of(scores, candidates, req.limit as usize);
         let recommendations = top
             .into_iter()
@@ -600,7 +605,12 @@ impl Predictor {
                 let d = rec_columns[c].unwrap_or_default();
                 let from_interests = row(0)[c] - row(1)[c];
                 let from_history = row(0)[c] - row(2)[c];
-                let from_popularity = row(3)[c];
+                // An affine model's answer on the empty row is known from
+                // load (its effects' base), so that row is not run.
+                let from_popularity = match effects {
+                    Some(e) => e.base[c],
+                    None => row(3)[c],
+                };
                 // The two history destinations with the largest share: their
                 // effect, else the score less the score without them.
                 let mut names = [("", false); 2];
@@ -609,10 +619,11 @@ impl Predictor {
                     && from_history >= from_interests
                     && from_history >= from_popularity
                 {
+                    let on_c = effects.map(|e| e.on(c));
                     let (top, n) =
                         post::strongest_two(history.iter().enumerate().map(|(k, &h)| {
-                            let share = match effects {
-                                Some(e) => e.of(h)[c],
+                            let share = match on_c {
+                                Some(e) => e[h],
                                 None => row(0)[c] - row(4 + k)[c],
                             };
                             (share, h)

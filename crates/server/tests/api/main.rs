@@ -655,7 +655,9 @@ async fn notification_plans_from_their_hours_equal_those_from_the_whole_week() {
 /// those measured with one model row per history destination
 /// (REC_LINEAR_ATTRIBUTION=false): every user's answer is the same, score for
 /// score and reason for reason, with and without filters. And the table is
-/// in use: the default server runs four rows per request.
+/// in use: the default server runs three rows per request (the model's
+/// answer on the empty row, popularity alone, is the table's base), which
+/// the metrics' buckets show as at most four.
 #[tokio::test]
 async fn recommendation_reasons_from_the_effects_table_equal_the_measured_ones() {
     let (fast, measured) = spawn_default_and(|s| s.rec_linear_attribution = false).await;
@@ -679,7 +681,7 @@ async fn recommendation_reasons_from_the_effects_table_equal_the_measured_ones()
     let after = small_calls(fast.scrape().await);
     assert!(
         after - before >= users.len() as f64,
-        "{} of {} requests ran in four rows: the effects table is not in use",
+        "{} of {} requests ran in four rows or fewer: the effects table is not in use",
         after - before,
         users.len()
     );

@@ -1,0 +1,53 @@
+#!/usr/bin/env bash
+# Server CPU per request: the bare axum server of bench/perf.sh
+# (crates/server/examples/bare_axum.rs) and the service, alternated
+# (bare, service, bare, service ...) under the same load, so that drift of a
+# shared machine hits both alike. Per run: requests/s, p99, and the server's
+# CPU time per request (user + system ticks from /proc over the measured
+# seconds). The difference is what the service's own work costs a request;
+# the ratio is roughly what perf.sh's share would read on a machine where
+# the load generator had cores of its own.
+#
+#   bench/cpu.sh ENDPOINT(match|recommend|notify) [ROUNDS=3]
+#   BENCH_BIN=/tmp/ml-service DURATION=4 bench/cpu.sh notify 4
+#
+# The service runs with the prediction cache off (every request computes),
+# on the demo data of bench/common.sh.
+set -euo pipefail
+ep=$1
+rounds=${2:-3}
+source "$(dirname "$0")/common.sh"
+cargo build --release --quiet -p ml-server --example bare_axum
+bare=target/release/examples/bare_axum
+path=$(path_of "$ep")
+cpu_ticks() { awk '{print $14 + $15}' "/proc/$1/stat"; }
+tick_us=$((1000000 / $(getconf CLK_TCK)))
+
+# Start the bare server on a free port; sets $port and $pid like start_service.
+start_bare() {
+  port=$(free_port)
+  "$bare" "$port" &
+  pid=$!
+  for _ in $(seq 1 50); do
+    curl -s -o /dev/null "http://127.0.0.1:$port/" && return 0
+    sleep 0.1
+  done
+  echo "the bare server did not start" >&2
+  return 1
+}
+
+echo "| run | server | requests/s | p99 | server CPU per request |"
+echo "| ---: | --- | ---: | ---: | ---: |"
+for r in $(seq 1 "$rounds"); do
+  for which in bare service; do
+    if [ "$which" = bare ]; then start_bare; else start_service PREDICTION_CACHE=false; fi
+    wrk -t1 -c50 -d2s -s bench/post-bodies.lua "http://127.0.0.1:$port$path" -- "$work/$ep.jsonl" >/dev/null
+    c0=$(cpu_ticks "$pid")
+    out=$(wrk -t1 -c50 -d"${duration}s" --latency -s bench/post-bodies.lua \
+      "http://127.0.0.1:$port$path" -- "$work/$ep.jsonl")
+    c1=$(cpu_ticks "$pid")
+    read -r rps _ p99 _ n < <(echo "$out" | wrk_fields)
+    echo "| $r | $which | $rps | $p99 | $(( (c1 - c0) * tick_us / n )) µs |"
+    kill "$pid"; wait "$pid" 2>/dev/null || true
+  done
+done
