@@ -448,7 +448,11 @@ pub fn plan_slots(
     let window_end = now + send_window(urgency, kind);
     let hour0 = now.duration_trunc(Duration::hours(1)).unwrap_or(now);
     let respect_quiet = urgency != Urgency::High;
-    let mut out = Vec::new();
+    // At most one slot per hour of the window, the first and the one after.
+    let window_hours = (window_end - now)
+        .num_hours()
+        .clamp(0, HOURS_PER_WEEK as i64) as usize;
+    let mut out = Vec::with_capacity(window_hours + 2);
     for k in 0..=HOURS_PER_WEEK as i64 {
         let at = if k == 0 {
             earliest
