@@ -5,8 +5,10 @@
 # over the measured seconds). Run a build against itself first to see the
 # noise: on the 2-core machine of session 7 one build spread 57–82 µs.
 #
-#   bench/ab.sh ENDPOINT(match|recommend|notify) BIN_A BIN_B [ROUNDS=3]
+#   bench/ab.sh ENDPOINT(match|recommend|notify|mixed) BIN_A BIN_B [ROUNDS=3]
 #   A_ENV="TIMING_PLAN_HOURS=false" bench/ab.sh notify BIN BIN   # one build, two settings
+#
+# `mixed`: all three endpoints at once, over $work/mixed.tsv (bench/mixed.lua).
 #
 # Both run with the prediction cache off, on the demo data of bench/common.sh.
 set -euo pipefail
@@ -17,7 +19,17 @@ rounds=${4:-3}
 BENCH_BIN=$a
 export BENCH_BIN
 source "$(dirname "$0")/common.sh"
-path=$(path_of "$ep")
+# wrk at 50 connections on the service for SECONDS: load SECONDS [wrk options]
+load() {
+  local seconds=$1
+  shift
+  if [ "$ep" = mixed ]; then
+    wrk -t1 -c50 -d"${seconds}s" "$@" -s bench/mixed.lua "http://127.0.0.1:$port" -- "$work/mixed.tsv" 0
+  else
+    wrk -t1 -c50 -d"${seconds}s" "$@" -s bench/post-bodies.lua \
+      "http://127.0.0.1:$port$(path_of "$ep")" -- "$work/$ep.jsonl"
+  fi
+}
 cpu_ticks() { awk '{print $14 + $15}' "/proc/$1/stat"; }
 tick_us=$((1000000 / $(getconf CLK_TCK)))
 echo "| run | build | requests/s | p99 | service CPU per request |"
@@ -28,10 +40,9 @@ for r in $(seq 1 "$rounds"); do
     [ "$which" = A ] && extra=${A_ENV:-} || extra=${B_ENV:-}
     # shellcheck disable=SC2086 # settings split into words on purpose
     start_service PREDICTION_CACHE=false $extra
-    wrk -t1 -c50 -d2s -s bench/post-bodies.lua "http://127.0.0.1:$port$path" -- "$work/$ep.jsonl" >/dev/null
+    load 2 >/dev/null
     c0=$(cpu_ticks "$pid")
-    out=$(wrk -t1 -c50 -d"${duration}s" --latency -s bench/post-bodies.lua \
-      "http://127.0.0.1:$port$path" -- "$work/$ep.jsonl")
+    out=$(load "$duration" --latency)
     c1=$(cpu_ticks "$pid")
     read -r rps _ p99 _ n < <(echo "$out" | wrk_fields)
     echo "| $r | $which | $rps | $p99 | $(( (c1 - c0) * tick_us / n )) µs |"

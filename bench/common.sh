@@ -28,6 +28,14 @@ head -n 1000 "$work/users.txt" |
 head -n 1000 "$work/users.txt" |
   awk '{printf "{\"user_id\": \"%s\", \"notification_type\": \"message\"}\n", $1}' > "$work/notify.jsonl"
 
+# PATH<TAB>BODY lines over all three endpoints, shuffled the same way each
+# time ($work/mixed.tsv, for bench/mixed.lua).
+{
+  sed 's|^|/match/score\t|' "$work/match.jsonl"
+  sed 's|^|/recommend/destinations\t|' "$work/recommend.jsonl"
+  sed 's|^|/notifications/optimize\t|' "$work/notify.jsonl"
+} | shuf --random-source=<(yes) > "$work/mixed.tsv"
+
 # The path of an endpoint's short name (match, recommend, notify).
 path_of() {
   case $1 in

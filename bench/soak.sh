@@ -14,13 +14,6 @@ window_s=${SOAK_WINDOW_S:-60}
 growth_limit=${SOAK_RSS_GROWTH_MIB:-8}
 conns=200
 
-# PATH<TAB>BODY lines over all three endpoints.
-{
-  sed 's|^|/match/score\t|' "$work/match.jsonl"
-  sed 's|^|/recommend/destinations\t|' "$work/recommend.jsonl"
-  head -n 1000 "$work/users.txt" | awk '{printf "/notifications/optimize\t{\"user_id\": \"%s\", \"notification_type\": \"message\"}\n", $1}'
-} | shuf --random-source=<(yes) > "$work/mixed.tsv"
-
 start_service PREDICTION_CACHE=false
 trap 'kill $pid 2>/dev/null || true' EXIT
 mixed() { # delay-ms seconds
