@@ -189,9 +189,9 @@ pub fn top_k_of(scores: &[f32], candidates: impl IntoIterator<Item = u32>, k: us
     if k <= ONE_PASS_K {
         // A page of answers (a recommendation's `limit`): the best so far
         // in order, where most candidates cost one comparison with the
-        // last kept. Selecting from a collected list did the same in four
-        // times the time (issue 16). The order is total, so both give the
-        // same list.
+        // last kept. Selecting from a collected list (the partitions of
+        // `select_nth_unstable_by`) was 3.7 % of a recommendation's CPU
+        // (issue 16). The order is total, so both give the same list.
         let mut top: Vec<u32> = Vec::with_capacity(k + 1);
         for c in candidates {
             if top.len() == k && top.last().is_none_or(|last| by(&c, last).is_ge()) {
