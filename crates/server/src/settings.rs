@@ -615,8 +615,8 @@ impl Settings {
     /// runs one batch at a time, and its calls are a fifth to a third of a
     /// request's CPU, so more threads than that mostly wait (spinning and
     /// yielding the core the request threads need) and split batches: on 2
-    /// cores one thread served 8 % more mixed traffic than two (issue 16,
-    /// session 14).
+    /// cores one thread took less CPU per match and per notification than
+    /// two, and no more on mixed traffic (issue 16, session 14).
     pub fn inference_threads(&self) -> usize {
         if self.workers > 0 {
             self.workers
