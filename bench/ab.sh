@@ -19,19 +19,6 @@ rounds=${4:-3}
 BENCH_BIN=$a
 export BENCH_BIN
 source "$(dirname "$0")/common.sh"
-# wrk at 50 connections on the service for SECONDS: load SECONDS [wrk options]
-load() {
-  local seconds=$1
-  shift
-  if [ "$ep" = mixed ]; then
-    wrk -t1 -c50 -d"${seconds}s" "$@" -s bench/mixed.lua "http://127.0.0.1:$port" -- "$work/mixed.tsv" 0
-  else
-    wrk -t1 -c50 -d"${seconds}s" "$@" -s bench/post-bodies.lua \
-      "http://127.0.0.1:$port$(path_of "$ep")" -- "$work/$ep.jsonl"
-  fi
-}
-cpu_ticks() { awk '{print $14 + $15}' "/proc/$1/stat"; }
-tick_us=$((1000000 / $(getconf CLK_TCK)))
 echo "| run | build | requests/s | p99 | service CPU per request |"
 echo "| ---: | --- | ---: | ---: | ---: |"
 for r in $(seq 1 "$rounds"); do
@@ -40,12 +27,8 @@ for r in $(seq 1 "$rounds"); do
     [ "$which" = A ] && extra=${A_ENV:-} || extra=${B_ENV:-}
     # shellcheck disable=SC2086 # settings split into words on purpose
     start_service PREDICTION_CACHE=false $extra
-    load 2 >/dev/null
-    c0=$(cpu_ticks "$pid")
-    out=$(load "$duration" --latency)
-    c1=$(cpu_ticks "$pid")
-    read -r rps _ p99 _ n < <(echo "$out" | wrk_fields)
-    echo "| $r | $which | $rps | $p99 | $(( (c1 - c0) * tick_us / n )) µs |"
+    read -r rps p99 us < <(cpu_point)
+    echo "| $r | $which | $rps | $p99 | $us µs |"
     kill "$pid"; wait "$pid" 2>/dev/null || true
   done
 done

@@ -77,3 +77,30 @@ wrk_fields() {
        /Non-2xx/ {bad=$5} /requests in/ {n=$1}
        END {sub(/\..*/, "", rps); printf "%s %s %s %s %s\n", rps, p50, p99, (bad==""?0:bad), n}'
 }
+
+# wrk at 50 connections for SECONDS on $port, over the bodies of endpoint
+# $ep (match|recommend|notify, or mixed: all three, $work/mixed.tsv):
+# load SECONDS [wrk options]
+load() {
+  local seconds=$1
+  shift
+  if [ "$ep" = mixed ]; then
+    wrk -t1 -c50 -d"${seconds}s" "$@" -s bench/mixed.lua "http://127.0.0.1:$port" -- "$work/mixed.tsv" 0
+  else
+    wrk -t1 -c50 -d"${seconds}s" "$@" -s bench/post-bodies.lua \
+      "http://127.0.0.1:$port$(path_of "$ep")" -- "$work/$ep.jsonl"
+  fi
+}
+
+# CPU time per request of the server $pid under `load`: 2 s of warm-up,
+# then $duration s measured by its user + system ticks in /proc.
+# Prints "requests/s p99 microseconds-per-request".
+cpu_point() {
+  local c0 c1 out rps p99 n
+  load 2 >/dev/null
+  c0=$(awk '{print $14 + $15}' "/proc/$pid/stat")
+  out=$(load "$duration" --latency)
+  c1=$(awk '{print $14 + $15}' "/proc/$pid/stat")
+  read -r rps _ p99 _ n < <(echo "$out" | wrk_fields)
+  echo "$rps $p99 $(( (c1 - c0) * (1000000 / $(getconf CLK_TCK)) / n ))"
+}

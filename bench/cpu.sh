@@ -8,7 +8,7 @@
 # the ratio is roughly what perf.sh's share would read on a machine where
 # the load generator had cores of its own.
 #
-#   bench/cpu.sh ENDPOINT(match|recommend|notify) [ROUNDS=3]
+#   bench/cpu.sh ENDPOINT(match|recommend|notify|mixed) [ROUNDS=3]
 #   BENCH_BIN=/tmp/ml-service DURATION=4 bench/cpu.sh notify 4
 #
 # The service runs with the prediction cache off (every request computes),
@@ -19,9 +19,6 @@ rounds=${2:-3}
 source "$(dirname "$0")/common.sh"
 cargo build --release --quiet -p ml-server --example bare_axum
 bare=target/release/examples/bare_axum
-path=$(path_of "$ep")
-cpu_ticks() { awk '{print $14 + $15}' "/proc/$1/stat"; }
-tick_us=$((1000000 / $(getconf CLK_TCK)))
 
 # Start the bare server on a free port; sets $port and $pid like start_service.
 start_bare() {
@@ -41,13 +38,8 @@ echo "| ---: | --- | ---: | ---: | ---: |"
 for r in $(seq 1 "$rounds"); do
   for which in bare service; do
     if [ "$which" = bare ]; then start_bare; else start_service PREDICTION_CACHE=false; fi
-    wrk -t1 -c50 -d2s -s bench/post-bodies.lua "http://127.0.0.1:$port$path" -- "$work/$ep.jsonl" >/dev/null
-    c0=$(cpu_ticks "$pid")
-    out=$(wrk -t1 -c50 -d"${duration}s" --latency -s bench/post-bodies.lua \
-      "http://127.0.0.1:$port$path" -- "$work/$ep.jsonl")
-    c1=$(cpu_ticks "$pid")
-    read -r rps _ p99 _ n < <(echo "$out" | wrk_fields)
-    echo "| $r | $which | $rps | $p99 | $(( (c1 - c0) * tick_us / n )) µs |"
+    read -r rps p99 us < <(cpu_point)
+    echo "| $r | $which | $rps | $p99 | $us µs |"
     kill "$pid"; wait "$pid" 2>/dev/null || true
   done
 done
