@@ -63,6 +63,24 @@ start_service() {
   return 1
 }
 
+# Start the bare axum server of bench/perf.sh (built on first use) on a
+# free port; sets $port and $pid as start_service does.
+start_bare() {
+  if [ -z "${bare_built:-}" ]; then
+    cargo build --release --quiet -p ml-server --example bare_axum
+    bare_built=1
+  fi
+  port=$(free_port)
+  target/release/examples/bare_axum "$port" &
+  pid=$!
+  for _ in $(seq 1 50); do
+    curl -s -o /dev/null "http://127.0.0.1:$port/" && return 0
+    sleep 0.1
+  done
+  echo "the bare server did not start" >&2
+  return 1
+}
+
 # wrk over one endpoint's bodies: run_wrk ENDPOINT(match|recommend) CONNECTIONS SECONDS
 run_wrk() {
   local path=/match/score

@@ -17,22 +17,6 @@ set -euo pipefail
 ep=$1
 rounds=${2:-3}
 source "$(dirname "$0")/common.sh"
-cargo build --release --quiet -p ml-server --example bare_axum
-bare=target/release/examples/bare_axum
-
-# Start the bare server on a free port; sets $port and $pid like start_service.
-start_bare() {
-  port=$(free_port)
-  "$bare" "$port" &
-  pid=$!
-  for _ in $(seq 1 50); do
-    curl -s -o /dev/null "http://127.0.0.1:$port/" && return 0
-    sleep 0.1
-  done
-  echo "the bare server did not start" >&2
-  return 1
-}
-
 echo "| run | server | requests/s | p99 | server CPU per request |"
 echo "| ---: | --- | ---: | ---: | ---: |"
 for r in $(seq 1 "$rounds"); do

@@ -16,8 +16,6 @@
 # the ratios, which hold across noisy runs better than the absolute figures.
 DURATION=${DURATION:-10}
 source "$(dirname "$0")/common.sh"
-cargo build --release --quiet -p ml-server --example bare_axum
-bare=target/release/examples/bare_axum
 
 # One wrk point: run_point PORT ENDPOINT -> "rps p50 p95 p99 non2xx"
 run_point() {
@@ -30,11 +28,10 @@ run_point() {
   echo "$rps $p50 $p95 $p99 $bad"
 }
 
-bport=$(free_port)
-"$bare" "$bport" &
-bpid=$!
+start_bare
+bport=$port
+bpid=$pid
 trap 'kill $bpid ${pid:-} 2>/dev/null || true' EXIT
-for _ in $(seq 1 50); do curl -s -o /dev/null "http://127.0.0.1:$bport/" && break; sleep 0.1; done
 
 # The bare server's rate of an endpoint now. Each service point is taken
 # between two bare points of its endpoint, and its share is of their mean:
