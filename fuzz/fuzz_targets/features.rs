@@ -46,7 +46,7 @@ fuzz_target!(|data: &[u8]| {
     assert!(t.iter().all(|v| v.is_finite()), "timing features");
     for space in [InterestSpace::Exact, InterestSpace::Semantic] {
         for u in [&fa, &fb] {
-            let r = ml_core::train::rec_input(u, cat.len(), space);
+            let r = ml_core::inputs::rec_input(u, cat.len(), space);
             assert!(r.iter().all(|v| v.is_finite()), "recommendation input");
         }
     }

@@ -1,11 +1,12 @@
-//! Model files and inference: the ONNX export of trained networks, the model
-//! repository (`{root}/{model}/{version}/model.onnx` + `model.json`), the
-//! inference backend trait with its pure-Rust tract implementation, and the pool
-//! of dedicated inference threads the async server hands work to.
+//! Model files and inference: `model.json`, the model repository
+//! (`{root}/{model}/{version}/model.onnx` + `model.json`), the inference
+//! backend trait with its pure-Rust tract implementation (and ONNX Runtime),
+//! the pool of dedicated inference threads the async server hands work to,
+//! and each model's batcher. Exporting trained networks is the training
+//! crate's (`ml-train`); this crate only reads and runs graphs.
 
 pub mod batcher;
 pub mod error;
-pub mod export;
 pub mod linear;
 pub mod meta;
 #[cfg(feature = "onnxruntime")]

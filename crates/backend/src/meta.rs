@@ -1,7 +1,7 @@
 //! `model.json`: the contract of a model file beside its ONNX graph — signature,
 //! feature names and order, metrics, training window and serving parameters.
 
-use ml_core::train::{ModelArtifact, ModelKind, ModelParams, TrainingWindow};
+use ml_core::model::{ModelKind, ModelParams, TrainingWindow};
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 
@@ -110,29 +110,6 @@ impl ModelMeta {
         Self::signature(features.len(), &outputs)
     }
 
-    /// `model.json` for a freshly trained artifact.
-    pub fn from_artifact(a: &ModelArtifact, version: u64) -> Self {
-        Self {
-            format: META_FORMAT,
-            model: a.kind,
-            version,
-            created_at: chrono::Utc::now(),
-            producer: format!("ml-service {} trainer", env!("CARGO_PKG_VERSION")),
-            signature: Self::signature_for(a.kind, &a.feature_names),
-            features: a.feature_names.clone(),
-            evaluation: Some(Evaluation {
-                metrics: a.metrics.clone(),
-                baseline: a.baseline_name.clone(),
-                baseline_metrics: a.baseline.clone(),
-                train_rows: a.train_rows,
-                holdout_rows: a.holdout_rows,
-            }),
-            training_window: Some(a.window.clone()),
-            params: a.params.clone(),
-            quantization: None,
-        }
-    }
-
     /// Destination ids of a recommendation model's columns, in order.
     pub fn items(&self) -> Vec<String> {
         self.features
@@ -150,7 +127,7 @@ impl ModelMeta {
             ModelKind::Recommendation => {
                 let items = self.items();
                 if items.is_empty()
-                    || self.features[items.len()..] != ml_core::train::rec_profile_names()[..]
+                    || self.features[items.len()..] != ml_core::inputs::rec_profile_names()[..]
                 {
                     return Err("feature names must be item:<destination id>… then the profile inputs (tag:…, budget:…, duration:…)".into());
                 }

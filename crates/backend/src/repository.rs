@@ -9,7 +9,7 @@
 //! half a model.
 
 use crate::{BackendError, ModelMeta};
-use ml_core::train::ModelKind;
+use ml_core::model::ModelKind;
 use object_store::path::Path as ObjectPath;
 use object_store::{ObjectStore, PutMode, PutOptions, PutPayload};
 use serde::{Deserialize, Serialize};
@@ -344,7 +344,7 @@ pub enum Desired {
 mod tests {
     use super::*;
     use crate::meta::META_FORMAT;
-    use ml_core::train::ModelParams;
+    use ml_core::model::ModelParams;
 
     fn meta(model: ModelKind) -> ModelMeta {
         ModelMeta {

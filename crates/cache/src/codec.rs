@@ -31,8 +31,8 @@ pub fn decode(b: &[u8]) -> Option<UserFeatures> {
 mod tests {
     use super::*;
     use ml_core::catalogue::Catalogue;
-    use ml_core::generator::{generate, GeneratorConfig};
-    use ml_core::train::TrainingData;
+    use ml_train::generator::{generate, GeneratorConfig};
+    use ml_train::train::TrainingData;
     use proptest::prelude::*;
 
     fn sample() -> Vec<UserFeatures> {

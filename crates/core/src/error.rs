@@ -6,12 +6,6 @@ pub enum CoreError {
     /// A value outside its allowed set or range (the field and why).
     #[error("invalid {field}: {reason}")]
     Invalid { field: String, reason: String },
-    /// Training could not proceed (for example, too little data in a split).
-    #[error("training failed: {0}")]
-    Training(String),
-    /// A model's parameters do not fit the features they are applied to.
-    #[error("model mismatch: {0}")]
-    ModelMismatch(String),
 }
 
 impl CoreError {

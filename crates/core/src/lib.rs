@@ -1,24 +1,21 @@
-//! Domain code of ml-service: the app-data types, the destination catalogue, the
-//! demo-data generator, feature engineering (one code path for training and
-//! serving), training math, offline metrics and post-processing.
+//! The serving contract of ml-service: the app-data types, the destination
+//! catalogue, feature engineering (one code path for training and serving),
+//! the models' names and parameters ([`model`]), their input layouts
+//! ([`inputs`]), top-k selection ([`topk`]) and post-processing ([`post`]).
 //!
-//! Nothing in this crate does I/O or knows a transport, a database or a cache: it
-//! takes plain values and returns plain values, so the same code runs in `train`,
-//! in `serve` and in tests.
+//! Nothing in this crate does I/O or knows a transport, a database or a cache:
+//! it takes plain values and returns plain values, so the same code runs in
+//! the server, in the trainers (`ml-train`) and in tests. Training itself
+//! lives in `ml-train`, which the server never depends on.
 
 pub mod catalogue;
-pub mod ease;
 pub mod error;
-pub mod eval;
 pub mod features;
-pub mod generator;
-pub mod metrics;
-pub mod movielens;
-pub mod nn;
+pub mod inputs;
+pub mod model;
 pub mod post;
-pub mod rec_bench;
-pub mod timing_eval;
-pub mod train;
+pub mod recommend;
+pub mod topk;
 pub mod types;
 
 pub use error::CoreError;

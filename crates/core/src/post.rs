@@ -91,65 +91,6 @@ pub fn destination_mask(destinations: &[u32]) -> Vec<bool> {
     mask
 }
 
-/// History destinations whose share of a recommendation is measured.
-pub const MAX_ATTRIBUTED_HISTORY: usize = 30;
-
-/// The input rows of one recommendation call, and the model columns of the
-/// history destinations measured. Row 0 is the user as they are; then the
-/// same user without profile (interests, budget, trip length), without
-/// history, with neither (popularity alone), and without each history
-/// destination: the differences are each signal's share of every score,
-/// which the reason names. `columns` maps each model column to its
-/// destination in the catalogue. Without `ablations` only the first three
-/// rows are made: the caller of an affine model knows the model's answer on
-/// the empty row (popularity alone) and each destination's share another
-/// way.
-pub fn rec_attribution_rows(
-    u: &UserFeatures,
-    columns: &[Option<usize>],
-    space: crate::features::InterestSpace,
-    ablations: bool,
-) -> (Vec<f32>, Vec<usize>) {
-    let cols = columns.len();
-    let profile = crate::train::rec_profile_input(u, space);
-    let width = cols + profile.len();
-    // The model columns of the user's destinations: one pass over a mask of
-    // them instead of a search of their list per column.
-    let engaged = destination_mask(&u.engaged);
-    let mut history: Vec<usize> = Vec::with_capacity(u.engaged.len());
-    for (c, d) in columns.iter().enumerate() {
-        if d.is_some_and(|d| engaged.get(d).is_some_and(|e| *e)) {
-            history.push(c);
-        }
-    }
-    let attributed = history.len().min(MAX_ATTRIBUTED_HISTORY);
-    let n_rows = if ablations { 4 + attributed } else { 3 };
-    // All rows start empty (popularity alone, row 3, stays so); the others
-    // get their signals written in.
-    let mut rows = vec![0f32; width * n_rows];
-    for (r, row) in rows.chunks_exact_mut(width).enumerate() {
-        let (with_history, with_profile) = match r {
-            1 => (true, false),
-            2 => (false, true),
-            3 => (false, false),
-            _ => (true, true),
-        };
-        if with_history {
-            for &c in &history {
-                row[c] = 1.0;
-            }
-        }
-        if with_profile {
-            row[cols..].copy_from_slice(&profile);
-        }
-        if r >= 4 {
-            row[history[r - 4]] = 0.0;
-        }
-    }
-    history.truncate(attributed);
-    (rows, history)
-}
-
 /// What drove a recommendation's score most (from the model's own attribution).
 #[derive(Debug, Clone, PartialEq)]
 pub enum RecDriver<'a> {
@@ -558,57 +499,6 @@ mod tests {
     use super::*;
     use crate::catalogue::builtin;
     use chrono::TimeZone;
-
-    #[test]
-    fn attribution_rows_remove_one_signal_each() {
-        let mut u = user("UTC", None);
-        u.engaged = vec![2, 5, 9];
-        // Columns 0..4 are catalogue destinations 9, 5, 2, none; 1 of them unknown.
-        let columns = [Some(9), Some(5), None, Some(2)];
-        let (rows, history) =
-            rec_attribution_rows(&u, &columns, crate::features::InterestSpace::Exact, true);
-        let profile = crate::train::rec_profile_input(&u, crate::features::InterestSpace::Exact);
-        let w = columns.len() + profile.len();
-        assert_eq!(history, vec![0, 1, 3]);
-        assert_eq!(rows.len(), w * (4 + 3));
-        let row = |r: usize| &rows[r * w..(r + 1) * w];
-        assert_eq!(&row(0)[..4], &[1.0, 1.0, 0.0, 1.0]);
-        assert_eq!(&row(0)[4..], &profile[..]);
-        assert_eq!(&row(1)[..4], &row(0)[..4]);
-        assert!(row(1)[4..].iter().all(|x| *x == 0.0));
-        assert!(row(2)[..4].iter().all(|x| *x == 0.0));
-        assert_eq!(&row(2)[4..], &profile[..]);
-        assert!(row(3).iter().all(|x| *x == 0.0));
-        for (k, &c) in history.iter().enumerate() {
-            let mut expected = row(0).to_vec();
-            expected[c] = 0.0;
-            assert_eq!(row(4 + k), &expected[..]);
-        }
-        let (three, same) =
-            rec_attribution_rows(&u, &columns, crate::features::InterestSpace::Exact, false);
-        assert_eq!(same, history);
-        assert_eq!(&three[..], &rows[..3 * w]);
-    }
-
-    #[test]
-    fn attribution_rows_keep_every_destination_but_measure_the_first_thirty() {
-        let mut u = user("UTC", None);
-        u.engaged = (0..35).collect();
-        let columns: Vec<Option<usize>> = (0..40).map(Some).collect();
-        let space = crate::features::InterestSpace::Exact;
-        let (rows, history) = rec_attribution_rows(&u, &columns, space, true);
-        let w = columns.len() + crate::train::rec_profile_input(&u, space).len();
-        assert_eq!(history, (0..MAX_ATTRIBUTED_HISTORY).collect::<Vec<_>>());
-        assert_eq!(rows.len(), w * (4 + MAX_ATTRIBUTED_HISTORY));
-        let row = |r: usize| &rows[r * w..(r + 1) * w];
-        for r in [0, 1] {
-            assert_eq!(row(r)[..40].iter().filter(|x| **x == 1.0).count(), 35);
-        }
-        for (k, &c) in history.iter().enumerate() {
-            assert_eq!(row(4 + k)[c], 0.0);
-            assert_eq!(row(4 + k)[..40].iter().filter(|x| **x == 1.0).count(), 34);
-        }
-    }
 
     fn user(tz: &str, sessions_at_local_hour: Option<(usize, u32)>) -> UserFeatures {
         let p = Profile {

@@ -172,7 +172,7 @@ pub fn sample_dataset(d: &Dataset, sample: TrainingSample) -> Dataset {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use ml_core::generator::{generate, GeneratorConfig};
+    use ml_train::generator::{generate, GeneratorConfig};
 
     #[test]
     fn a_sample_is_bounded_consistent_and_the_same_every_time() {

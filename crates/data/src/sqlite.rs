@@ -570,7 +570,7 @@ impl DataSource for SqliteStore {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use ml_core::generator::{generate, GeneratorConfig};
+    use ml_train::generator::{generate, GeneratorConfig};
 
     #[tokio::test]
     async fn a_dataset_round_trips_through_sqlite() {

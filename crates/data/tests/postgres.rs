@@ -1,9 +1,9 @@
 //! The Postgres store against a real Postgres: each test makes a fresh
 //! database ([`TestDb`]) and drops it afterwards, even when the test fails.
 
-use ml_core::generator::{generate, GeneratorConfig};
 use ml_data::testing::TestDb;
 use ml_data::{DataSource, PgOptions, PgStore, TrainingSample};
+use ml_train::generator::{generate, GeneratorConfig};
 use std::time::Duration;
 use tokio_postgres::NoTls;
 

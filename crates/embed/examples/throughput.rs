@@ -8,7 +8,7 @@ use ml_embed::MiniLm;
 use std::time::{Duration, Instant};
 
 fn texts() -> Vec<String> {
-    let mut v: Vec<String> = ml_core::generator::SYNONYMS
+    let mut v: Vec<String> = ml_train::generator::SYNONYMS
         .iter()
         .flatten()
         .map(|s| s.to_string())

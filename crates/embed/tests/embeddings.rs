@@ -6,9 +6,9 @@
 //! the actor caches and times out as documented.
 
 use ml_core::features::{normalize_phrase, TagSpace};
-use ml_core::generator::SYNONYMS;
 use ml_core::types::TAGS;
 use ml_embed::{Embedder, EmbedderConfig, MiniLm};
+use ml_train::generator::SYNONYMS;
 use std::path::PathBuf;
 use std::sync::OnceLock;
 

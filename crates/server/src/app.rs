@@ -1,22 +1,22 @@
-//! Start-up and the server loop: open the data store (Postgres, or the SQLite
-//! file filled with the demo dataset on first start), train any model the
-//! repository (local or S3) lacks, load what should serve, and serve until
-//! the shutdown signal, letting in-flight requests finish, while a poller
-//! picks up new model versions.
+//! Start-up and the server loop: open the data store (Postgres, or the
+//! embedded SQLite file), load what the repository (local or S3) says should
+//! serve, and serve until the shutdown signal, letting in-flight requests
+//! finish, while a poller picks up new model versions. Filling an empty
+//! store and training missing models happen before this, in the binary
+//! (`ml-cli`): the server never trains.
 
+use crate::admission::Admission;
 use crate::interests::Interests;
+use crate::lifecycle::Engine;
 use crate::lifecycle::Registry;
 use crate::routes;
-use crate::service::{Engine, Predictor};
-use crate::settings::Settings;
-use crate::training::train_and_publish;
+use crate::service::Predictor;
+use crate::settings::{BackendSettings, DataSettings, Settings};
 use anyhow::Context;
 use ml_backend::tract::TractBackend;
-use ml_backend::{InferenceBackend, ModelRepository};
+use ml_backend::InferenceBackend;
 use ml_core::catalogue::Catalogue;
-use ml_core::generator::{generate, GeneratorConfig};
-use ml_core::train::{ModelKind, TrainingData};
-use ml_data::{AppStore, DataSource, PgOptions, PgStore, SqliteStore, TrainingSample};
+use ml_data::{AppStore, DataSource, PgOptions, PgStore, SqliteStore};
 use std::future::Future;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -39,9 +39,9 @@ pub enum Access {
 }
 
 /// Open the app-data store: Postgres when DATABASE_URL is set (nothing is
-/// written to it here), else the embedded SQLite file, created and filled
-/// with the demo dataset on first start.
-pub fn open_store(settings: &Settings, access: Access) -> anyhow::Result<AppStore> {
+/// written to it here), else the embedded SQLite file (created empty when
+/// absent; the binary fills an empty one with the demo dataset).
+pub fn open_store(settings: &DataSettings, access: Access) -> anyhow::Result<AppStore> {
     if let Some(url) = settings.database_url() {
         let opts = PgOptions {
             pool_size: settings.database_pool_size,
@@ -55,40 +55,11 @@ pub fn open_store(settings: &Settings, access: Access) -> anyhow::Result<AppStor
     }
     let store = SqliteStore::open(&settings.sqlite_path, SQLITE_CONNECTIONS)
         .with_context(|| format!("opening {}", settings.sqlite_path.display()))?;
-    if store.count_profiles()? == 0 {
-        let t0 = Instant::now();
-        let d = generate(&GeneratorConfig {
-            users: settings.demo_users,
-            seed: settings.demo_seed,
-            synonym_rate: settings.demo_synonym_rate,
-            ..Default::default()
-        });
-        store
-            .write_dataset(&d, false)
-            .context("writing the demo dataset")?;
-        tracing::info!(
-            users = d.profiles.len(),
-            interactions = d.interactions.len(),
-            matches = d.matches.len(),
-            activity = d.activity.len(),
-            notifications = d.notifications.len(),
-            seconds = format!("{:.2}", t0.elapsed().as_secs_f64()),
-            path = %settings.sqlite_path.display(),
-            "created the app-data store with the demo dataset"
-        );
-    }
     Ok(AppStore::Sqlite(store))
 }
 
-/// What training reads, as the settings bound it.
-pub fn training_sample(settings: &Settings) -> TrainingSample {
-    TrainingSample {
-        max_users: settings.train_max_users.max(1),
-    }
-}
-
 /// Wait until the store answers (Postgres may still be starting beside us).
-async fn wait_for_store(store: &AppStore) -> anyhow::Result<()> {
+pub async fn wait_for_store(store: &AppStore) -> anyhow::Result<()> {
     let t0 = Instant::now();
     loop {
         match store.source().ping().await {
@@ -110,53 +81,9 @@ async fn wait_for_store(store: &AppStore) -> anyhow::Result<()> {
     }
 }
 
-/// Train and write version 1 of every model the repository lacks.
-pub fn train_missing(
-    settings: &Settings,
-    repo: &ModelRepository,
-    backend: &dyn InferenceBackend,
-    interests: &Interests,
-) -> anyhow::Result<()> {
-    let handle = tokio::runtime::Handle::current();
-    let mut missing = vec![];
-    for k in ModelKind::ALL {
-        if handle
-            .block_on(repo.latest(k))
-            .with_context(|| format!("listing {k} in {}", repo.describe()))?
-            .is_none()
-        {
-            missing.push(k);
-        }
-    }
-    if missing.is_empty() {
-        return Ok(());
-    }
-    let t0 = Instant::now();
-    tracing::info!(models = ?missing.iter().map(|k| k.as_str()).collect::<Vec<_>>(), repository = %repo.describe(), "no trained models found: training them now");
-    let store = open_store(settings, Access::Read)?;
-    let data = handle
-        .block_on(store.load_sample(training_sample(settings)))
-        .context("loading the app data for training")?;
-    let mut td = TrainingData::new(&data);
-    interests.attach(&mut td)?;
-    for k in missing {
-        // Data that cannot train a model (an imported dataset without match
-        // outcomes, say) leaves that model out: its endpoint answers 503 and
-        // /health says degraded, while the others serve.
-        if let Err(e) = train_and_publish(k, &td, 1, repo, backend) {
-            tracing::error!(model = %k, error = format!("{e:#}"), "cannot train this model on this data");
-        }
-    }
-    tracing::info!(
-        seconds = format!("{:.2}", t0.elapsed().as_secs_f64()),
-        "training finished"
-    );
-    Ok(())
-}
-
 /// The inference backend the settings ask for. A missing or unloadable ONNX
 /// Runtime library is an error here, at start-up, not at the first request.
-pub fn backend(settings: &Settings) -> anyhow::Result<Arc<dyn InferenceBackend>> {
+pub fn backend(settings: &BackendSettings) -> anyhow::Result<Arc<dyn InferenceBackend>> {
     use crate::settings::BackendKind;
     let kind = if settings.enable_gpu {
         BackendKind::Onnxruntime
@@ -191,29 +118,34 @@ pub fn backend(settings: &Settings) -> anyhow::Result<Arc<dyn InferenceBackend>>
     }
 }
 
-/// Everything `serve` needs, ready before the port opens.
+/// Everything `serve` needs, ready before the port opens, from what the
+/// store and the repository hold now.
 pub fn prepare(settings: &Settings) -> anyhow::Result<Arc<Predictor>> {
     // A missing inference library is the cheapest thing to find out first.
-    prepare_with(settings, backend(settings)?)
+    let backend = backend(&settings.backend)?;
+    let interests = Interests::load(&settings.interests, settings.backend.enable_gpu)?;
+    prepare_with(settings, backend, interests)
 }
 
-/// `prepare` with a given inference backend (tests wrap the real one).
+/// `prepare` with a given inference backend (tests wrap the real one) and
+/// the interests' reading already loaded (the binary loads it once, for
+/// training and serving).
 pub fn prepare_with(
     settings: &Settings,
     backend: Arc<dyn InferenceBackend>,
+    interests: Interests,
 ) -> anyhow::Result<Arc<Predictor>> {
     let t0 = Instant::now();
     let handle = tokio::runtime::Handle::try_current()
         .context("start-up runs on the tokio runtime (the caches and Postgres need it)")?;
     // The calls below block on that runtime: this must run off its threads
     // (`serve` calls it through spawn_blocking).
-    let store = open_store(settings, Access::Serve)?;
+    let store = open_store(&settings.data, Access::Serve)?;
     handle.block_on(wait_for_store(&store))?;
     let repo = settings
+        .models
         .repository()
         .context("opening the model repository (MODEL_STORAGE)")?;
-    let interests = Interests::load(settings)?;
-    train_missing(settings, &repo, backend.as_ref(), &interests)?;
     let catalogue = Catalogue::new(
         handle
             .block_on(store.destinations())
@@ -228,13 +160,13 @@ pub fn prepare_with(
         catalogue.destinations.iter().map(|d| d.id.to_string()),
     );
     let caches = handle
-        .block_on(crate::cache::Caches::new(settings, fingerprint))
+        .block_on(crate::cache::Caches::new(&settings.cache, fingerprint))
         .context("setting up the caches")?;
     let data: Arc<dyn DataSource> = store.source();
     let engine = Engine::new(
-        settings.inference_threads(),
-        settings.inference_queue,
-        settings.batch_config(),
+        settings.backend.inference_threads(),
+        settings.inference.inference_queue,
+        settings.inference.batch_config(),
     );
     // The newest version of each model that loads (a corrupt newest version
     // falls back to the one before it), or what serving.json says.
@@ -256,9 +188,9 @@ pub fn prepare_with(
         models = %models.repository().describe(),
         backend = backend.name(),
         cache = %caches.store.describe(),
-        inference_threads = settings.inference_threads(),
-        batch_size = settings.batch_size,
-        batch_max_delay_us = settings.batch_max_delay_us,
+        inference_threads = settings.backend.inference_threads(),
+        batch_size = settings.inference.batch_size,
+        batch_max_delay_us = settings.inference.batch_max_delay_us,
         "ready"
     );
     Ok(Arc::new(Predictor {
@@ -267,13 +199,13 @@ pub fn prepare_with(
         models,
         engine,
         caches,
-        quiet_hours: settings.quiet_hours,
+        quiet_hours: settings.inference.quiet_hours,
         gpu: backend.gpu(),
-        inference_timeout: Duration::from_millis(settings.inference_timeout_ms.max(1)),
+        inference_timeout: Duration::from_millis(settings.inference.inference_timeout_ms.max(1)),
         interests,
         draining: Default::default(),
-        linear_attribution: settings.rec_linear_attribution,
-        timing_plan_hours: settings.timing_plan_hours,
+        linear_attribution: settings.inference.rec_linear_attribution,
+        timing_plan_hours: settings.inference.timing_plan_hours,
     }))
 }
 
@@ -284,7 +216,7 @@ pub async fn run(
     settings: &Settings,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
-    let admission = routes::Admission::new(settings);
+    let admission = Admission::new(&settings.http);
     run_http(listener, predictor, settings, admission, shutdown).await
 }
 
@@ -294,7 +226,7 @@ pub async fn run_http(
     listener: tokio::net::TcpListener,
     predictor: Arc<Predictor>,
     settings: &Settings,
-    admission: routes::Admission,
+    admission: Admission,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
     // New, promoted or re-routed model versions are picked up while serving.
@@ -319,7 +251,7 @@ pub async fn run_metrics(
     predictor: Arc<Predictor>,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
-    axum::serve(listener, crate::telemetry::metrics_router(predictor))
+    axum::serve(listener, crate::scrape::metrics_router(predictor))
         .with_graceful_shutdown(shutdown)
         .await
 }
@@ -343,8 +275,8 @@ pub async fn serve_until(
     settings: &Settings,
     signal: impl Future<Output = ()> + Send + 'static,
 ) -> anyhow::Result<()> {
-    let grace = Duration::from_millis(settings.shutdown_grace_ms);
-    let drain = Duration::from_millis(settings.drain_timeout_ms);
+    let grace = Duration::from_millis(settings.http.shutdown_grace_ms);
+    let drain = Duration::from_millis(settings.http.drain_timeout_ms);
     let (tx, rx) = tokio::sync::watch::channel(false);
     let p = Arc::clone(&predictor);
     tokio::spawn(async move {
@@ -361,7 +293,7 @@ pub async fn serve_until(
     let stop = |mut rx: tokio::sync::watch::Receiver<bool>| async move {
         let _ = rx.wait_for(|stop| *stop).await;
     };
-    let admission = routes::Admission::new(settings);
+    let admission = Admission::new(&settings.http);
     let grpc = async {
         match listeners.grpc {
             Some(l) => {

@@ -5,7 +5,7 @@
 //! shared store (or in process without Redis). Every cache failure is a miss;
 //! none fails a request.
 
-use crate::settings::Settings;
+use crate::settings::CacheSettings;
 use ml_cache::{keys, Entry, KvStore, MemoryStore, RedisConfig, RedisStore};
 use ml_core::features::UserFeatures;
 use serde::{de::DeserializeOwned, Serialize};
@@ -124,7 +124,7 @@ pub fn catalogue_fingerprint(ids: impl IntoIterator<Item = String>) -> String {
 impl Caches {
     /// The caches the settings ask for: Redis when `REDIS_URL` is set (the
     /// service starts even when Redis is down), otherwise in process.
-    pub async fn new(settings: &Settings, catalogue: String) -> anyhow::Result<Self> {
+    pub async fn new(settings: &CacheSettings, catalogue: String) -> anyhow::Result<Self> {
         let ttl = Duration::from_secs(settings.cache_ttl);
         let (store, near_ttl): (Arc<dyn KvStore>, Duration) = match &settings.redis_url {
             Some(url) => {

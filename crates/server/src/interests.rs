@@ -7,10 +7,10 @@
 
 use anyhow::Context;
 use ml_core::features::TagProfile;
-use ml_core::train::{SemanticInterests, TrainingData};
+use std::collections::HashMap;
 use std::sync::Arc;
 
-use crate::settings::Settings;
+use crate::settings::InterestSettings;
 
 /// The optional sentence-embedding model, shared by serving and training.
 #[derive(Debug, Clone, Default)]
@@ -27,7 +27,8 @@ impl Interests {
 
     /// Load the model the settings name, if any (a missing or broken model
     /// folder is an error: the operator asked for it).
-    pub fn load(settings: &Settings) -> anyhow::Result<Self> {
+    /// `gpu`: try the GPU first (ENABLE_GPU, in a `cuda` build).
+    pub fn load(settings: &InterestSettings, gpu: bool) -> anyhow::Result<Self> {
         let Some(dir) = &settings.embedding_model_path else {
             return Ok(Self::exact());
         };
@@ -35,7 +36,7 @@ impl Interests {
         // tags' own embeddings, then training's phrases): the recorder must
         // be installed before it starts.
         crate::telemetry::handle();
-        load_embedder(dir, settings)
+        load_embedder(dir, settings, gpu)
     }
 
     /// The embedding model's name, when one is loaded.
@@ -68,15 +69,18 @@ impl Interests {
         Ok(None)
     }
 
-    /// Make `td` train semantic models, when a model is loaded: every phrase
-    /// in the data is embedded (in batches, off the async runtime).
-    pub fn attach(&self, td: &mut TrainingData) -> anyhow::Result<()> {
+    /// The encoder's name and the soft profile of every phrase, for training
+    /// semantic models: `None` without an embedding model. Runs off the async
+    /// runtime (it blocks on the embedding thread's batches).
+    pub fn phrase_profiles(
+        &self,
+        phrases: &[String],
+    ) -> anyhow::Result<Option<(String, HashMap<String, TagProfile>)>> {
         #[cfg(feature = "embeddings")]
         if let Some(e) = &self.embedder {
-            let phrases = td.interest_phrases();
             let t0 = std::time::Instant::now();
             let profiles = e
-                .phrase_profiles(&phrases)
+                .phrase_profiles(phrases)
                 .context("embedding the interest phrases of the training data")?;
             tracing::info!(
                 phrases = phrases.len(),
@@ -84,22 +88,23 @@ impl Interests {
                 device = e.device(),
                 "interest phrases embedded for training"
             );
-            td.semantic = Some(SemanticInterests {
-                encoder: e.name().to_string(),
-                phrases: profiles,
-            });
+            return Ok(Some((e.name().to_string(), profiles)));
         }
-        let _ = td;
-        Ok(())
+        let _ = phrases;
+        Ok(None)
     }
 }
 
 #[cfg(feature = "embeddings")]
-fn load_embedder(dir: &std::path::Path, settings: &Settings) -> anyhow::Result<Interests> {
+fn load_embedder(
+    dir: &std::path::Path,
+    settings: &InterestSettings,
+    gpu: bool,
+) -> anyhow::Result<Interests> {
     let t0 = std::time::Instant::now();
-    let model = ml_embed::MiniLm::load(dir, settings.enable_gpu)
+    let model = ml_embed::MiniLm::load(dir, gpu)
         .or_else(|e| {
-            if settings.enable_gpu {
+            if gpu {
                 tracing::warn!(error = %e, "embedding on the CPU: the GPU is not usable");
                 ml_embed::MiniLm::load(dir, false)
             } else {
@@ -127,6 +132,10 @@ fn load_embedder(dir: &std::path::Path, settings: &Settings) -> anyhow::Result<I
 }
 
 #[cfg(not(feature = "embeddings"))]
-fn load_embedder(_dir: &std::path::Path, _settings: &Settings) -> anyhow::Result<Interests> {
+fn load_embedder(
+    _dir: &std::path::Path,
+    _settings: &InterestSettings,
+    _gpu: bool,
+) -> anyhow::Result<Interests> {
     anyhow::bail!("EMBEDDING_MODEL_PATH is set, but this build has no embedding support (build with --features embeddings)")
 }

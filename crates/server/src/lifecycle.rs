@@ -6,19 +6,53 @@
 //! included), then swaps the pointer: a request holds the `Arc` of the
 //! version it started with until it finishes, and a version that does not
 //! load is rejected with a log line and a metric while the old one keeps
-//! serving. A poller and `POST /admin/models/reload` call `reload`.
+//! serving. A poller and `POST /admin/models/reload` call `reload`. The
+//! [`Engine`] (the inference threads and the batching settings) starts each
+//! loaded version's batcher.
 
-use crate::service::Engine;
 use arc_swap::ArcSwap;
+use ml_backend::{BatchConfig, InferencePool, LoadedModel};
 use ml_backend::{Batcher, Desired, InferenceBackend, ModelMeta, ModelRepository, ServingPolicy};
 use ml_core::catalogue::Catalogue;
 use ml_core::features::{PopulationActivity, HOURS_PER_WEEK};
-use ml_core::train::ModelKind;
+use ml_core::model::ModelKind;
 use serde::Serialize;
 use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 use uuid::Uuid;
+
+/// The inference engine: the pool of inference threads shared by all models
+/// and how each model's requests are batched in front of it.
+#[derive(Debug, Clone)]
+pub struct Engine {
+    pub pool: Arc<InferencePool>,
+    pub batch: BatchConfig,
+}
+
+impl Engine {
+    pub fn new(threads: usize, queue: usize, batch: BatchConfig) -> Self {
+        Self {
+            pool: Arc::new(InferencePool::new(threads, queue)),
+            batch,
+        }
+    }
+
+    /// Serve a loaded model version: start its batcher.
+    pub fn serve_model(
+        &self,
+        meta: ModelMeta,
+        model: Arc<dyn LoadedModel>,
+        catalogue: &Catalogue,
+        probes: Probes,
+    ) -> Arc<ServedModel> {
+        let rows_per_call = crate::telemetry::batch_size(meta.model.as_str());
+        let observer: ml_backend::BatchObserver =
+            Arc::new(move |_requests, rows| rows_per_call.record(rows as f64));
+        let batcher = Batcher::spawn(model, Arc::clone(&self.pool), self.batch, observer);
+        Arc::new(ServedModel::new(meta, batcher, catalogue, probes))
+    }
+}
 
 /// A model version in memory: its batcher and what serving needs from its
 /// `model.json`.

@@ -12,7 +12,7 @@
 use crate::error::ServiceError;
 use crate::lifecycle::ServedModel;
 use crate::service::Predictor;
-use ml_core::train::ModelKind;
+use ml_core::model::ModelKind;
 use std::sync::Arc;
 
 /// How every model is served, as the protocol's metadata names it.

@@ -4,9 +4,9 @@
 //! little-endian bytes), and the protocol's error form `{"error": "..."}`.
 //! The protocol itself lives in `v2`; this module only decodes and encodes.
 
+use crate::admission::{Admission, ApiKeys, Guard};
 use crate::error::ServiceError;
 use crate::extract::BodyLimit;
-use crate::routes::{Admission, ApiKeys, Guard};
 use crate::service::Predictor;
 use crate::v2::{self, InputTensor};
 use axum::body::Bytes;
@@ -520,7 +520,7 @@ async fn run_infer(
     };
     if let Some(v) = version_header {
         r.headers_mut().insert(
-            HeaderName::from_static(crate::routes::MODEL_VERSION_HEADER),
+            HeaderName::from_static(crate::headers::MODEL_VERSION_HEADER),
             v,
         );
     }

@@ -1,0 +1,193 @@
+//! `POST /notifications/optimize`: when and how to send a notification. The
+//! model scores the user's activity by local hour of the week; the policy
+//! (`ml_core::post`: quiet hours, urgency, the send window, channel open
+//! rates) turns the scores into a send time, a channel and a reason. When
+//! the model answers each row on its own, only the hours the plan weighs
+//! run.
+
+use super::endpoint::{Call, Endpoint};
+use super::Predictor;
+use crate::api::{round4, NotifyRequest, NotifyResponse};
+use crate::error::ServiceError;
+use crate::lifecycle::ServedModel;
+use chrono::{DateTime, SecondsFormat, Utc};
+use ml_core::features::{self, UserFeatures, HOURS_PER_WEEK};
+use ml_core::model::ModelKind;
+use ml_core::post;
+use std::sync::Arc;
+use std::time::Duration;
+use uuid::Uuid;
+
+pub(super) struct Notify;
+
+/// The user, the plan's slots and the hours the model ran on.
+pub(super) struct Plan {
+    user: Arc<UserFeatures>,
+    slots: post::PlanSlots,
+    hours: Vec<usize>,
+}
+
+impl Endpoint<1> for Notify {
+    type Request = NotifyRequest;
+    type Response = NotifyResponse;
+    type Prepared = Plan;
+    const NAME: &'static str = "notify";
+    const MODEL: ModelKind = ModelKind::NotificationTiming;
+
+    /// Every field is checked as it is parsed (enums).
+    fn validate(_: &NotifyRequest) -> Result<(), ServiceError> {
+        Ok(())
+    }
+
+    fn users(req: &NotifyRequest) -> [(&'static str, Uuid); 1] {
+        [("user_id", req.user_id)]
+    }
+
+    /// The population's activity under the same policy for a user known
+    /// only by id. Their time zone is unknown too, so quiet hours are kept
+    /// in UTC and the answer claims no confidence (the caller sees
+    /// `fallback`).
+    fn without_data(p: &Predictor, call: &Call<NotifyRequest>) -> NotifyResponse {
+        let u = UserFeatures::from_activity(call.req.user_id, "UTC", &[]);
+        let m = &call.m;
+        let (mut body, _) = plan(
+            p,
+            m,
+            &u,
+            &m.population.hour_of_week,
+            call.req,
+            call.now,
+            None,
+        );
+        body.confidence = 0.0;
+        body.reason = format!(
+            "User data unavailable: {} (time zone unknown, UTC assumed)",
+            body.reason
+        );
+        body
+    }
+
+    async fn prepare(
+        p: &Predictor,
+        call: &Call<'_, NotifyRequest>,
+        [user]: [Arc<UserFeatures>; 1],
+    ) -> (Plan, Vec<f32>, usize) {
+        let (m, req) = (&call.m, call.req);
+        // The plan reads the scores of its hours only (those of the send
+        // window, ~10 for a message): when the model answers each row on its
+        // own, those rows give the answer all 168 would.
+        let slots = post::plan_slots(
+            &user,
+            req.notification_type,
+            req.urgency,
+            call.now,
+            p.quiet_hours,
+        );
+        let hours: Vec<usize> = if p.timing_plan_hours && m.rows_independent {
+            slots.hours()
+        } else {
+            (0..HOURS_PER_WEEK).collect()
+        };
+        let x = features::timing_rows(&user, &m.population, &hours);
+        let n = hours.len();
+        (Plan { user, slots, hours }, x, n)
+    }
+
+    /// The documented default: the population's activity by hour of week
+    /// stands in for the user's, under the same policy (quiet hours,
+    /// urgency, channel).
+    fn without_model(p: &Predictor, call: &Call<NotifyRequest>, plan_: &Plan) -> NotifyResponse {
+        let m = &call.m;
+        plan(
+            p,
+            m,
+            &plan_.user,
+            &m.population.hour_of_week,
+            call.req,
+            call.now,
+            Some(&plan_.slots),
+        )
+        .0
+    }
+
+    /// The plan on the model's scores, cached until it would change (the
+    /// next quarter hour, or its send time if sooner).
+    fn answer(
+        p: &Predictor,
+        call: &Call<NotifyRequest>,
+        Plan { user, slots, hours }: Plan,
+        mut out: Vec<Vec<f32>>,
+    ) -> (NotifyResponse, Duration) {
+        let scores = by_hour_of_week(&hours, out.swap_remove(0));
+        let (body, send_at) = plan(p, &call.m, &user, &scores, call.req, call.now, Some(&slots));
+        (body, post::plan_valid_for(call.now, send_at))
+    }
+}
+
+/// Scores by hour of the week from the scores of `hours` (in that order);
+/// hours without a score are NaN, which a plan never reads.
+fn by_hour_of_week(hours: &[usize], scores: Vec<f32>) -> Vec<f32> {
+    if hours.len() == HOURS_PER_WEEK && hours.iter().enumerate().all(|(i, &h)| i == h) {
+        return scores;
+    }
+    let mut all = vec![f32::NAN; HOURS_PER_WEEK];
+    for (&h, s) in hours.iter().zip(scores) {
+        all[h] = s;
+    }
+    all
+}
+
+/// The notification policy on activity `scores` (one per local hour of the
+/// week); the answer and its send time. `slots`: those already made for
+/// this user, request and clock, if any.
+fn plan(
+    p: &Predictor,
+    m: &ServedModel,
+    u: &UserFeatures,
+    scores: &[f32],
+    req: &NotifyRequest,
+    now: DateTime<Utc>,
+    slots: Option<&post::PlanSlots>,
+) -> (NotifyResponse, DateTime<Utc>) {
+    let r = post::NotificationRequest {
+        user: u,
+        scores,
+        population: &m.population,
+        channel_prior: m.channel_prior,
+        kind: req.notification_type,
+        urgency: req.urgency,
+        now,
+        quiet: p.quiet_hours,
+    };
+    let plan = match slots {
+        Some(slots) => post::plan_notification_in(&r, slots),
+        None => post::plan_notification(&r),
+    };
+    let body = NotifyResponse {
+        send_at: plan.send_at.to_rfc3339_opts(SecondsFormat::Secs, true),
+        channel: plan.channel,
+        confidence: round4(plan.confidence),
+        reason: plan.reason,
+        fallback: false,
+    };
+    (body, plan.send_at)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn scores_of_some_hours_fill_their_hours_of_the_week() {
+        let all: Vec<usize> = (0..HOURS_PER_WEEK).collect();
+        let scores: Vec<f32> = (0..HOURS_PER_WEEK).map(|h| h as f32).collect();
+        assert_eq!(by_hour_of_week(&all, scores.clone()), scores);
+        let week = by_hour_of_week(&[5, 170 - 3], vec![0.5, 0.25]);
+        assert_eq!(week.len(), HOURS_PER_WEEK);
+        assert_eq!((week[5], week[167]), (0.5, 0.25));
+        assert!(week
+            .iter()
+            .enumerate()
+            .all(|(h, s)| h == 5 || h == 167 || s.is_nan()));
+    }
+}
