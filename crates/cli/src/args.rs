@@ -405,3 +405,62 @@ pub struct DemoSettings {
     #[arg(long, env = "DEMO_SYNONYM_RATE", default_value_t = 0.0, value_parser = parse_share)]
     pub demo_synonym_rate: f64,
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::CommandFactory;
+
+    #[test]
+    fn the_cli_parses() {
+        Cli::command().debug_assert();
+        let c = Cli::parse_from(["ml-service", "data", "demo", "--users", "10", "--seed", "3"]);
+        let Command::Data {
+            command: DataCommand::Demo(d),
+        } = c.command
+        else {
+            panic!("not data demo")
+        };
+        assert_eq!((d.users, d.seed), (Some(10), Some(3)));
+        let c = Cli::parse_from(["ml-service", "serve", "--port", "9001", "--demo-users", "7"]);
+        let Command::Serve(s) = c.command else {
+            panic!("not serve")
+        };
+        assert_eq!((s.server.http.port, s.demo.demo_users), (9001, 7));
+    }
+
+    /// Each command takes only the settings groups it reads: the model
+    /// commands know nothing of the app data or HTTP, `train` nothing of
+    /// HTTP or the caches, `data migrate` nothing of the repository.
+    #[test]
+    fn each_command_takes_only_its_own_settings() {
+        let takes = |path: &[&str], flag: &str| {
+            let mut argv = vec!["ml-service"];
+            argv.extend_from_slice(path);
+            argv.extend([flag, "x"]);
+            match Cli::try_parse_from(argv) {
+                Ok(_) => true,
+                Err(e) => e.kind() != clap::error::ErrorKind::UnknownArgument,
+            }
+        };
+        for models in [
+            &["models", "list"][..],
+            &["models", "promote", "recommendation", "2"],
+            &["models", "rollback", "recommendation"],
+        ] {
+            assert!(takes(models, "--model-path"), "{models:?}");
+            assert!(!takes(models, "--sqlite-path"), "{models:?}");
+            assert!(!takes(models, "--port"), "{models:?}");
+        }
+        assert!(takes(&["train"], "--sqlite-path"));
+        assert!(takes(&["train"], "--train-max-users"));
+        assert!(!takes(&["train"], "--port"));
+        assert!(!takes(&["train"], "--redis-url"));
+        assert!(takes(&["data", "migrate"], "--database-url"));
+        assert!(!takes(&["data", "migrate"], "--model-path"));
+        assert!(takes(&["features", "refresh"], "--redis-url"));
+        assert!(!takes(&["features", "refresh"], "--port"));
+        assert!(takes(&["serve"], "--port"));
+        assert!(takes(&["serve"], "--train-max-users"));
+    }
+}

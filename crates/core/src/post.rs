@@ -958,6 +958,24 @@ mod tests {
         assert!(destination_mask(&[]).is_empty());
     }
 
+    #[test]
+    fn a_match_context_reads_the_destination_by_name_and_the_trip_interests() {
+        let cat = Catalogue::new(builtin());
+        let d = 3;
+        // Names match whatever their case and surrounding spaces.
+        let name = format!("  {}  ", cat.destinations[d].name.to_uppercase());
+        let interests = vec!["food".to_string(), "not a tag".to_string()];
+        let ctx = match_context(&cat, Some(&name), &interests);
+        assert_eq!(ctx.destination_tags, Some(cat.tags[d]));
+        assert_eq!(ctx.interests, TagSet::from_names(&["food"]));
+        assert!(ctx.semantic_interests.is_none());
+        // An unknown place or none at all: no destination tags.
+        let ctx = match_context(&cat, Some("Atlantis"), &[]);
+        assert_eq!(ctx.destination_tags, None);
+        assert_eq!(ctx.interests, TagSet::default());
+        assert_eq!(match_context(&cat, None, &[]).destination_tags, None);
+    }
+
     /// The slots as they were made before `plan_slots`: two conversions to
     /// local time per hour.
     fn reference_slots(
