@@ -239,19 +239,7 @@ pub struct QuantizeArgs {
     #[arg(long)]
     pub version: Option<u64>,
     #[command(flatten)]
-    pub models: ModelStoreSettings,
-    #[command(flatten)]
-    pub data: DataSettings,
-    #[command(flatten)]
-    pub demo: DemoSettings,
-    #[command(flatten)]
-    pub training: TrainingSettings,
-    #[command(flatten)]
-    pub interests: InterestSettings,
-    #[command(flatten)]
-    pub backend: BackendSettings,
-    #[command(flatten)]
-    pub log: LogSettings,
+    pub run: RunSettings,
 }
 
 #[derive(Debug, Args)]
@@ -267,19 +255,7 @@ pub struct TrainArgs {
     #[arg(long)]
     pub if_missing: bool,
     #[command(flatten)]
-    pub models: ModelStoreSettings,
-    #[command(flatten)]
-    pub data: DataSettings,
-    #[command(flatten)]
-    pub demo: DemoSettings,
-    #[command(flatten)]
-    pub training: TrainingSettings,
-    #[command(flatten)]
-    pub interests: InterestSettings,
-    #[command(flatten)]
-    pub backend: BackendSettings,
-    #[command(flatten)]
-    pub log: LogSettings,
+    pub run: RunSettings,
 }
 
 #[derive(Debug, Args)]
@@ -311,19 +287,7 @@ pub struct EvalArgs {
     #[arg(long)]
     pub als: Option<std::path::PathBuf>,
     #[command(flatten)]
-    pub models: ModelStoreSettings,
-    #[command(flatten)]
-    pub data: DataSettings,
-    #[command(flatten)]
-    pub demo: DemoSettings,
-    #[command(flatten)]
-    pub training: TrainingSettings,
-    #[command(flatten)]
-    pub interests: InterestSettings,
-    #[command(flatten)]
-    pub backend: BackendSettings,
-    #[command(flatten)]
-    pub log: LogSettings,
+    pub run: RunSettings,
 }
 
 #[derive(Debug, Args)]
@@ -373,6 +337,26 @@ pub struct MigrateArgs {
 pub struct ListArgs {
     #[command(flatten)]
     pub models: ModelStoreSettings,
+    #[command(flatten)]
+    pub log: LogSettings,
+}
+
+/// What the commands that read the app data, run models and use the
+/// repository need (`train`, `eval`, `models quantize`).
+#[derive(Debug, Clone, Args)]
+pub struct RunSettings {
+    #[command(flatten)]
+    pub models: ModelStoreSettings,
+    #[command(flatten)]
+    pub data: DataSettings,
+    #[command(flatten)]
+    pub demo: DemoSettings,
+    #[command(flatten)]
+    pub training: TrainingSettings,
+    #[command(flatten)]
+    pub interests: InterestSettings,
+    #[command(flatten)]
+    pub backend: BackendSettings,
     #[command(flatten)]
     pub log: LogSettings,
 }

@@ -44,6 +44,8 @@ pub fn prepare_with(
     app::prepare_with(s, backend, interests)
 }
 
+/// `ml-service serve`: start as above, bind the listeners, serve until
+/// SIGTERM or Ctrl-C, then shut down gracefully (`app::serve_until`).
 pub fn serve(args: ServeArgs) -> anyhow::Result<()> {
     let settings = args.server.clone();
     let traces =

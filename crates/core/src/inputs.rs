@@ -152,31 +152,9 @@ pub fn rec_attribution_rows(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::catalogue::builtin;
-    use chrono::Utc;
 
-    /// A user with two interests and no history yet.
     fn user() -> UserFeatures {
-        let p = Profile {
-            id: uuid::Uuid::from_u128(7),
-            display_name: "u".into(),
-            age: 30,
-            interests: vec!["food".into(), "art".into()],
-            travel_style: TravelStyle::Cultural,
-            style_vector: [0.5; 3],
-            personality: [0.5; 5],
-            languages: vec!["en".into()],
-            timezone: "UTC".into(),
-            budget: Budget::Medium,
-            preferred_duration: TripDuration::Week,
-            created_at: Utc::now(),
-        };
-        UserFeatures::from_history(
-            &p,
-            &UserHistory::default(),
-            &Catalogue::new(builtin()),
-            Utc::now(),
-        )
+        crate::testing::user("UTC")
     }
 
     #[test]

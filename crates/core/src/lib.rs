@@ -15,6 +15,8 @@ pub mod inputs;
 pub mod model;
 pub mod post;
 pub mod recommend;
+#[cfg(test)]
+mod testing;
 pub mod topk;
 pub mod types;
 

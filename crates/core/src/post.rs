@@ -500,27 +500,9 @@ mod tests {
     use crate::catalogue::builtin;
     use chrono::TimeZone;
 
+    /// The crate's test user, with `n` sessions at a local hour on five days.
     fn user(tz: &str, sessions_at_local_hour: Option<(usize, u32)>) -> UserFeatures {
-        let p = Profile {
-            id: uuid::Uuid::from_u128(7),
-            display_name: "u".into(),
-            age: 30,
-            interests: vec!["food".into(), "art".into()],
-            travel_style: TravelStyle::Cultural,
-            style_vector: [0.5; 3],
-            personality: [0.5; 5],
-            languages: vec!["en".into()],
-            timezone: tz.into(),
-            budget: Budget::Medium,
-            preferred_duration: TripDuration::Week,
-            created_at: Utc::now(),
-        };
-        let mut u = UserFeatures::from_history(
-            &p,
-            &UserHistory::default(),
-            &Catalogue::new(builtin()),
-            Utc::now(),
-        );
+        let mut u = crate::testing::user(tz);
         if let Some((h, n)) = sessions_at_local_hour {
             for d in 0..5 {
                 u.activity[d * 24 + h] = n as f32;

@@ -94,30 +94,16 @@ mod tests {
     use super::*;
     use crate::catalogue::builtin;
     use crate::types::*;
-    use chrono::Utc;
 
     fn catalogue() -> Catalogue {
         Catalogue::new(builtin())
     }
 
-    /// A user who likes food and art, with a medium budget, and the given
-    /// destinations engaged with (all explored, `consumed` also booked).
-    fn user(cat: &Catalogue, engaged: &[u32], consumed: &[u32]) -> UserFeatures {
-        let p = Profile {
-            id: uuid::Uuid::from_u128(9),
-            display_name: "u".into(),
-            age: 30,
-            interests: vec!["food".into(), "art".into()],
-            travel_style: TravelStyle::Cultural,
-            style_vector: [0.5; 3],
-            personality: [0.5; 5],
-            languages: vec!["en".into()],
-            timezone: "UTC".into(),
-            budget: Budget::Medium,
-            preferred_duration: TripDuration::Week,
-            created_at: Utc::now(),
-        };
-        let mut u = UserFeatures::from_history(&p, &UserHistory::default(), cat, Utc::now());
+    /// The crate's test user (food and art, a medium budget, week-long
+    /// trips) with the given destinations engaged with (all explored,
+    /// `consumed` also booked).
+    fn user(engaged: &[u32], consumed: &[u32]) -> UserFeatures {
+        let mut u = crate::testing::user("UTC");
         u.engaged = engaged.to_vec();
         u.consumed = consumed.to_vec();
         u
@@ -156,7 +142,7 @@ mod tests {
     fn the_history_names_its_two_strongest_places_and_whether_the_user_went() {
         let cat = catalogue();
         let columns: Vec<Option<usize>> = (0..cat.len()).map(Some).collect();
-        let u = user(&cat, &[1, 2, 4], &[2]);
+        let u = user(&[1, 2, 4], &[2]);
         let shares = SignalShares {
             history: 0.5,
             interests: 0.2,
@@ -181,7 +167,7 @@ mod tests {
     fn the_profile_or_popularity_speaks_when_the_history_does_not_lead() {
         let cat = catalogue();
         let columns: Vec<Option<usize>> = (0..cat.len()).map(Some).collect();
-        let u = user(&cat, &[1], &[]);
+        let u = user(&[1], &[]);
         // The history shares are not read unless the history leads.
         let unread =
             std::iter::from_fn(|| -> Option<(f32, usize)> { panic!("history shares read") });

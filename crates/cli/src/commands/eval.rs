@@ -21,12 +21,12 @@ use ml_train::TrainError;
 use std::time::Instant;
 
 pub fn eval(e: EvalArgs) -> anyhow::Result<()> {
-    init_tracing(&e.log.log_level);
+    init_tracing(&e.run.log.log_level);
     if e.model == "interests" {
         return eval_interests(&e);
     }
     let kind = ModelKind::parse(&e.model).context("unknown model")?;
-    let repo = repository(&e.models)?;
+    let repo = repository(&e.run.models)?;
     let version = block_on(serving_version(&repo, kind))?
         .with_context(|| format!("no {kind} model in {}", repo.describe()))?;
     let (bytes, meta) = block_on(repo.read(kind, version))?;
@@ -43,8 +43,8 @@ pub fn eval(e: EvalArgs) -> anyhow::Result<()> {
         .clone()
         .context("model.json has no training window")?;
     let model = TractBackend.load(&bytes, &meta)?;
-    let data = load_app_data(&e.data, &e.demo, &e.training)?;
-    let td = training_data_for(&data, &meta, &e.interests, e.backend.enable_gpu)?;
+    let data = load_app_data(&e.run.data, &e.run.demo, &e.run.training)?;
+    let td = training_data_for(&data, &meta, &e.run.interests, e.run.backend.enable_gpu)?;
     let mut predict = onnx_predictor(model);
     let ev = ml_train::eval::evaluate_match(&td, window.holdout_from, &mut predict, None)?;
     println!(
@@ -80,7 +80,7 @@ pub fn eval(e: EvalArgs) -> anyhow::Result<()> {
     if let Some(dir) = &e.report {
         let source = format!(
             "{} ({} users), {kind} v{version}",
-            e.data.sqlite_path.display(),
+            e.run.data.sqlite_path.display(),
             data.profiles.len()
         );
         report::write_match_report(dir, &source, &ev, &rows)
@@ -98,7 +98,7 @@ pub fn eval(e: EvalArgs) -> anyhow::Result<()> {
 /// data (DEMO_USERS, DEMO_SEED) without and with synonymous phrasings; each
 /// scored on its own held-out period.
 fn eval_interests(e: &EvalArgs) -> anyhow::Result<()> {
-    let interests = Interests::load(&e.interests, e.backend.enable_gpu)?;
+    let interests = Interests::load(&e.run.interests, e.run.backend.enable_gpu)?;
     let encoder = interests.encoder().context(
         "eval interests compares exact and semantic models: set EMBEDDING_MODEL_PATH (scripts/fetch-embedding-model.sh)",
     )?;
@@ -108,8 +108,8 @@ fn eval_interests(e: &EvalArgs) -> anyhow::Result<()> {
     println!("|---|---|---|---|---|---|");
     for rate in [0.0, e.synonym_rate] {
         let d = generate(&GeneratorConfig {
-            users: e.demo.demo_users,
-            seed: e.demo.demo_seed,
+            users: e.run.demo.demo_users,
+            seed: e.run.demo.demo_seed,
             synonym_rate: rate,
             ..Default::default()
         });
@@ -379,8 +379,8 @@ fn eval_timing(e: &EvalArgs) -> anyhow::Result<()> {
     use ml_train::timing_eval::*;
     let mut results = vec![];
     let cfg = GeneratorConfig {
-        users: e.demo.demo_users,
-        seed: e.demo.demo_seed,
+        users: e.run.demo.demo_users,
+        seed: e.run.demo.demo_seed,
         ..Default::default()
     };
     let (d, truth) = ml_train::generator::generate_with_truth(&cfg);

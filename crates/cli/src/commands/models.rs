@@ -213,9 +213,9 @@ fn describe_policy(p: &ServingPolicy) -> String {
 }
 
 fn quantize(q: QuantizeArgs) -> anyhow::Result<()> {
-    init_tracing(&q.log.log_level);
+    init_tracing(&q.run.log.log_level);
     let kind = ModelKind::parse(&q.model).context("unknown model")?;
-    let repo = repository(&q.models)?;
+    let repo = repository(&q.run.models)?;
     let version = match q.version {
         Some(v) => v,
         None => block_on(repo.latest(kind))?
@@ -227,14 +227,14 @@ fn quantize(q: QuantizeArgs) -> anyhow::Result<()> {
         "{kind} v{version} is already an INT8 variant; name a float version with --version"
     );
     let (int8, summary) = ml_backend::quantize::quantize_dynamic(&onnx)?;
-    let backend = ml_server::app::backend(&q.backend)?;
+    let backend = ml_server::app::backend(&q.run.backend)?;
     let float_model = backend.load(&onnx, &meta)?;
     let int8_model = backend
         .load(&int8, &meta)
         .context("the INT8 graph does not load")?;
     let width = meta.features.len();
-    let data = load_app_data(&q.data, &q.demo, &q.training)?;
-    let td = training_data_for(&data, &meta, &q.interests, q.backend.enable_gpu)?;
+    let data = load_app_data(&q.run.data, &q.run.demo, &q.run.training)?;
+    let td = training_data_for(&data, &meta, &q.run.interests, q.run.backend.enable_gpu)?;
     let (metric, float_metric) = holdout_metric(&meta, float_model.clone(), &td)?;
     let (_, int8_metric) = holdout_metric(&meta, int8_model.clone(), &td)?;
     let mut out = meta.clone();

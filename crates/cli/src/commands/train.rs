@@ -11,14 +11,14 @@ use ml_train::publish::{summary, train_and_publish};
 use ml_train::train::TrainingData;
 
 pub fn train(t: TrainArgs) -> anyhow::Result<()> {
-    init_tracing(&t.log.log_level);
+    init_tracing(&t.run.log.log_level);
     let mut kinds: Vec<ModelKind> = if t.kinds.is_empty() {
         ModelKind::ALL.to_vec()
     } else {
         t.kinds.iter().filter_map(|m| ModelKind::parse(m)).collect()
     };
     if t.if_missing {
-        let repo = repository(&t.models)?;
+        let repo = repository(&t.run.models)?;
         let mut missing = vec![];
         for k in kinds {
             if block_on(repo.latest(k))?.is_none() {
@@ -32,7 +32,7 @@ pub fn train(t: TrainArgs) -> anyhow::Result<()> {
             return Ok(());
         }
     }
-    let data = load_app_data(&t.data, &t.demo, &t.training)?;
+    let data = load_app_data(&t.run.data, &t.run.demo, &t.run.training)?;
     println!(
         "read {} users, {} match outcomes, {} interactions, {} activity events, {} notifications (TRAIN_MAX_USERS={})",
         data.profiles.len(),
@@ -40,15 +40,15 @@ pub fn train(t: TrainArgs) -> anyhow::Result<()> {
         data.interactions.len(),
         data.activity.len(),
         data.notifications.len(),
-        t.training.train_max_users
+        t.run.training.train_max_users
     );
     let mut td = TrainingData::new(&data);
     attach_interests(
-        &Interests::load(&t.interests, t.backend.enable_gpu)?,
+        &Interests::load(&t.run.interests, t.run.backend.enable_gpu)?,
         &mut td,
     )?;
-    let repo = repository(&t.models)?;
-    let backend = ml_server::app::backend(&t.backend)?;
+    let repo = repository(&t.run.models)?;
+    let backend = ml_server::app::backend(&t.run.backend)?;
     for k in kinds {
         let meta = train_and_publish(k, &td, t.seed, &repo, backend.as_ref())?;
         let baseline = meta
