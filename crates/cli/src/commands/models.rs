@@ -39,6 +39,15 @@ fn parse_model(name: &str) -> anyhow::Result<ModelKind> {
 
 /// `models …`: list versions and what serves; change what serves.
 pub fn models(command: ModelsCommand) -> anyhow::Result<()> {
+    let log = match &command {
+        ModelsCommand::List(a) => &a.log,
+        ModelsCommand::Quantize(a) => &a.run.log,
+        ModelsCommand::Promote(a) => &a.log,
+        ModelsCommand::Rollback(a) => &a.log,
+        ModelsCommand::Split(a) => &a.log,
+        ModelsCommand::Shadow(a) => &a.log,
+    };
+    init_tracing(&log.log_level);
     match command {
         ModelsCommand::List(s) => {
             let repo = repository(&s.models)?;
@@ -213,7 +222,6 @@ fn describe_policy(p: &ServingPolicy) -> String {
 }
 
 fn quantize(q: QuantizeArgs) -> anyhow::Result<()> {
-    init_tracing(&q.run.log.log_level);
     let kind = ModelKind::parse(&q.model).context("unknown model")?;
     let repo = repository(&q.run.models)?;
     let version = match q.version {
