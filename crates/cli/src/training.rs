@@ -40,6 +40,10 @@ pub fn training_data_for<'a>(
 /// interest phrase in the data gets its soft tag profile (embedded in
 /// batches, off the async runtime).
 pub fn attach_interests(interests: &Interests, td: &mut TrainingData) -> anyhow::Result<()> {
+    if interests.encoder().is_none() {
+        // Exact tag names: no phrase needs a profile (nor to be listed).
+        return Ok(());
+    }
     if let Some((encoder, phrases)) = interests.phrase_profiles(&td.interest_phrases())? {
         td.semantic = Some(SemanticInterests { encoder, phrases });
     }
