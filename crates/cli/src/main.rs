@@ -7,10 +7,10 @@ use clap::Parser;
 /// call's tensors on an inference thread, freed on a runtime thread), and
 /// glibc's `malloc`/`free` (consolidating its fast bins whenever a larger
 /// block is asked for) took ~18 % of a match's samples. Service CPU per
-/// request fell 15–20 % for match and notify (`bench/ab.sh`, README
-/// "Session 13"); peak RSS under load 61 → ~80 MiB. Only this binary and
-/// the bench's bare server (to compare like with like) use it; the
-/// library's tests keep the system allocator.
+/// request fell 15–20 % for match and notify (`bench/ab.sh`;
+/// docs/performance-history.md, "Session 13"); peak RSS under load
+/// 61 → ~80 MiB. Only this binary and the bench's bare server (to compare
+/// like with like) use it; the library's tests keep the system allocator.
 #[global_allocator]
 static GLOBAL: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
 

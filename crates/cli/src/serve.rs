@@ -14,7 +14,7 @@ use std::sync::Arc;
 
 /// Everything `serve` needs before the port opens: the store (filled with
 /// the demo dataset when it is an empty embedded file), every missing model
-/// trained, then the server's own start-up. Runs off the runtime's threads
+/// trained, then the server's own start-up on the same store and repository. Runs off the runtime's threads
 /// (it blocks on the store, the repository and training).
 pub fn prepare(args: &ServeArgs) -> anyhow::Result<Arc<Predictor>> {
     // A missing inference library is the cheapest thing to find out first.
@@ -31,7 +31,7 @@ pub fn prepare_with(
         .context("start-up runs on the tokio runtime (the caches and Postgres need it)")?;
     let store = crate::store::open(&s.data, &args.demo, Access::Serve)?;
     handle.block_on(app::wait_for_store(&store))?;
-    let repo = crate::store::repository(&s.models)?;
+    let repo = app::repository(s)?;
     let interests = Interests::load(&s.interests, s.backend.enable_gpu)?;
     train_missing(
         &s.data,
@@ -41,7 +41,8 @@ pub fn prepare_with(
         backend.as_ref(),
         &interests,
     )?;
-    app::prepare_with(s, backend, interests)
+    // The store and the repository as they are now, handed over.
+    app::start(s, store, repo, backend, interests)
 }
 
 /// `ml-service serve`: start as above, bind the listeners, serve until

@@ -8,7 +8,7 @@
 //!
 //! It runs on the same allocator as the service (jemalloc), so a share
 //! compares the work done, not the allocators (which alone moved the bare
-//! rate by about a tenth: README, session 13).
+//! rate by about a tenth: docs/performance-history.md, session 13).
 
 use axum::routing::post;
 use axum::{Json, Router};

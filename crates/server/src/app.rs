@@ -14,7 +14,7 @@ use crate::service::Predictor;
 use crate::settings::{BackendSettings, DataSettings, Settings};
 use anyhow::Context;
 use ml_backend::tract::TractBackend;
-use ml_backend::InferenceBackend;
+use ml_backend::{InferenceBackend, ModelRepository};
 use ml_core::catalogue::Catalogue;
 use ml_data::{AppStore, DataSource, PgOptions, PgStore, SqliteStore};
 use std::future::Future;
@@ -124,28 +124,38 @@ pub fn prepare(settings: &Settings) -> anyhow::Result<Arc<Predictor>> {
     // A missing inference library is the cheapest thing to find out first.
     let backend = backend(&settings.backend)?;
     let interests = Interests::load(&settings.interests, settings.backend.enable_gpu)?;
-    prepare_with(settings, backend, interests)
-}
-
-/// `prepare` with a given inference backend (tests wrap the real one) and
-/// the interests' reading already loaded (the binary loads it once, for
-/// training and serving).
-pub fn prepare_with(
-    settings: &Settings,
-    backend: Arc<dyn InferenceBackend>,
-    interests: Interests,
-) -> anyhow::Result<Arc<Predictor>> {
-    let t0 = Instant::now();
     let handle = tokio::runtime::Handle::try_current()
         .context("start-up runs on the tokio runtime (the caches and Postgres need it)")?;
     // The calls below block on that runtime: this must run off its threads
     // (`serve` calls it through spawn_blocking).
     let store = open_store(&settings.data, Access::Serve)?;
     handle.block_on(wait_for_store(&store))?;
-    let repo = settings
+    let repo = repository(settings)?;
+    start(settings, store, repo, backend, interests)
+}
+
+/// The model repository the settings name.
+pub fn repository(settings: &Settings) -> anyhow::Result<ModelRepository> {
+    settings
         .models
         .repository()
-        .context("opening the model repository (MODEL_STORAGE)")?;
+        .context("opening the model repository (MODEL_STORAGE)")
+}
+
+/// The service on a store that answers and a repository already open (the
+/// binary opens both before it trains what is missing, then hands them
+/// over): the catalogue, the caches, the inference engine and every model
+/// version that should serve, loaded.
+pub fn start(
+    settings: &Settings,
+    store: AppStore,
+    repo: ModelRepository,
+    backend: Arc<dyn InferenceBackend>,
+    interests: Interests,
+) -> anyhow::Result<Arc<Predictor>> {
+    let t0 = Instant::now();
+    let handle = tokio::runtime::Handle::try_current()
+        .context("start-up runs on the tokio runtime (the caches and Postgres need it)")?;
     let catalogue = Catalogue::new(
         handle
             .block_on(store.destinations())

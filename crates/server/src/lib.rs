@@ -7,7 +7,7 @@
 //!
 //! It never depends on the training crate (`ml-train`): it serves what the
 //! model repository holds. The binary (`ml-cli`) trains what is missing
-//! before it hands over to [`app::prepare_with`] and [`app::serve_until`].
+//! before it hands over to [`app::start`] and [`app::serve_until`].
 
 pub mod admission;
 pub mod api;

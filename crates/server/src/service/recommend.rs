@@ -55,7 +55,7 @@ impl Endpoint<1> for Recommend {
         [user]: [Arc<UserFeatures>; 1],
     ) -> (Rows, Vec<f32>, usize) {
         let m = &call.m;
-        let affine = m.effects.is_some() && p.linear_attribution;
+        let affine = effects(p, m).is_some();
         let (rows, history) = rec_attribution_rows(
             &user,
             &m.rec_columns,
@@ -85,7 +85,7 @@ impl Endpoint<1> for Recommend {
         let (m, req) = (&call.m, call.req);
         let rec_columns = &m.rec_columns;
         let cols = rec_columns.len();
-        let effects = m.effects.as_ref().filter(|_| p.linear_attribution);
+        let effects = effects(p, m);
         let out = out.swap_remove(0);
         let row = |r: usize| &out[r * cols..(r + 1) * cols];
         let scores = row(0);
@@ -128,6 +128,12 @@ impl Endpoint<1> for Recommend {
         };
         (body, p.caches.ttl())
     }
+}
+
+/// The effects table the reasons read, when the model is affine and
+/// REC_LINEAR_ATTRIBUTION allows it (else each share has its own row).
+fn effects<'a>(p: &Predictor, m: &'a ServedModel) -> Option<&'a ml_backend::linear::Effects> {
+    m.effects.as_ref().filter(|_| p.linear_attribution)
 }
 
 /// The model columns `req` may get (`ml_core::recommend::candidates`).
