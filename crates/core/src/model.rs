@@ -113,6 +113,10 @@ impl ModelParams {
     }
 }
 
+fn no_item_norm() -> f64 {
+    1.0
+}
+
 /// Hyper-parameters of the recommendation blend, picked on validation.
 #[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
 pub struct RecBlend {
@@ -120,6 +124,13 @@ pub struct RecBlend {
     pub lambda: f64,
     /// EDLAE's dropout emphasis (0 = plain EASE).
     pub dropout: f64,
+    /// DAN's user normalisation `β`: each user's row weighs `|u|^−β` in the
+    /// Gram matrix (0 = none; older versions have none).
+    #[serde(default)]
+    pub user_norm: f64,
+    /// DAN's item normalisation `α`: `B` rescaled by item degree (1 = none).
+    #[serde(default = "no_item_norm")]
+    pub item_norm: f64,
     /// Weight of the content score (cosine of interests and destination tags).
     pub content: f32,
     /// Weight of the standardised log popularity.

@@ -3,7 +3,9 @@
 //!
 //! - [`train`]: the three trainers (time-based holdouts, baselines) over
 //!   [`train::TrainingData`], built with the serving feature code of `ml-core`;
-//!   [`nn`] the dense networks and Adam they fit; [`ease`] the EASE/EDLAE
+//!   [`recommender`] the recommendation trainer and its selection on each
+//!   user's next interactions; [`nn`] the dense networks and Adam they fit;
+//!   [`ease`] the EASE/EDLAE/DAN
 //!   item model the recommendation blend uses.
 //! - [`export`]: networks as ONNX graphs plus `model.json`, and the parity
 //!   check of a graph against its trainer; [`publish`] trains, checks and
@@ -26,6 +28,7 @@ pub mod movielens;
 pub mod nn;
 pub mod publish;
 pub mod rec_bench;
+pub mod recommender;
 pub mod report;
 pub mod timing_eval;
 pub mod train;

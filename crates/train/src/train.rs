@@ -1,4 +1,5 @@
-//! Trainers of the three models. Each builds its training set from the app data
+//! Trainers of the match and timing models (the recommendation trainer is
+//! [`crate::recommender`], re-exported here). Each builds its training set from the app data
 //! with the serving feature code, splits it by time (features only ever see the
 //! past of their labels), trains a dense network, and evaluates it on the held-out
 //! period next to a simple baseline. The result is a [`ModelArtifact`]: the
@@ -10,7 +11,6 @@ use crate::TrainError;
 use chrono::{DateTime, Duration, Utc};
 use ml_core::catalogue::Catalogue;
 use ml_core::features::*;
-use ml_core::inputs::*;
 use ml_core::model::*;
 use ml_core::types::*;
 use rand::seq::SliceRandom;
@@ -145,7 +145,7 @@ impl<'a> TrainingData<'a> {
     }
 
     /// The parameters that record [`TrainingData::interest_space`].
-    fn interest_params(&self) -> ModelParams {
+    pub(crate) fn interest_params(&self) -> ModelParams {
         ModelParams {
             interest_encoder: self.semantic.as_ref().map(|s| s.encoder.clone()),
             ..Default::default()
@@ -178,12 +178,54 @@ impl<'a> TrainingData<'a> {
             .collect()
     }
 
+    /// The same data with the interactions marked in `held` (indices into
+    /// `data.interactions`) left out of every user's history: what the
+    /// trainers see while those interactions are held out for validation.
+    /// Code that reads `data.interactions` directly still sees them all.
+    pub fn without(&self, held: &[bool]) -> TrainingData<'a> {
+        let mut histories: HashMap<Uuid, UserHistory> = self
+            .histories
+            .iter()
+            .map(|(id, h)| {
+                (
+                    *id,
+                    UserHistory {
+                        profile: h.profile.clone(),
+                        interactions: vec![],
+                        activity: h.activity.clone(),
+                        notifications: h.notifications.clone(),
+                    },
+                )
+            })
+            .collect();
+        for (i, _) in self
+            .data
+            .interactions
+            .iter()
+            .zip(held)
+            .filter(|(_, h)| !**h)
+        {
+            histories
+                .entry(i.user_id)
+                .or_default()
+                .interactions
+                .push(i.clone());
+        }
+        TrainingData {
+            data: self.data,
+            catalogue: self.catalogue.clone(),
+            histories,
+            profiles: self.profiles.clone(),
+            semantic: self.semantic.clone(),
+        }
+    }
+
     pub fn profile(&self, id: &Uuid) -> Option<&Profile> {
         self.profiles.get(id).copied()
     }
 }
 
-fn span<I: Iterator<Item = DateTime<Utc>>>(
+pub(crate) fn span<I: Iterator<Item = DateTime<Utc>>>(
     it: I,
     what: &str,
 ) -> Result<(DateTime<Utc>, DateTime<Utc>), TrainError> {
@@ -399,411 +441,6 @@ pub fn train_match(td: &TrainingData, seed: u64) -> Result<ModelArtifact, TrainE
     })
 }
 
-/// Standardised log interaction counts per destination, from interactions before
-/// `as_of`.
-pub fn destination_popularity(td: &TrainingData, as_of: DateTime<Utc>) -> Vec<f32> {
-    let mut counts = vec![0f32; td.catalogue.len()];
-    for i in td
-        .data
-        .interactions
-        .iter()
-        .filter(|i| i.occurred_at < as_of)
-    {
-        if let Some(d) = td.catalogue.index_of(&i.destination_id) {
-            counts[d] += 1.0;
-        }
-    }
-    let logs: Vec<f32> = counts.iter().map(|c| c.ln_1p()).collect();
-    let (mean, std) = nn::column_stats(&logs, 1);
-    logs.iter().map(|l| (l - mean[0]) / std[0]).collect()
-}
-
-/// Destinations each user engaged with in `[from, to)` that they had not
-/// consumed before `from`.
-fn positives_between(
-    td: &TrainingData,
-    feats: &HashMap<Uuid, UserFeatures>,
-    from: DateTime<Utc>,
-    to: DateTime<Utc>,
-) -> HashMap<Uuid, Vec<u32>> {
-    let mut out: HashMap<Uuid, Vec<u32>> = HashMap::new();
-    for i in &td.data.interactions {
-        if i.occurred_at < from || i.occurred_at >= to {
-            continue;
-        }
-        let (Some(d), Some(u)) = (
-            td.catalogue.index_of(&i.destination_id),
-            feats.get(&i.user_id),
-        ) else {
-            continue;
-        };
-        if !u.has_consumed(d) {
-            out.entry(i.user_id).or_default().push(d as u32);
-        }
-    }
-    for v in out.values_mut() {
-        v.sort_unstable();
-        v.dedup();
-    }
-    out
-}
-
-/// Each user's engaged destinations (catalogue indices) as of a time.
-fn histories(feats: &HashMap<Uuid, UserFeatures>) -> (Vec<&Uuid>, Vec<Vec<u32>>) {
-    let mut ids: Vec<&Uuid> = feats.keys().collect();
-    ids.sort();
-    let h = ids.iter().map(|id| feats[*id].engaged.clone()).collect();
-    (ids, h)
-}
-
-/// The profile side of the recommendation graph, one row per input.
-pub struct ProfileMatrices {
-    /// Per tag: 1/√(number of tags) where the destination has it.
-    pub tags: Vec<f32>,
-    /// Per budget level: −|budget − cost| / 2.
-    pub budget: Vec<f32>,
-    /// Per trip length: 1 where the destination suits it.
-    pub duration: Vec<f32>,
-}
-
-impl ProfileMatrices {
-    pub fn new(cat: &Catalogue) -> Self {
-        let items = cat.len();
-        let mut budget = vec![0f32; 3 * items];
-        let mut duration = vec![0f32; 3 * items];
-        for (i, d) in cat.destinations.iter().enumerate() {
-            for b in Budget::ALL {
-                budget[b.index() * items + i] =
-                    -(b.index() as f32 - d.cost_level.index() as f32).abs() / 2.0;
-            }
-            for t in &d.trip_lengths {
-                duration[t.index() * items + i] = 1.0;
-            }
-        }
-        Self {
-            tags: tag_matrix(cat),
-            budget,
-            duration,
-        }
-    }
-}
-
-/// Per-user score components of the recommendation blend for the users with
-/// validation positives.
-struct BlendComponents<'a> {
-    users: Vec<&'a UserFeatures>,
-    positives: Vec<&'a [u32]>,
-    items: usize,
-    content: Vec<f32>,
-    affinity: Vec<f32>,
-    budget: Vec<f32>,
-    duration: Vec<f32>,
-}
-
-impl<'a> BlendComponents<'a> {
-    fn new(
-        feats: &'a HashMap<Uuid, UserFeatures>,
-        positives: &'a HashMap<Uuid, Vec<u32>>,
-        profile: &ProfileMatrices,
-        items: usize,
-        space: InterestSpace,
-    ) -> Self {
-        let mut ids: Vec<&Uuid> = positives.keys().collect();
-        ids.sort();
-        let users: Vec<&UserFeatures> = ids.iter().map(|id| &feats[*id]).collect();
-        let mut c = Self {
-            positives: ids.iter().map(|id| positives[*id].as_slice()).collect(),
-            items,
-            content: Vec::with_capacity(users.len() * items),
-            affinity: Vec::with_capacity(users.len() * items),
-            budget: Vec::with_capacity(users.len() * items),
-            duration: Vec::with_capacity(users.len() * items),
-            users,
-        };
-        for u in &c.users {
-            let x = interest_input(u, space);
-            for i in 0..items {
-                c.content.push(
-                    (0..TAGS.len())
-                        .map(|t| x[t] * profile.tags[t * items + i])
-                        .sum(),
-                );
-                c.affinity.push(
-                    (0..TAGS.len())
-                        .map(|t| u.tag_affinity[t] * profile.tags[t * items + i])
-                        .sum(),
-                );
-            }
-            c.budget
-                .extend_from_slice(&profile.budget[u.budget.index() * items..][..items]);
-            c.duration.extend_from_slice(
-                &profile.duration[u.preferred_duration.index() * items..][..items],
-            );
-        }
-        c
-    }
-
-    /// EASE scores of every user under one fit.
-    fn ease(&self, b: &[f32]) -> Vec<f32> {
-        self.users
-            .iter()
-            .flat_map(|u| crate::ease::scores(b, self.items, &u.engaged))
-            .collect()
-    }
-
-    /// Mean NDCG@10 and recall@10 of a blend.
-    fn quality(&self, ease: &[f32], pop: &[f32], blend: &RecBlend) -> (f64, f64) {
-        let n = self.items;
-        let mut s = vec![0f32; n];
-        let (mut total, mut recall) = (0.0, 0.0);
-        for (k, u) in self.users.iter().enumerate() {
-            let r = k * n..(k + 1) * n;
-            for (i, o) in s.iter_mut().enumerate() {
-                let j = r.start + i;
-                *o = ease[j]
-                    + blend.content * self.content[j]
-                    + blend.affinity * self.affinity[j]
-                    + blend.budget * self.budget[j]
-                    + blend.duration * self.duration[j]
-                    + blend.popularity * pop[i];
-            }
-            for &d in &u.engaged {
-                s[d as usize] += blend.repeat;
-            }
-            let ranked = crate::rec_bench::top_k(&s, 10, |i| u.has_consumed(i as usize));
-            total += metrics::ndcg_at_k(&ranked, self.positives[k], 10);
-            recall += metrics::recall_at_k(&ranked, self.positives[k], 10);
-        }
-        let n = self.users.len().max(1) as f64;
-        (total / n, recall / n)
-    }
-}
-
-/// NDCG@10 and recall@10 of a scorer over users with positives.
-fn rank_quality(
-    feats: &HashMap<Uuid, UserFeatures>,
-    positives: &HashMap<Uuid, Vec<u32>>,
-    mut score: impl FnMut(&UserFeatures) -> Vec<f32>,
-) -> (f64, f64, usize) {
-    let mut users: Vec<&Uuid> = positives.keys().collect();
-    users.sort();
-    let (mut ndcg, mut recall) = (0.0, 0.0);
-    for uid in &users {
-        let u = &feats[*uid];
-        let s = score(u);
-        let ranked = crate::rec_bench::top_k(&s, 10, |i| u.has_consumed(i as usize));
-        ndcg += metrics::ndcg_at_k(&ranked, &positives[*uid], 10);
-        recall += metrics::recall_at_k(&ranked, &positives[*uid], 10);
-    }
-    let n = users.len().max(1) as f64;
-    (ndcg / n, recall / n, users.len())
-}
-
-/// Train the recommendation model: EASE over the users' engaged destinations,
-/// blended with the fit of their profile (interests against tags, budget
-/// against cost, preferred trip length) and with popularity — which carry users
-/// without history — as one linear ONNX graph:
-/// `score = [engaged, profile] · [[B], [w·profile matrices]] + w_pop·pop`.
-pub fn train_recommendation(td: &TrainingData, seed: u64) -> Result<ModelArtifact, TrainError> {
-    let _ = seed; // EASE has a closed form; nothing is random.
-    let (start, end) = span(
-        td.data.interactions.iter().map(|i| i.occurred_at),
-        "interactions",
-    )?;
-    let split = start + (end - start) * 3 / 4;
-    let label_len = end - split;
-    let train_at = split - label_len;
-    let items = td.catalogue.len();
-    let profile = ProfileMatrices::new(&td.catalogue);
-
-    // Validation: histories before `train_at`, engagement in [train_at, split).
-    let feats_v = td.user_features(train_at);
-    let (_, hist_v) = histories(&feats_v);
-    let pop_v = destination_popularity(td, train_at);
-    let pos_v = positives_between(td, &feats_v, train_at, split);
-    if pos_v.values().map(Vec::len).sum::<usize>() < 20 {
-        return Err(TrainError::Training(
-            "too few interactions to train on".into(),
-        ));
-    }
-    // Coordinate search on validation NDCG@10: EASE's own parameters first,
-    // then each blend weight in turn, twice round.
-    let mut fits: Vec<((f64, f64), Vec<f32>)> = vec![];
-    for lambda in [20.0, 80.0, 300.0, 1000.0] {
-        for dropout in [0.0, 0.25] {
-            fits.push((
-                (lambda, dropout),
-                crate::ease::fit_with_dropout(items, &hist_v, lambda, dropout),
-            ));
-        }
-    }
-    // The blend is linear: each validation user's score components are
-    // computed once (EASE's per fit), so the search only adds vectors.
-    let comps = BlendComponents::new(&feats_v, &pos_v, &profile, items, td.interest_space());
-    let ease_v: Vec<Vec<f32>> = fits.iter().map(|(_, b)| comps.ease(b)).collect();
-    let eval = |blend: &RecBlend, fit: usize| comps.quality(&ease_v[fit], &pop_v, blend).0;
-    let mut blend = RecBlend {
-        lambda: 20.0,
-        dropout: 0.0,
-        content: 0.15,
-        popularity: 0.03,
-        budget: 0.0,
-        duration: 0.0,
-        affinity: 0.0,
-        repeat: 0.0,
-    };
-    let mut best = f64::MIN;
-    for _round in 0..3 {
-        for (fit, ((lambda, dropout), _)) in fits.iter().enumerate() {
-            let cand = RecBlend {
-                lambda: *lambda,
-                dropout: *dropout,
-                ..blend
-            };
-            let n = eval(&cand, fit);
-            if n > best {
-                (best, blend) = (n, cand);
-            }
-        }
-        let fit = fits
-            .iter()
-            .position(|f| f.0 == (blend.lambda, blend.dropout))
-            .expect("the chosen fit is one of the fits");
-        for field in 0..6 {
-            for w in [0.0, 0.02, 0.05, 0.1, 0.15, 0.2, 0.3, 0.4, 0.6, 0.8, 1.6] {
-                let mut cand = blend;
-                *match field {
-                    0 => &mut cand.content,
-                    1 => &mut cand.popularity,
-                    2 => &mut cand.budget,
-                    3 => &mut cand.duration,
-                    4 => &mut cand.affinity,
-                    _ => &mut cand.repeat,
-                } = w;
-                let n = eval(&cand, fit);
-                if n > best {
-                    (best, blend) = (n, cand);
-                }
-            }
-        }
-    }
-
-    // Holdout: refit on histories before `split`, engagement in [split, end).
-    let feats_te = td.user_features(split);
-    let (_, hist_te) = histories(&feats_te);
-    let pop_te = destination_popularity(td, split);
-    let pos_te = positives_between(td, &feats_te, split, end);
-    let b_te = crate::ease::fit_with_dropout(items, &hist_te, blend.lambda, blend.dropout);
-    let comps_te = BlendComponents::new(&feats_te, &pos_te, &profile, items, td.interest_space());
-    let ease_te = comps_te.ease(&b_te);
-    let (ndcg, recall) = comps_te.quality(&ease_te, &pop_te, &blend);
-    let n_users = comps_te.users.len();
-    let (b_ndcg, b_recall, _) = rank_quality(&feats_te, &pos_te, |_| pop_te.clone());
-    let ease_only = RecBlend {
-        content: 0.0,
-        popularity: 0.0,
-        budget: 0.0,
-        duration: 0.0,
-        affinity: 0.0,
-        repeat: 0.0,
-        ..blend
-    };
-    let (e_ndcg, _) = comps_te.quality(&ease_te, &pop_te, &ease_only);
-    if n_users == 0 {
-        return Err(TrainError::Training(
-            "no held-out interactions to evaluate on".into(),
-        ));
-    }
-
-    // Served: refit on everything, so recent co-engagement counts.
-    let feats_all = td.user_features(end);
-    let (ids, hist_all) = histories(&feats_all);
-    let b = crate::ease::fit_with_dropout(items, &hist_all, blend.lambda, blend.dropout);
-    let pop = destination_popularity(td, end);
-    let mut weights = b;
-    for i in 0..items {
-        weights[i * items + i] = blend.repeat;
-    }
-    weights.extend(profile.tags.iter().map(|w| w * blend.content));
-    weights.extend(profile.budget.iter().map(|w| w * blend.budget));
-    weights.extend(profile.duration.iter().map(|w| w * blend.duration));
-    weights.extend(profile.tags.iter().map(|w| w * blend.affinity));
-    let net = Mlp {
-        layers: vec![Dense {
-            input: items + rec_profile_names().len(),
-            output: items,
-            weights,
-            bias: pop.iter().map(|p| p * blend.popularity).collect(),
-            activation: Activation::Identity,
-        }],
-    };
-    let reference_inputs = ids
-        .iter()
-        .take(8)
-        .map(|id| rec_input(&feats_all[*id], items, td.interest_space()))
-        .collect();
-    Ok(ModelArtifact {
-        kind: ModelKind::Recommendation,
-        feature_names: rec_feature_names(&td.catalogue),
-        heads: vec![net],
-        metrics: BTreeMap::from([
-            ("recall_at_10".into(), recall),
-            ("ndcg_at_10".into(), ndcg),
-            ("ndcg_at_10_ease_alone".into(), e_ndcg),
-        ]),
-        baseline: BTreeMap::from([
-            ("recall_at_10".into(), b_recall),
-            ("ndcg_at_10".into(), b_ndcg),
-        ]),
-        baseline_name: "most popular destinations".into(),
-        params: ModelParams {
-            recommendation_blend: Some(blend),
-            destination_popularity: Some(pop.clone()),
-            ..td.interest_params()
-        },
-        window: TrainingWindow {
-            data_start: start,
-            data_end: end,
-            holdout_from: split,
-        },
-        train_rows: hist_all.iter().map(Vec::len).sum(),
-        holdout_rows: n_users,
-        reference_inputs,
-    })
-}
-
-/// NDCG@10 and Recall@10 of any recommendation scorer on the period from
-/// `from` to the end of the data: histories as of `from`, engagement after it
-/// as the positives (the protocol of [`train_recommendation`]'s holdout).
-/// `score` gets a batch of [`rec_input`] rows and returns one score row each.
-pub fn rec_period_quality(
-    td: &TrainingData,
-    from: DateTime<Utc>,
-    mut score: impl FnMut(&[f32], usize) -> Result<Vec<f32>, TrainError>,
-) -> Result<(f64, f64, usize), TrainError> {
-    let (_, end) = span(
-        td.data.interactions.iter().map(|i| i.occurred_at),
-        "interactions",
-    )?;
-    let items = td.catalogue.len();
-    let feats = td.user_features(from);
-    let pos = positives_between(td, &feats, from, end);
-    let mut err = None;
-    let q = rank_quality(&feats, &pos, |u| {
-        match score(&rec_input(u, items, td.interest_space()), 1) {
-            Ok(s) => s,
-            Err(e) => {
-                err = Some(e);
-                vec![0.0; items]
-            }
-        }
-    });
-    match err {
-        Some(e) => Err(e),
-        None => Ok(q),
-    }
-}
-
 /// Population open rate per channel from notifications sent before `as_of`.
 pub fn channel_open_rates(td: &TrainingData, as_of: DateTime<Utc>) -> [f32; 3] {
     let mut sent = [0f32; 3];
@@ -962,6 +599,8 @@ pub fn train_timing(td: &TrainingData, seed: u64) -> Result<ModelArtifact, Train
     })
 }
 
+pub use crate::recommender::{rec_period_quality, train_recommendation};
+
 /// Train one model.
 pub fn train(kind: ModelKind, td: &TrainingData, seed: u64) -> Result<ModelArtifact, TrainError> {
     match kind {
@@ -975,6 +614,7 @@ pub fn train(kind: ModelKind, td: &TrainingData, seed: u64) -> Result<ModelArtif
 mod tests {
     use super::*;
     use crate::generator::{generate, GeneratorConfig};
+    use ml_core::inputs::interest_input;
 
     fn data() -> Dataset {
         generate(&GeneratorConfig {

@@ -25,6 +25,7 @@ mod helpers;
 mod interests;
 mod kserve;
 mod lifecycle;
+mod movielens;
 mod observability;
 mod postgres;
 mod redis_cache;

@@ -219,9 +219,13 @@ async fn a_replica_reads_features_another_replica_wrote_to_redis() {
     assert_eq!(health["status"], "healthy");
     // Both users' features are in Redis, under the documented layout, with a TTL.
     let mut keys = vec![];
-    for _ in 0..100 {
+    for _ in 0..250 {
         keys = redis.keys(&p);
-        if keys.iter().filter(|k| k.contains(":f")).count() == 2 {
+        // The answer is written to Redis off the request path, like the
+        // features: wait for all three (a loaded machine can take a while).
+        if keys.iter().filter(|k| k.contains(":f")).count() == 2
+            && keys.iter().any(|k| k.contains(":p:match:"))
+        {
             break;
         }
         tokio::time::sleep(Duration::from_millis(20)).await;
