@@ -1,8 +1,10 @@
 //! The training side of ml-service: everything that makes or judges a model,
 //! and nothing the request path needs.
 //!
-//! - [`train`]: the three trainers (time-based holdouts, baselines) over
-//!   [`train::TrainingData`], built with the serving feature code of `ml-core`;
+//! - [`train_model`] trains any kind; [`train`]: the training data
+//!   ([`train::TrainingData`], built with the serving feature code of
+//!   `ml-core`) and the match and timing trainers (time-based holdouts,
+//!   baselines);
 //!   [`recommender`] the recommendation trainer and its selection on each
 //!   user's next interactions; [`nn`] the dense networks and Adam they fit;
 //!   [`ease`] the EASE/EDLAE/DAN
@@ -34,3 +36,19 @@ pub mod timing_eval;
 pub mod train;
 
 pub use error::TrainError;
+
+use ml_core::model::ModelKind;
+use train::{ModelArtifact, TrainingData};
+
+/// Train one model of any kind on the app data.
+pub fn train_model(
+    kind: ModelKind,
+    td: &TrainingData,
+    seed: u64,
+) -> Result<ModelArtifact, TrainError> {
+    match kind {
+        ModelKind::TravelMatch => train::train_match(td, seed),
+        ModelKind::Recommendation => recommender::train_recommendation(td, seed),
+        ModelKind::NotificationTiming => train::train_timing(td, seed),
+    }
+}

@@ -3,7 +3,8 @@
 //! serving backend, reproduces the trainer's own outputs.
 
 use crate::export::{self, check_parity};
-use crate::train::{train, TrainingData};
+use crate::train::TrainingData;
+use crate::train_model as train;
 use anyhow::Context;
 use ml_backend::{InferenceBackend, ModelMeta, ModelRepository};
 use ml_core::model::ModelKind;

@@ -1,5 +1,6 @@
-//! Trainers of the match and timing models (the recommendation trainer is
-//! [`crate::recommender`], re-exported here). Each builds its training set from the app data
+//! The training data as the trainers read it, and the trainers of the match
+//! and timing models (the recommendation trainer has a module of its own,
+//! `recommender`, which reads this one). Each builds its training set from the app data
 //! with the serving feature code, splits it by time (features only ever see the
 //! past of their labels), trains a dense network, and evaluates it on the held-out
 //! period next to a simple baseline. The result is a [`ModelArtifact`]: the
@@ -599,17 +600,6 @@ pub fn train_timing(td: &TrainingData, seed: u64) -> Result<ModelArtifact, Train
     })
 }
 
-pub use crate::recommender::{rec_period_quality, train_recommendation};
-
-/// Train one model.
-pub fn train(kind: ModelKind, td: &TrainingData, seed: u64) -> Result<ModelArtifact, TrainError> {
-    match kind {
-        ModelKind::TravelMatch => train_match(td, seed),
-        ModelKind::Recommendation => train_recommendation(td, seed),
-        ModelKind::NotificationTiming => train_timing(td, seed),
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -660,8 +650,8 @@ mod tests {
         assert_eq!(me.feature_names.len(), MATCH_FEATURES.len());
         let (ae, asem) = (me.metrics["auc"], ms.metrics["auc"]);
         assert!(asem > ae + 0.01, "semantic AUC {asem:.4} vs exact {ae:.4}");
-        let re = train_recommendation(&exact, 1).unwrap();
-        let rs = train_recommendation(&semantic, 1).unwrap();
+        let re = crate::train_model(ModelKind::Recommendation, &exact, 1).unwrap();
+        let rs = crate::train_model(ModelKind::Recommendation, &semantic, 1).unwrap();
         assert_eq!(rs.params.interest_encoder.as_deref(), Some("oracle"));
         assert!(rs.metrics["ndcg_at_10"] >= re.metrics["ndcg_at_10"] - 0.002);
         // Profiles that are the exact tags give the exact interest input.
@@ -696,7 +686,7 @@ mod tests {
             "confidence does not track accuracy: {hi:.3} vs {lo:.3}"
         );
 
-        let r = train_recommendation(&td, 1).unwrap();
+        let r = crate::train_model(ModelKind::Recommendation, &td, 1).unwrap();
         let (ndcg, base) = (r.metrics["ndcg_at_10"], r.baseline["ndcg_at_10"]);
         assert!(
             ndcg > base * 1.2,

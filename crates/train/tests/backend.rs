@@ -7,7 +7,8 @@ use ml_backend::*;
 use ml_core::model::ModelKind;
 use ml_train::export;
 use ml_train::generator::{generate, GeneratorConfig};
-use ml_train::train::{train, TrainingData};
+use ml_train::train::TrainingData;
+use ml_train::train_model as train;
 use std::sync::Arc;
 
 #[tokio::test]

@@ -118,7 +118,7 @@ fn eval_interests(e: &EvalArgs) -> anyhow::Result<()> {
         crate::training::attach_interests(&interests, &mut semantic)?;
         for (name, td) in [("exact names", &exact), (encoder, &semantic)] {
             let m = ml_train::train::train_match(td, 1)?;
-            let r = ml_train::train::train_recommendation(td, 1)?;
+            let r = ml_train::recommender::train_recommendation(td, 1)?;
             println!(
                 "| {:.0} % | {name} | {:.4} | {:.4} | {:.4} | {:.4} |",
                 rate * 100.0,

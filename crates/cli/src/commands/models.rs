@@ -350,7 +350,7 @@ pub fn holdout_metric(
             // The served recommender is refit on all the data, so its quality on
             // the held-out quarter is in-sample: comparable between float and
             // INT8, not with the trainer's out-of-sample figure.
-            let (ndcg, _, _) = ml_train::train::rec_period_quality(td, split, |x, n| {
+            let (ndcg, _, _) = ml_train::recommender::rec_period_quality(td, split, |x, n| {
                 predict(x, n).map(|mut o| o.swap_remove(0))
             })?;
             ("ndcg_at_10_in_sample".into(), ndcg)
