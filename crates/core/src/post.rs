@@ -7,7 +7,7 @@ use crate::features::{
     local_hour_of_week, parse_tz, MatchContext, PopulationActivity, UserFeatures, HOURS_PER_WEEK,
 };
 use crate::types::*;
-use chrono::{DateTime, Duration, DurationRound, Timelike, Utc};
+use chrono::{DateTime, Datelike, Duration, DurationRound, Timelike, Utc};
 
 /// How complete the inputs of a match prediction are, in 0.5..1: both users'
 /// declared interests and both users' behaviour history.
@@ -260,18 +260,10 @@ pub fn hour_span(h: usize) -> String {
 /// Minimum sessions before a user's own pattern is described as theirs.
 const OWN_PATTERN_SESSIONS: u32 = 10;
 
-/// Describe when the user is most active, from their own sessions.
-pub fn activity_reason(u: &UserFeatures, pop: &PopulationActivity) -> String {
-    if u.n_activity < OWN_PATTERN_SESSIONS {
-        let best = (0..24)
-            .max_by(|&a, &b| pop.hour_of_day(a).total_cmp(&pop.hour_of_day(b)))
-            .unwrap_or(19);
-        return format!(
-            "Little activity on record yet; timed for when most users are active ({} local time)",
-            hour_span(best)
-        );
-    }
-    // Average sessions per day at each hour, weekdays and weekends apart.
+/// The user's busiest local hour: (hour, on weekends), from their own
+/// sessions as average sessions per day at each hour, weekdays and weekends
+/// apart (a weekend has two days, a week five).
+fn busiest_hour(u: &UserFeatures) -> (usize, bool) {
     let per_day = |days: std::ops::Range<usize>, h: usize| {
         let n = days.len() as f32;
         days.map(|d| u.activity[d * 24 + h]).sum::<f32>() / n
@@ -285,10 +277,103 @@ pub fn activity_reason(u: &UserFeatures, pop: &PopulationActivity) -> String {
     let (wd_h, wd) = best(0..5);
     let (we_h, we) = best(5..7);
     if wd >= we {
-        format!("User most active at {} on weekdays", hour_span(wd_h))
+        (wd_h, false)
     } else {
-        format!("User most active at {} on weekends", hour_span(we_h))
+        (we_h, true)
     }
+}
+
+fn day_kind(weekend: bool) -> &'static str {
+    if weekend {
+        "weekends"
+    } else {
+        "weekdays"
+    }
+}
+
+fn population_best_hour(pop: &PopulationActivity) -> usize {
+    (0..24)
+        .max_by(|&a, &b| pop.hour_of_day(a).total_cmp(&pop.hour_of_day(b)))
+        .unwrap_or(19)
+}
+
+/// Why a plan sends at `send_at`: the chosen local hour and day, and, when
+/// the user's own busiest hour (or, with little history, the population's)
+/// is not the one chosen, what ruled it out — quiet hours, or no such hour
+/// in the send window. E.g. "Active around 9-10pm on weekdays; 11pm-12am
+/// would be in quiet hours".
+pub fn plan_reason(r: &NotificationRequest, tz: &chrono_tz::Tz, send_at: DateTime<Utc>) -> String {
+    let local = send_at.with_timezone(tz);
+    let chosen = local.hour() as usize;
+    let weekend = local.weekday().num_days_from_monday() >= 5;
+    let window_h = send_window(r.urgency, r.kind).num_hours().max(1);
+    let quiet_applies = r.urgency != Urgency::High;
+    let urgent = if r.urgency == Urgency::High {
+        "Urgent, so within the next hours; "
+    } else {
+        ""
+    };
+    let (peak, peak_weekend, head) = if r.user.n_activity < OWN_PATTERN_SESSIONS {
+        let p = population_best_hour(r.population);
+        (
+            p,
+            weekend,
+            format!(
+                "{urgent}little activity on record yet, so timed for {} local time, when many users are active",
+                hour_span(chosen)
+            ),
+        )
+    } else {
+        let (p, pw) = busiest_hour(r.user);
+        (
+            p,
+            pw,
+            format!(
+                "{urgent}active around {} on {}",
+                hour_span(chosen),
+                day_kind(weekend)
+            ),
+        )
+    };
+    let mut reason = head;
+    if let Some(c) = reason.get_mut(0..1) {
+        c.make_ascii_uppercase();
+    }
+    if (peak, peak_weekend) == (chosen, weekend) {
+        return reason;
+    }
+    let why = if quiet_applies && r.quiet.contains(peak as u32) {
+        format!("{} would be in quiet hours", hour_span(peak))
+    } else if peak_weekend != weekend {
+        format!(
+            "{} on {} is not within the next {window_h} hours",
+            hour_span(peak),
+            day_kind(peak_weekend)
+        )
+    } else if peak_in_window(r, tz, peak, peak_weekend) {
+        format!("rated above {} by the timing model", hour_span(peak))
+    } else {
+        format!(
+            "{} is not within the next {window_h} hours",
+            hour_span(peak)
+        )
+    };
+    format!("{reason}; {why}")
+}
+
+/// Whether a slot at local hour `hour` on that kind of day starts inside the
+/// send window (from a minute from now).
+fn peak_in_window(r: &NotificationRequest, tz: &chrono_tz::Tz, hour: usize, weekend: bool) -> bool {
+    let end = r.now + send_window(r.urgency, r.kind);
+    let mut at = r.now.duration_trunc(Duration::hours(1)).unwrap_or(r.now) + Duration::hours(1);
+    while at <= end {
+        let l = at.with_timezone(tz);
+        if l.hour() as usize == hour && (l.weekday().num_days_from_monday() >= 5) == weekend {
+            return true;
+        }
+        at += Duration::hours(1);
+    }
+    false
 }
 
 /// The user's open rate per channel, shrunk towards the population's.
@@ -463,7 +548,7 @@ pub fn plan_notification_in(r: &NotificationRequest, slots: &PlanSlots) -> Notif
             r.user,
             send_at.with_timezone(&slots.tz).hour() as usize,
         ),
-        reason: activity_reason(r.user, r.population),
+        reason: plan_reason(r, &slots.tz, send_at),
     }
 }
 
@@ -589,11 +674,77 @@ mod tests {
             plan.send_at,
             Utc.with_ymd_and_hms(2026, 7, 6, 5, 0, 0).unwrap()
         );
-        assert_eq!(plan.reason, "User most active at 2-3pm on weekdays");
+        assert_eq!(plan.reason, "Active around 2-3pm on weekdays");
         assert_ne!(
             plan.channel,
             Channel::Sms,
             "sms is kept for urgent notifications"
+        );
+    }
+
+    /// Issue 34's example: a user in Singapore most active at 11pm on
+    /// weekends, planned on a Monday morning with a day's window, gets 9pm
+    /// (the model's best allowed hour) and a reason that says why not 11pm.
+    #[test]
+    fn the_reason_explains_the_chosen_time_and_what_ruled_out_the_busiest_hour() {
+        let plan_for = |sessions: &[(usize, usize, f32)], model_hour: usize, urgency| {
+            let mut u = crate::testing::user("Asia/Singapore");
+            for &(day, hour, n) in sessions {
+                u.activity[day * 24 + hour] = n;
+            }
+            u.n_activity = sessions.iter().map(|s| s.2 as u32).sum();
+            let mut scores = vec![0.01f32; 168];
+            for d in 0..7 {
+                scores[d * 24 + model_hour] = 0.5;
+            }
+            // Monday 08:10 in Singapore.
+            let now = Utc.with_ymd_and_hms(2026, 7, 6, 0, 10, 0).unwrap();
+            plan_notification(&NotificationRequest {
+                user: &u,
+                scores: &scores,
+                population: &flat_pop(),
+                channel_prior: [0.5, 0.2, 0.4],
+                kind: NotificationType::MatchFound,
+                urgency,
+                now,
+                quiet: QuietHours::default(),
+            })
+        };
+        let late_weekends = [(5, 23, 10.0), (6, 23, 10.0)];
+        let p = plan_for(&late_weekends, 21, Urgency::Medium);
+        assert_eq!(
+            p.send_at.with_timezone(&parse_tz("Asia/Singapore")).hour(),
+            21
+        );
+        assert_eq!(
+            p.reason,
+            "Active around 9-10pm on weekdays; 11pm-12am would be in quiet hours"
+        );
+        // A busiest hour outside quiet hours but on a weekend, which a day's
+        // window from Monday does not reach.
+        let weekend_afternoons = [(5, 14, 10.0), (6, 14, 10.0)];
+        let p = plan_for(&weekend_afternoons, 14, Urgency::Medium);
+        assert_eq!(
+            p.reason,
+            "Active around 2-3pm on weekdays; 2-3pm on weekends is not within the next 24 hours"
+        );
+        // The busiest hour itself: nothing to explain away.
+        let weekday_evenings: Vec<(usize, usize, f32)> = (0..5).map(|d| (d, 19, 4.0)).collect();
+        let p = plan_for(&weekday_evenings, 19, Urgency::Medium);
+        assert_eq!(p.reason, "Active around 7-8pm on weekdays");
+        // The model preferred another hour that the window allowed.
+        let p = plan_for(&weekday_evenings, 12, Urgency::Medium);
+        assert_eq!(
+            p.reason,
+            "Active around 12-1pm on weekdays; rated above 7-8pm by the timing model"
+        );
+        // Little history: the population's pattern, said as such.
+        let p = plan_for(&[(0, 19, 2.0)], 19, Urgency::Medium);
+        assert!(
+            p.reason
+                .starts_with("Little activity on record yet, so timed for 7-8pm local time"),
+            "{}",
+            p.reason
         );
     }
 
@@ -783,7 +934,6 @@ mod tests {
             c(&some),
             c(&lots)
         );
-        assert!(activity_reason(&none, &flat_pop()).starts_with("Little activity"));
     }
 
     #[test]

@@ -55,7 +55,7 @@ async fn notify(Json(_): Json<NotifyRequest>) -> Json<NotifyResponse> {
         send_at: "2026-11-28T10:00:00Z".into(),
         channel: Channel::Push,
         confidence: 0.5,
-        reason: "User most active at 10-11am on weekdays".into(),
+        reason: "Active around 10-11am on weekdays".into(),
         fallback: false,
     })
 }
