@@ -67,9 +67,18 @@ pub fn next_per_user(
             k,
         ));
     }
+    // The common cut only means "next" where the users share a calendar: when
+    // most users with enough history span it. Otherwise (MovieLens: most
+    // users rated on one day, years apart) each user's own clock decides.
+    let eligible = by_user.values().filter(|v| v.len() >= MIN_HISTORY).count();
+    let spanning = by_user
+        .iter()
+        .filter(|(u, v)| v.len() >= MIN_HISTORY && sides[*u] == (true, true))
+        .count();
+    let shared_calendar = spanning * 2 >= eligible.max(1);
     let mut out = vec![false; held.len()];
     for (user, v) in by_user.iter_mut() {
-        if sides[user] == (true, true) {
+        if shared_calendar && sides[user] == (true, true) {
             for &(_, _, k) in v.iter() {
                 out[k] = td.data.interactions[k].occurred_at >= cut;
             }
@@ -717,7 +726,9 @@ mod tests {
                 .filter(|k| mask[*k] && d.interactions[*k].user_id == u[user])
                 .collect()
         };
-        assert_eq!(held(&test, 1), [15, 16, 17, 18, 19], "all after the cut");
+        // Only one of three users with enough history spans the cut: no
+        // shared calendar, so every user's own clock decides.
+        assert_eq!(held(&test, 1), [18, 19], "the two latest days");
         assert!(
             held(&test, 2).is_empty(),
             "too short a history is kept whole"
@@ -726,10 +737,31 @@ mod tests {
         let four = held(&test, 4);
         assert_eq!(four.len(), 2, "a tenth of the user's own, {four:?}");
         assert!(four.iter().all(|k| (k - 44) % 2 == 1), "from the later day");
-        // Validation: the same rule on what is left, at an earlier cut.
-        let valid = next_per_user(&td, &test, d.interactions[12].occurred_at, 0.1, 8);
-        assert_eq!(held(&valid, 1), [12, 13, 14]);
+        // Validation: the same rule on what is left.
+        let valid = next_per_user(&td, &test, cut, 0.1, 8);
+        assert_eq!(held(&valid, 1), [16, 17]);
         assert!(held(&valid, 3).iter().all(|k| !test[*k]));
+
+        // Two more users spanning the cut: now most do, and those who span
+        // it lose what they did after it; the others keep their own clock.
+        let mut shared = d.clone();
+        shared.interactions.extend(
+            (5..7)
+                .flat_map(|user| (0..10).map(move |k| (user, k)))
+                .map(|(user, k)| interaction(u[user], dests[k], 10 + k as i64)),
+        );
+        let td2 = TrainingData::new(&shared);
+        let none2 = vec![false; shared.interactions.len()];
+        let t2 = next_per_user(&td2, &none2, cut, 0.1, 7);
+        let held2 = |user: usize| -> Vec<usize> {
+            (0..t2.len())
+                .filter(|k| t2[*k] && shared.interactions[*k].user_id == u[user])
+                .collect()
+        };
+        assert_eq!(held2(1), [15, 16, 17, 18, 19], "all after the cut");
+        assert_eq!(held2(5).len(), 5);
+        assert_eq!(held2(3).len(), 2, "not spanning: own latest tenth");
+
         // Same-day ties follow the seed, not the file's order.
         let picks: std::collections::HashSet<Vec<usize>> = (0..8)
             .map(|seed| held(&next_per_user(&td, &none, cut, 0.1, seed), 3))
@@ -738,7 +770,7 @@ mod tests {
         // What is held out leaves the histories, not the data.
         let rest = td.without(&test);
         let f = rest.user_features(Utc::now());
-        assert_eq!(f[&u[1]].engaged.len(), 15);
+        assert_eq!(f[&u[1]].engaged.len(), 18);
         assert_eq!(rest.data.interactions.len(), d.interactions.len());
     }
 
