@@ -3,10 +3,10 @@
 //! of their profile and with popularity, as one linear ONNX graph.
 //!
 //! Model selection predicts what the model is used for: each user's next
-//! interactions ([`next_per_user`]). A user with interactions on both sides of
-//! a common cut (three quarters of the window for the reported figure, half
-//! for validation) is held out on what they did after it; any other user with
-//! enough history on their own latest tenth, by day (interactions on one day
+//! interactions ([`next_per_user`]). When most users span a common cut (three
+//! quarters of the window for the reported figure, half for validation) — a
+//! shared calendar — those who span it are held out on what they did after
+//! it; every other user with enough history on their own latest tenth, by day (interactions on one day
 //! count as simultaneous, so a rating session's arbitrary order inside a
 //! minute is not mistaken for a sequence). One global cut alone is distorted
 //! by a calendar like MovieLens' (its last quarter holds a handful of users,
@@ -36,8 +36,9 @@ pub const HOLDOUT_SHARE: f64 = 0.1;
 pub const MIN_HISTORY: usize = 5;
 
 /// Which of `td.data.interactions` to hold out next, per user, counting only
-/// interactions not yet in `held`: a user with interactions on both sides of
-/// `cut` loses those after it (what they did next, as a model trained at
+/// interactions not yet in `held`: when at least half of the users with
+/// [`MIN_HISTORY`] interactions have some on both sides of `cut`, each of
+/// those loses the ones after it (what they did next, as a model trained at
 /// `cut` would have had to predict); any other user with at least
 /// [`MIN_HISTORY`] interactions loses their latest `share` (at least one), by
 /// day: interactions on the same UTC day count as simultaneous and are ordered
