@@ -147,3 +147,21 @@ pub struct RecBlend {
     #[serde(default)]
     pub repeat: f32,
 }
+
+#[cfg(test)]
+mod tests {
+    use super::RecBlend;
+
+    /// A `model.json` written before DAN's parameters existed still loads, as
+    /// the plain EDLAE it was: no user normalisation, no item normalisation.
+    #[test]
+    fn a_blend_from_before_the_normalisations_reads_as_none() {
+        let old = r#"{"lambda": 300.0, "dropout": 0.25, "content": 0.15,
+            "popularity": 0.03, "budget": 0.0, "duration": 0.0}"#;
+        let b: RecBlend = serde_json::from_str(old).unwrap();
+        assert_eq!((b.user_norm, b.item_norm), (0.0, 1.0));
+        assert_eq!((b.affinity, b.repeat), (0.0, 0.0));
+        let round: RecBlend = serde_json::from_str(&serde_json::to_string(&b).unwrap()).unwrap();
+        assert_eq!(round, b);
+    }
+}
