@@ -629,26 +629,13 @@ fn positives_between(
     from: DateTime<Utc>,
     to: DateTime<Utc>,
 ) -> HashMap<Uuid, Vec<u32>> {
-    let mut out: HashMap<Uuid, Vec<u32>> = HashMap::new();
-    for i in &td.data.interactions {
-        if i.occurred_at < from || i.occurred_at >= to {
-            continue;
-        }
-        let (Some(d), Some(u)) = (
-            td.catalogue.index_of(&i.destination_id),
-            feats.get(&i.user_id),
-        ) else {
-            continue;
-        };
-        if !u.has_consumed(d) {
-            out.entry(i.user_id).or_default().push(d as u32);
-        }
-    }
-    for v in out.values_mut() {
-        v.sort_unstable();
-        v.dedup();
-    }
-    out
+    let in_period: Vec<bool> = td
+        .data
+        .interactions
+        .iter()
+        .map(|i| i.occurred_at >= from && i.occurred_at < to)
+        .collect();
+    held_positives(td, &in_period, feats)
 }
 
 /// NDCG@10 and Recall@10 of any recommendation scorer on the period from
