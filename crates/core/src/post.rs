@@ -302,8 +302,8 @@ fn population_best_hour(pop: &PopulationActivity) -> usize {
 /// is not the one chosen, what ruled it out — quiet hours, or no such hour
 /// in the send window. E.g. "Active around 9-10pm on weekdays; 11pm-12am
 /// would be in quiet hours".
-pub fn plan_reason(r: &NotificationRequest, tz: &chrono_tz::Tz, send_at: DateTime<Utc>) -> String {
-    let local = send_at.with_timezone(tz);
+pub fn plan_reason(r: &NotificationRequest, slots: &PlanSlots, send_at: DateTime<Utc>) -> String {
+    let local = send_at.with_timezone(&slots.tz);
     let chosen = local.hour() as usize;
     let weekend = local.weekday().num_days_from_monday() >= 5;
     let window_h = send_window(r.urgency, r.kind).num_hours().max(1);
@@ -344,36 +344,31 @@ pub fn plan_reason(r: &NotificationRequest, tz: &chrono_tz::Tz, send_at: DateTim
     }
     let why = if quiet_applies && r.quiet.contains(peak as u32) {
         format!("{} would be in quiet hours", hour_span(peak))
-    } else if peak_weekend != weekend {
-        format!(
-            "{} on {} is not within the next {window_h} hours",
-            hour_span(peak),
-            day_kind(peak_weekend)
-        )
-    } else if peak_in_window(r, tz, peak, peak_weekend) {
-        format!("rated above {} by the timing model", hour_span(peak))
     } else {
-        format!(
-            "{} is not within the next {window_h} hours",
-            hour_span(peak)
-        )
+        let on = if peak_weekend != weekend {
+            format!(" on {}", day_kind(peak_weekend))
+        } else {
+            String::new()
+        };
+        if slot_in_window(r, slots, peak, peak_weekend) {
+            format!("rated above {}{on} by the timing model", hour_span(peak))
+        } else {
+            format!(
+                "{}{on} is not within the next {window_h} hours",
+                hour_span(peak)
+            )
+        }
     };
     format!("{reason}; {why}")
 }
 
-/// Whether a slot at local hour `hour` on that kind of day starts inside the
-/// send window (from a minute from now).
-fn peak_in_window(r: &NotificationRequest, tz: &chrono_tz::Tz, hour: usize, weekend: bool) -> bool {
+/// Whether the plan's slots inside the send window (the hours quiet hours
+/// allow) include local hour `hour` on that kind of day.
+fn slot_in_window(r: &NotificationRequest, slots: &PlanSlots, hour: usize, weekend: bool) -> bool {
     let end = r.now + send_window(r.urgency, r.kind);
-    let mut at = r.now.duration_trunc(Duration::hours(1)).unwrap_or(r.now) + Duration::hours(1);
-    while at <= end {
-        let l = at.with_timezone(tz);
-        if l.hour() as usize == hour && (l.weekday().num_days_from_monday() >= 5) == weekend {
-            return true;
-        }
-        at += Duration::hours(1);
-    }
-    false
+    slots.slots.iter().any(|s| {
+        s.at <= end && s.hour_of_week % 24 == hour && (s.hour_of_week / 24 >= 5) == weekend
+    })
 }
 
 /// The user's open rate per channel, shrunk towards the population's.
@@ -548,7 +543,7 @@ pub fn plan_notification_in(r: &NotificationRequest, slots: &PlanSlots) -> Notif
             r.user,
             send_at.with_timezone(&slots.tz).hour() as usize,
         ),
-        reason: plan_reason(r, &slots.tz, send_at),
+        reason: plan_reason(r, slots, send_at),
     }
 }
 
@@ -727,6 +722,12 @@ mod tests {
         assert_eq!(
             p.reason,
             "Active around 2-3pm on weekdays; 2-3pm on weekends is not within the next 24 hours"
+        );
+        // A week's window reaches the weekend: the model's choice, said so.
+        let p = plan_for(&weekend_afternoons, 14, Urgency::Low);
+        assert_eq!(
+            p.reason,
+            "Active around 2-3pm on weekdays; rated above 2-3pm on weekends by the timing model"
         );
         // The busiest hour itself: nothing to explain away.
         let weekday_evenings: Vec<(usize, usize, f32)> = (0..5).map(|d| (d, 19, 4.0)).collect();
