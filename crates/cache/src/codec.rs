@@ -99,6 +99,10 @@ mod tests {
                 3 => 1.0,
                 _ => 0.0,
             })),
+            consent: [Some(true), None, Some(false)],
+            recent_sends: vec![
+                chrono::DateTime::from_timestamp(1_780_000_000, 0).unwrap_or_default()
+            ],
         }
     }
 
@@ -108,7 +112,7 @@ mod tests {
         let sum: u32 = b.iter().map(|x| *x as u32).sum();
         assert_eq!(
             (FEATURE_SCHEMA_VERSION, b.len(), sum),
-            (2, 954, 4919),
+            (3, 981, 6035),
             "the encoding of UserFeatures changed: bump FEATURE_SCHEMA_VERSION and update this test"
         );
     }

@@ -14,7 +14,7 @@ use uuid::Uuid;
 
 /// Version of [`UserFeatures`]' shape. Caches key and tag stored features with
 /// it, so bump it whenever a field is added, removed or changes meaning.
-pub const FEATURE_SCHEMA_VERSION: u16 = 2;
+pub const FEATURE_SCHEMA_VERSION: u16 = 3;
 
 /// Hours in a week: the activity histogram's length (Monday 00:00 local = 0).
 pub const HOURS_PER_WEEK: usize = 168;
@@ -52,7 +52,20 @@ pub struct UserFeatures {
     /// only the exact tag names count.
     #[serde(default)]
     pub semantic_interests: Option<TagProfile>,
+    /// What the user agreed to per channel (push, email, sms); `None`:
+    /// the app has no answer, and the service's default applies.
+    #[serde(default)]
+    pub consent: [Option<bool>; 3],
+    /// When the latest notifications were (or are to be) sent, ascending:
+    /// those from a day before the features were made on, at most
+    /// [`RECENT_SENDS`] (what a frequency cap counts).
+    #[serde(default)]
+    pub recent_sends: Vec<DateTime<Utc>>,
 }
+
+/// The most recent notifications kept per user for a frequency cap: more
+/// than any cap a day allows (the setting's upper bound).
+pub const RECENT_SENDS: usize = 48;
 
 /// Traits as the models saw them in training: each in [0, 1]. The app's
 /// database may hold anything (a value of 1e70 reads as an infinite f32):
@@ -152,6 +165,22 @@ impl UserFeatures {
                 channel_opened[n.channel.index()] += 1;
             }
         }
+        // A frequency cap looks a day back from any time from now on, and
+        // at notifications the app has already scheduled.
+        let since = as_of - chrono::Duration::hours(24);
+        let mut recent_sends: Vec<DateTime<Utc>> = history
+            .notifications
+            .iter()
+            .map(|n| n.sent_at)
+            .filter(|t| *t > since)
+            .collect();
+        recent_sends.sort_unstable();
+        let keep_from = recent_sends.len().saturating_sub(RECENT_SENDS);
+        recent_sends.drain(..keep_from);
+        let mut consent = [None; 3];
+        for c in &history.consents {
+            consent[c.channel.index()] = Some(c.granted);
+        }
         Self {
             user_id: profile.id,
             interests: TagSet::from_names(&profile.interests),
@@ -172,6 +201,8 @@ impl UserFeatures {
             channel_sent,
             channel_opened,
             semantic_interests: None,
+            consent,
+            recent_sends,
         }
     }
 
@@ -203,6 +234,8 @@ impl UserFeatures {
             channel_sent: [0; 3],
             channel_opened: [0; 3],
             semantic_interests: None,
+            consent: [None; 3],
+            recent_sends: vec![],
         }
     }
 
@@ -718,6 +751,7 @@ mod tests {
             }],
             activity: vec![t0],
             notifications: vec![],
+            consents: vec![],
         };
         let before = UserFeatures::from_history(&p, &h, &cat, t0);
         assert_eq!((before.n_interactions, before.n_activity), (0, 0));

@@ -216,6 +216,64 @@ impl QuietHours {
     }
 }
 
+/// What an operator allows every notification: quiet hours, the channels a
+/// user is taken to have agreed to when the app's data has no answer, and
+/// a frequency cap.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct NotificationPolicy {
+    pub quiet: QuietHours,
+    /// Per channel (push, email, sms): assumed agreed to when the app's
+    /// `channel_consent` has no row for the user and channel.
+    pub default_channels: [bool; 3],
+    /// At most this many notifications within any 24 hours around a
+    /// non-urgent one (counted from the app's notification log; urgent ones
+    /// are never held back); 0: no cap.
+    pub cap: u32,
+}
+
+impl Default for NotificationPolicy {
+    fn default() -> Self {
+        Self {
+            quiet: QuietHours::default(),
+            default_channels: [true, false, false],
+            cap: 3,
+        }
+    }
+}
+
+impl NotificationPolicy {
+    /// The default policy with other quiet hours.
+    pub fn with_quiet(quiet: QuietHours) -> Self {
+        Self {
+            quiet,
+            ..Self::default()
+        }
+    }
+
+    /// The channels this user may be sent to: what they agreed to, and the
+    /// default where the app has no answer.
+    pub fn channels(&self, u: &UserFeatures) -> [bool; 3] {
+        std::array::from_fn(|c| u.consent[c].unwrap_or(self.default_channels[c]))
+    }
+
+    /// Whether a notification at `at` would be held back by the cap: `cap`
+    /// or more of the user's notifications less than 24 hours before or after
+    /// it (a rolling day either side, so neither the day that ends at `at`
+    /// nor the one that starts there goes over).
+    fn capped(&self, u: &UserFeatures, urgency: Urgency, at: DateTime<Utc>) -> bool {
+        if self.cap == 0 || urgency == Urgency::High {
+            return false;
+        }
+        let day = Duration::hours(24);
+        let near = u
+            .recent_sends
+            .iter()
+            .filter(|t| (**t - at).abs() < day)
+            .count();
+        near >= self.cap as usize
+    }
+}
+
 /// The answer of the notification policy.
 #[derive(Debug, Clone, PartialEq)]
 pub struct NotificationPlan {
@@ -299,10 +357,17 @@ fn population_best_hour(pop: &PopulationActivity) -> usize {
 
 /// Why a plan sends at `send_at`: the chosen local hour and day, and, when
 /// the user's own busiest hour (or, with little history, the population's)
-/// is not the one chosen, what ruled it out — quiet hours, or no such hour
-/// in the send window. E.g. "Active around 9-10pm on weekdays; 11pm-12am
-/// would be in quiet hours".
-pub fn plan_reason(r: &NotificationRequest, slots: &PlanSlots, send_at: DateTime<Utc>) -> String {
+/// is not the one chosen, what ruled it out — quiet hours, the frequency
+/// cap, or no such hour in the send window. E.g. "Active around 9-10pm on
+/// weekdays; 11pm-12am would be in quiet hours". `held_back`: the time the
+/// plan preferred when the cap held it back (the send time is then the
+/// first the cap allows, and the reason says so).
+pub fn plan_reason(
+    r: &NotificationRequest,
+    slots: &PlanSlots,
+    send_at: DateTime<Utc>,
+    held_back: Option<DateTime<Utc>>,
+) -> String {
     let local = send_at.with_timezone(&slots.tz);
     let chosen = local.hour() as usize;
     let weekend = local.weekday().num_days_from_monday() >= 5;
@@ -339,10 +404,22 @@ pub fn plan_reason(r: &NotificationRequest, slots: &PlanSlots, send_at: DateTime
     if let Some(c) = reason.get_mut(0..1) {
         c.make_ascii_uppercase();
     }
+    let over_cap = format!(
+        "would go over the cap of {} notifications in 24 hours",
+        r.policy.cap
+    );
+    if let Some(at) = held_back {
+        let held = at.with_timezone(&slots.tz);
+        return format!(
+            "{reason}; {} on {} {over_cap}, so this is the first hour the cap allows",
+            hour_span(held.hour() as usize),
+            day_kind(held.weekday().num_days_from_monday() >= 5),
+        );
+    }
     if (peak, peak_weekend) == (chosen, weekend) {
         return reason;
     }
-    let why = if quiet_applies && r.quiet.contains(peak as u32) {
+    let why = if quiet_applies && r.quiet().contains(peak as u32) {
         format!("{} would be in quiet hours", hour_span(peak))
     } else {
         let on = if peak_weekend != weekend {
@@ -350,25 +427,33 @@ pub fn plan_reason(r: &NotificationRequest, slots: &PlanSlots, send_at: DateTime
         } else {
             String::new()
         };
-        if slot_in_window(r, slots, peak, peak_weekend) {
-            format!("rated above {}{on} by the timing model", hour_span(peak))
-        } else {
-            format!(
+        match slot_in_window(r, slots, peak, peak_weekend) {
+            Some(false) => format!("rated above {}{on} by the timing model", hour_span(peak)),
+            Some(true) => format!("{}{on} {over_cap}", hour_span(peak)),
+            None => format!(
                 "{}{on} is not within the next {window_h} hours",
                 hour_span(peak)
-            )
+            ),
         }
     };
     format!("{reason}; {why}")
 }
 
 /// Whether the plan's slots inside the send window (the hours quiet hours
-/// allow) include local hour `hour` on that kind of day.
-fn slot_in_window(r: &NotificationRequest, slots: &PlanSlots, hour: usize, weekend: bool) -> bool {
+/// allow) include local hour `hour` on that kind of day: `Some(capped)`
+/// when they do, with whether the frequency cap holds every such slot back.
+fn slot_in_window(
+    r: &NotificationRequest,
+    slots: &PlanSlots,
+    hour: usize,
+    weekend: bool,
+) -> Option<bool> {
     let end = r.now + send_window(r.urgency, r.kind);
-    slots.slots.iter().any(|s| {
+    let mut matching = slots.slots.iter().filter(|s| {
         s.at <= end && s.hour_of_week % 24 == hour && (s.hour_of_week / 24 >= 5) == weekend
-    })
+    });
+    let first = matching.next()?;
+    Some(first.capped && matching.all(|s| s.capped))
 }
 
 /// The user's open rate per channel, shrunk towards the population's.
@@ -380,9 +465,10 @@ pub fn channel_open_rates(u: &UserFeatures, prior: [f32; 3]) -> [f32; 3] {
     })
 }
 
-/// Pick the channel most likely to be seen in time: SMS only when urgent, email
-/// discounted when the message should be seen soon.
-pub fn choose_channel(rates: [f32; 3], urgency: Urgency) -> Channel {
+/// Pick, among the `allowed` channels, the one most likely to be seen in
+/// time: SMS only when urgent (or the only one allowed), email discounted
+/// when the message should be seen soon. `None` when no channel is allowed.
+pub fn choose_channel(rates: [f32; 3], urgency: Urgency, allowed: [bool; 3]) -> Option<Channel> {
     let speed = |c: Channel| match (c, urgency) {
         (Channel::Sms, Urgency::High) => 1.0,
         (Channel::Sms, _) => 0.0,
@@ -390,10 +476,11 @@ pub fn choose_channel(rates: [f32; 3], urgency: Urgency) -> Channel {
         (Channel::Email, Urgency::Medium) => 0.8,
         _ => 1.0,
     };
-    *Channel::ALL
+    Channel::ALL
         .iter()
+        .filter(|c| allowed[c.index()])
         .max_by(|a, b| (rates[a.index()] * speed(**a)).total_cmp(&(rates[b.index()] * speed(**b))))
-        .unwrap_or(&Channel::Push)
+        .copied()
 }
 
 /// Everything the notification policy needs.
@@ -407,7 +494,13 @@ pub struct NotificationRequest<'a> {
     pub kind: NotificationType,
     pub urgency: Urgency,
     pub now: DateTime<Utc>,
-    pub quiet: QuietHours,
+    pub policy: NotificationPolicy,
+}
+
+impl NotificationRequest<'_> {
+    fn quiet(&self) -> QuietHours {
+        self.policy.quiet
+    }
 }
 
 /// How long a notification plan made at `now` stays the answer: until the
@@ -428,15 +521,19 @@ struct Slot {
     at: DateTime<Utc>,
     /// The user's local hour of the week there (the timing model's row).
     hour_of_week: usize,
+    /// Held back by the frequency cap.
+    capped: bool,
 }
 
 /// The hours a plan weighs, in order: from a minute from now, each hour that
 /// quiet hours allow (all of them when urgent) up to the end of the send
-/// window; when the window has none, the first allowed hour after it. Which
-/// they are depends on the clock, the time zone and the policy, never on
-/// the scores, so the timing model need only run on these hours. Made once
-/// per notification by [`plan_slots`]: the rows to run are its
-/// [`PlanSlots::hours`], and [`plan_notification_in`] weighs the same slots.
+/// window, each marked if the frequency cap holds it back; then, after the
+/// window, up to the first hour that quiet hours and the cap both allow.
+/// Which they are depends on the clock, the time zone, the user's recent
+/// notifications and the policy, never on the scores, so the timing model
+/// need only run on these hours. Made once per notification by
+/// [`plan_slots`]: the rows to run are its [`PlanSlots::hours`], and
+/// [`plan_notification_in`] weighs the same slots.
 #[derive(Debug, Clone, PartialEq)]
 pub struct PlanSlots {
     slots: Vec<Slot>,
@@ -455,68 +552,98 @@ impl PlanSlots {
     }
 }
 
-/// The slots of a plan for this user (their time zone), notification, clock
-/// and quiet hours.
+/// The slots of a plan for this user (their time zone and recent
+/// notifications), notification, clock and policy.
 pub fn plan_slots(
     user: &UserFeatures,
     kind: NotificationType,
     urgency: Urgency,
     now: DateTime<Utc>,
-    quiet: QuietHours,
+    policy: &NotificationPolicy,
 ) -> PlanSlots {
     let tz = parse_tz(&user.timezone);
     let earliest = now + Duration::minutes(1);
     let window_end = now + send_window(urgency, kind);
     let hour0 = now.duration_trunc(Duration::hours(1)).unwrap_or(now);
     let respect_quiet = urgency != Urgency::High;
-    // At most one slot per hour of the window, the first and the one after.
+    // At most one slot per hour of the window, the first and those after.
     let window_hours = (window_end - now)
         .num_hours()
         .clamp(0, HOURS_PER_WEEK as i64) as usize;
     let mut out = Vec::with_capacity(window_hours + 2);
-    for k in 0..=HOURS_PER_WEEK as i64 {
+    // A cap reaches at most a day past the last notification it counts; two
+    // weeks bound the walk whatever the log holds.
+    for k in 0..=2 * HOURS_PER_WEEK as i64 {
         let at = if k == 0 {
             earliest
         } else {
             hour0 + Duration::hours(k)
         };
-        if at > window_end && !out.is_empty() {
+        // Past the window, only as far as a slot to send at: the last one
+        // made is one the cap allows (so a held-back send can move to it).
+        if at > window_end && out.last().is_some_and(|s: &Slot| !s.capped) {
             break;
         }
         // One conversion to local time per hour, for both the quiet-hours
         // check and the hour of the week (each is a search of the zone's
         // transitions).
         let local = at.with_timezone(&tz);
-        if respect_quiet && quiet.contains(local.hour()) {
+        if respect_quiet && policy.quiet.contains(local.hour()) {
             continue;
         }
         out.push(Slot {
             k,
             at,
             hour_of_week: local_hour_of_week(&local),
+            capped: policy.capped(user, urgency, at),
         });
-        if at > window_end {
-            break;
-        }
     }
     PlanSlots { slots: out, tz }
 }
 
 /// Choose when and how to send: the best-scored hour within the urgency's
-/// window, outside quiet hours unless urgent, always in the future. Only the
-/// scores of [`PlanSlots::hours`] are read.
-pub fn plan_notification(r: &NotificationRequest) -> NotificationPlan {
-    plan_notification_in(r, &plan_slots(r.user, r.kind, r.urgency, r.now, r.quiet))
+/// window, outside quiet hours unless urgent, always in the future, on a
+/// channel the user agreed to; when the frequency cap holds that hour back,
+/// the first hour after it that the cap allows. Only the scores of
+/// [`PlanSlots::hours`] are read. `None` when the user may be sent nothing
+/// (no channel agreed to).
+pub fn plan_notification(r: &NotificationRequest) -> Option<NotificationPlan> {
+    let channel = notification_channel(r.user, r.urgency, r.channel_prior, &r.policy)?;
+    Some(plan_notification_in(
+        r,
+        &plan_slots(r.user, r.kind, r.urgency, r.now, &r.policy),
+        channel,
+    ))
+}
+
+/// The channel a notification goes out on: of those the user agreed to
+/// (or the policy's default where the app has no answer), the one most
+/// likely to be seen in time; `None` when there is none.
+pub fn notification_channel(
+    u: &UserFeatures,
+    urgency: Urgency,
+    channel_prior: [f32; 3],
+    policy: &NotificationPolicy,
+) -> Option<Channel> {
+    choose_channel(
+        channel_open_rates(u, channel_prior),
+        urgency,
+        policy.channels(u),
+    )
 }
 
 /// [`plan_notification`] over slots already made by [`plan_slots`] for the
-/// same user, notification, clock and quiet hours (the caller ran the model
-/// on their hours).
-pub fn plan_notification_in(r: &NotificationRequest, slots: &PlanSlots) -> NotificationPlan {
+/// same user, notification, clock and policy (the caller ran the model on
+/// their hours), on a `channel` [`notification_channel`] chose.
+pub fn plan_notification_in(
+    r: &NotificationRequest,
+    slots: &PlanSlots,
+    channel: Channel,
+) -> NotificationPlan {
     assert_eq!(r.scores.len(), HOURS_PER_WEEK, "one score per hour of week");
     let window_end = r.now + send_window(r.urgency, r.kind);
-    let mut best: Option<(DateTime<Utc>, f32)> = None;
-    for slot in &slots.slots {
+    let mut best: Option<(&Slot, f32)> = None;
+    for slot in slots.slots.iter().take_while(|s| s.at <= window_end) {
         // Urgent messages also prefer sooner slots.
         let decay = if r.urgency == Urgency::High {
             1.0 - 0.1 * slot.k as f32
@@ -524,18 +651,29 @@ pub fn plan_notification_in(r: &NotificationRequest, slots: &PlanSlots) -> Notif
             1.0
         };
         let s = r.scores[slot.hour_of_week] * decay;
-        if slot.at > window_end {
-            // Nothing allowed inside the window: the first allowed slot after it.
-            best = Some((slot.at, s));
-            break;
-        }
         if best.is_none_or(|(_, bs)| s > bs) {
-            best = Some((slot.at, s));
+            best = Some((slot, s));
         }
     }
-    let send_at = best.map(|b| b.0).unwrap_or(r.now + Duration::minutes(1));
-    let rates = channel_open_rates(r.user, r.channel_prior);
-    let channel = choose_channel(rates, r.urgency);
+    // The preferred slot, or, when the cap holds it back (or the window has
+    // none), the first one after it that the cap allows.
+    let preferred = best.map(|b| b.0);
+    let chosen = match preferred {
+        Some(p) if !p.capped => Some(p),
+        _ => {
+            let after = preferred.map(|p| p.at);
+            slots
+                .slots
+                .iter()
+                .find(|s| !s.capped && after.is_none_or(|a| s.at > a))
+        }
+    };
+    let send_at = chosen
+        .or(slots.slots.last())
+        .map(|s| s.at)
+        .unwrap_or(r.now + Duration::minutes(1));
+    let held_back = preferred.filter(|p| p.capped).map(|p| p.at);
+    let reason = plan_reason(r, slots, send_at, held_back);
     NotificationPlan {
         send_at,
         channel,
@@ -543,7 +681,7 @@ pub fn plan_notification_in(r: &NotificationRequest, slots: &PlanSlots) -> Notif
             r.user,
             send_at.with_timezone(&slots.tz).hour() as usize,
         ),
-        reason: plan_reason(r, slots, send_at),
+        reason,
     }
 }
 
@@ -658,8 +796,9 @@ mod tests {
             kind: NotificationType::MatchFound,
             urgency: Urgency::Medium,
             now,
-            quiet: QuietHours::default(),
-        });
+            policy: NotificationPolicy::default(),
+        })
+        .unwrap();
         assert!(plan.send_at > now);
         assert_eq!(
             plan.send_at.with_timezone(&parse_tz("Asia/Tokyo")).hour(),
@@ -702,8 +841,9 @@ mod tests {
                 kind: NotificationType::MatchFound,
                 urgency,
                 now,
-                quiet: QuietHours::default(),
+                policy: NotificationPolicy::default(),
             })
+            .unwrap()
         };
         let late_weekends = [(5, 23, 10.0), (6, 23, 10.0)];
         let p = plan_for(&late_weekends, 21, Urgency::Medium);
@@ -749,6 +889,120 @@ mod tests {
         );
     }
 
+    /// A plan for the Tokyo test user (busiest 2pm on weekdays, the model
+    /// agreeing) under `policy`, Monday 09:10 local, match news at `urgency`.
+    fn tokyo_plan(
+        u: &UserFeatures,
+        urgency: Urgency,
+        policy: NotificationPolicy,
+    ) -> Option<NotificationPlan> {
+        let mut scores = vec![0.01f32; 168];
+        for d in 0..7 {
+            scores[d * 24 + 14] = 0.5;
+            scores[d * 24 + 19] = 0.3;
+        }
+        plan_notification(&NotificationRequest {
+            user: u,
+            scores: &scores,
+            population: &flat_pop(),
+            channel_prior: [0.5, 0.2, 0.4],
+            kind: NotificationType::MatchFound,
+            urgency,
+            now: Utc.with_ymd_and_hms(2026, 7, 6, 0, 10, 0).unwrap(),
+            policy,
+        })
+    }
+
+    #[test]
+    fn only_channels_the_user_agreed_to_are_chosen_and_unknown_means_the_default() {
+        let mut u = user("Asia/Tokyo", Some((14, 6)));
+        // Email opened every time, push never: email wins when allowed.
+        u.channel_sent = [20, 20, 0];
+        u.channel_opened = [0, 20, 0];
+        let policy = NotificationPolicy::default();
+        let channel = |u: &UserFeatures, p| tokyo_plan(u, Urgency::Medium, p).map(|p| p.channel);
+        // Nothing known: the default, push only.
+        assert_eq!(channel(&u, policy), Some(Channel::Push));
+        u.consent = [None, Some(true), None];
+        assert_eq!(channel(&u, policy), Some(Channel::Email));
+        // Email withdrawn: push, by default.
+        u.consent = [None, Some(false), None];
+        assert_eq!(channel(&u, policy), Some(Channel::Push));
+        // Push refused and email unknown under a push-only default: nothing.
+        u.consent = [Some(false), None, None];
+        assert_eq!(channel(&u, policy), None);
+        // SMS the only channel agreed to: used even when not urgent.
+        u.consent = [Some(false), Some(false), Some(true)];
+        assert_eq!(channel(&u, policy), Some(Channel::Sms));
+        // A default of push and email applies where the app has no answer.
+        u.consent = [None; 3];
+        let both = NotificationPolicy {
+            default_channels: [true, true, false],
+            ..policy
+        };
+        assert_eq!(channel(&u, both), Some(Channel::Email));
+    }
+
+    #[test]
+    fn the_cap_moves_a_non_urgent_send_to_the_first_time_it_allows_and_says_so() {
+        let tokyo = parse_tz("Asia/Tokyo");
+        let now = Utc.with_ymd_and_hms(2026, 7, 6, 0, 10, 0).unwrap();
+        let mut u = user("Asia/Tokyo", Some((14, 6)));
+        // Three notifications yesterday, 2:30, 3:30 and 4:30pm Tokyo: 2pm
+        // today would make four within 24 hours; from 2:30pm on, two.
+        u.recent_sends = [-19, -18, -17]
+            .map(|h| now + Duration::hours(h) + Duration::minutes(20))
+            .to_vec();
+        let free = tokyo_plan(
+            &u,
+            Urgency::Medium,
+            NotificationPolicy {
+                cap: 0,
+                ..Default::default()
+            },
+        )
+        .unwrap();
+        assert_eq!(free.send_at.with_timezone(&tokyo).hour(), 14);
+        let capped = tokyo_plan(&u, Urgency::Medium, NotificationPolicy::default()).unwrap();
+        let local = capped.send_at.with_timezone(&tokyo);
+        let n_near = |u: &UserFeatures, at: DateTime<Utc>| {
+            u.recent_sends
+                .iter()
+                .filter(|t| (**t - at).abs() < Duration::hours(24))
+                .count()
+        };
+        assert_eq!(
+            (local.day(), local.hour()),
+            (6, 15),
+            "the first hour after 2:30pm"
+        );
+        assert_eq!(n_near(&u, capped.send_at), 2);
+        assert_eq!(
+            capped.reason,
+            "Active around 3-4pm on weekdays; 2-3pm on weekdays would go over the cap of 3 notifications in 24 hours, so this is the first hour the cap allows"
+        );
+        // A cap of 4 lets 2pm through; urgent notifications are never held back.
+        let four = NotificationPolicy {
+            cap: 4,
+            ..Default::default()
+        };
+        assert_eq!(
+            tokyo_plan(&u, Urgency::Medium, four).unwrap().send_at,
+            free.send_at
+        );
+        let urgent = tokyo_plan(&u, Urgency::High, NotificationPolicy::default()).unwrap();
+        assert!(urgent.send_at <= now + Duration::hours(3));
+        assert!(!urgent.reason.contains("cap"));
+        // A notification the app has already scheduled counts too: one at
+        // 4:30pm today holds 3pm back as well; at 4pm, yesterday's 3:30pm
+        // is a day away.
+        u.recent_sends
+            .push(now + Duration::hours(7) + Duration::minutes(20));
+        let later = tokyo_plan(&u, Urgency::Medium, NotificationPolicy::default()).unwrap();
+        assert_eq!(later.send_at.with_timezone(&tokyo).hour(), 16);
+        assert_eq!(n_near(&u, later.send_at), 2);
+    }
+
     #[test]
     fn urgent_notifications_go_out_soon_even_in_quiet_hours() {
         let u = user("Europe/Paris", Some((14, 6)));
@@ -762,8 +1016,9 @@ mod tests {
             kind: NotificationType::Message,
             urgency: Urgency::High,
             now,
-            quiet: QuietHours::default(),
-        });
+            policy: NotificationPolicy::default(),
+        })
+        .unwrap();
         assert!(plan.send_at > now && plan.send_at <= now + Duration::hours(1));
     }
 
@@ -791,8 +1046,9 @@ mod tests {
             kind,
             urgency,
             now,
-            quiet,
+            policy: NotificationPolicy::with_quiet(quiet),
         })
+        .unwrap()
     }
 
     #[test]
@@ -968,7 +1224,7 @@ mod tests {
             NotificationType::Message,
             Urgency::Medium,
             now,
-            QuietHours::default(),
+            &NotificationPolicy::default(),
         )
         .hours();
         assert_eq!(hours, (12..22).collect::<Vec<_>>());
@@ -978,13 +1234,54 @@ mod tests {
             NotificationType::Reminder,
             Urgency::Low,
             now,
-            QuietHours::default(),
+            &NotificationPolicy::default(),
         )
         .hours();
         assert_eq!(all.len(), 168 - 7 * 10);
     }
 
     proptest::proptest! {
+        /// A non-urgent plan never goes over the cap, whatever the user's
+        /// recent and scheduled notifications, clock, zone and scores; an
+        /// urgent one is never held back.
+        #[test]
+        fn a_plan_keeps_every_day_under_the_cap(
+            secs in 1_767_225_600i64..1_830_297_600,
+            zone in 0usize..6,
+            kind in 0usize..3,
+            cap in 1u32..5,
+            sends in proptest::collection::vec(-30i64 * 60..30 * 60, 0..8),
+            scores in proptest::collection::vec(0.0f32..1.0, 168),
+        ) {
+            let zones = ["UTC", "Europe/Paris", "America/New_York", "Asia/Kolkata", "Australia/Lord_Howe", "Pacific/Chatham"];
+            let mut u = user(zones[zone], Some((9, 3)));
+            let now = Utc.timestamp_opt(secs, 0).unwrap();
+            u.recent_sends = sends.iter().map(|m| now + Duration::minutes(*m)).collect();
+            u.recent_sends.sort_unstable();
+            let kind = [NotificationType::MatchFound, NotificationType::Message, NotificationType::Reminder][kind];
+            let policy = NotificationPolicy { cap, ..Default::default() };
+            for urgency in [Urgency::Low, Urgency::Medium, Urgency::High] {
+                let p = plan_notification(&NotificationRequest {
+                    user: &u,
+                    scores: &scores,
+                    population: &flat_pop(),
+                    channel_prior: [0.5, 0.2, 0.4],
+                    kind,
+                    urgency,
+                    now,
+                    policy,
+                })
+                .unwrap();
+                proptest::prop_assert!(p.send_at > now);
+                let near = u.recent_sends.iter().filter(|t| (**t - p.send_at).abs() < Duration::hours(24)).count();
+                if urgency == Urgency::High {
+                    proptest::prop_assert!(p.send_at <= now + send_window(urgency, kind) + Duration::hours(1));
+                } else {
+                    proptest::prop_assert!(near < cap as usize, "{near} near {:?}", p);
+                }
+            }
+        }
+
         /// The plan reads no score outside its slots' hours: with every other
         /// hour's score set above any real one (it would win if read), the
         /// plan is the same, for any clock, zone, policy and scores.
@@ -1003,7 +1300,7 @@ mod tests {
             let urgency = [Urgency::Low, Urgency::Medium, Urgency::High][urgency];
             let kind = [NotificationType::MatchFound, NotificationType::Message, NotificationType::Reminder][kind];
             let quiet = QuietHours { start: quiet.0, end: quiet.1 };
-            let hours = plan_slots(&u, kind, urgency, now, quiet).hours();
+            let hours = plan_slots(&u, kind, urgency, now, &NotificationPolicy::with_quiet(quiet)).hours();
             let mut poisoned = vec![10.0f32; 168];
             for &h in &hours {
                 poisoned[h] = scores[h];
@@ -1031,7 +1328,7 @@ mod tests {
             let urgency = [Urgency::Low, Urgency::Medium, Urgency::High][urgency];
             let kind = [NotificationType::MatchFound, NotificationType::Message, NotificationType::Reminder][kind];
             let quiet = QuietHours { start: quiet.0, end: quiet.1 };
-            let got = plan_slots(&u, kind, urgency, now, quiet);
+            let got = plan_slots(&u, kind, urgency, now, &NotificationPolicy::with_quiet(quiet));
             proptest::prop_assert_eq!(got.slots, reference_slots(&u, kind, urgency, now, quiet));
         }
 
@@ -1139,6 +1436,7 @@ mod tests {
                 k,
                 at,
                 hour_of_week: crate::features::hour_of_week(at, &tz),
+                capped: false,
             });
             if at > window_end {
                 break;

@@ -240,6 +240,17 @@ pub struct NotificationRecord {
     pub opened_at: Option<DateTime<Utc>>,
 }
 
+/// Whether a user agreed to be notified on a channel (the app's
+/// `channel_consent` table: one row per user and channel). A channel without
+/// a row is unknown, and the service's policy decides
+/// (`DEFAULT_CHANNELS`: push only unless told otherwise).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ChannelConsent {
+    pub user_id: Uuid,
+    pub channel: Channel,
+    pub granted: bool,
+}
+
 /// Everything the app knows about one user, as the feature code reads it.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct UserHistory {
@@ -247,6 +258,9 @@ pub struct UserHistory {
     pub interactions: Vec<Interaction>,
     pub activity: Vec<DateTime<Utc>>,
     pub notifications: Vec<NotificationRecord>,
+    /// What the user agreed to per channel (no entry: unknown).
+    #[serde(default)]
+    pub consents: Vec<ChannelConsent>,
 }
 
 /// The whole app dataset (used by the generator and by training).
@@ -258,6 +272,7 @@ pub struct Dataset {
     pub matches: Vec<MatchOutcome>,
     pub activity: Vec<ActivityEvent>,
     pub notifications: Vec<NotificationRecord>,
+    pub consents: Vec<ChannelConsent>,
 }
 
 #[cfg(test)]

@@ -15,13 +15,14 @@ use std::collections::{HashMap, HashSet};
 use uuid::Uuid;
 
 /// The tables an import may hold, in the order they are read (parents first).
-pub const TABLES: [&str; 6] = [
+pub const TABLES: [&str; 7] = [
     "destinations",
     "profiles",
     "interactions",
     "match_outcomes",
     "activity_events",
     "notification_log",
+    "channel_consent",
 ];
 
 /// Longest text accepted in a name-like field, in characters.
@@ -337,6 +338,7 @@ fn columns(table: &str) -> &'static [&'static str] {
             "sent_at",
             "opened_at",
         ],
+        "channel_consent" => &["user_id", "channel", "granted", "updated_at"],
         _ => &[],
     }
 }
@@ -402,6 +404,7 @@ impl Import {
             "interactions" => drop(d.interactions.pop()),
             "match_outcomes" => drop(d.matches.pop()),
             "activity_events" => drop(d.activity.pop()),
+            "channel_consent" => drop(d.consents.pop()),
             _ => drop(d.notifications.pop()),
         }
     }
@@ -602,6 +605,23 @@ impl Import {
                     occurred_at,
                 });
             }
+            "channel_consent" => {
+                let u = r.uuid("user_id");
+                let c = r.one_of::<Channel>("channel", &names(Channel::ALL));
+                let granted = r.boolean("granted");
+                // When the user answered: accepted for the app's export to
+                // round-trip, checked, and not kept (the store stamps its own).
+                let at = r.opt_time("updated_at");
+                let (Some(user_id), Some(channel), Some(granted), Some(_)) = (u, c, granted, at)
+                else {
+                    return false;
+                };
+                d.consents.push(ChannelConsent {
+                    user_id,
+                    channel,
+                    granted,
+                });
+            }
             _ => {
                 let u = r.uuid("user_id");
                 let t = r
@@ -746,6 +766,28 @@ impl Import {
                     at(&self.lines, "notification_log", i),
                     "user_id",
                     format!("no profile {}", n.user_id),
+                );
+            }
+        }
+        // One answer per user and channel in a file (a stored one is
+        // replaced: consent is a state).
+        let mut answered = HashSet::new();
+        for (i, c) in d.consents.iter().enumerate() {
+            if !user(&c.user_id) {
+                err(
+                    at(&self.lines, "channel_consent", i),
+                    "user_id",
+                    format!("no profile {}", c.user_id),
+                );
+            } else if !answered.insert((c.user_id, c.channel)) {
+                err(
+                    at(&self.lines, "channel_consent", i),
+                    "channel",
+                    format!(
+                        "{} appears twice for user {}",
+                        c.channel.as_str(),
+                        c.user_id
+                    ),
                 );
             }
         }
@@ -924,6 +966,55 @@ mod tests {
         assert_eq!(
             d.interactions[0].occurred_at.to_rfc3339(),
             "2024-03-01T10:00:00+00:00"
+        );
+    }
+
+    #[test]
+    fn channel_consent_reads_one_answer_per_user_and_channel() {
+        let mut imp = Import::default();
+        imp.read("profiles", "profiles.csv", Format::Csv, &profiles_csv());
+        imp.read(
+            "channel_consent",
+            "channel_consent.csv",
+            Format::Csv,
+            &format!(
+                "user_id,channel,granted,updated_at\n\
+                 {P1},email,true,2024-05-01T10:00:00Z\n\
+                 {P1},sms,no,\n\
+                 {P1},email,false,\n\
+                 {P2},pigeon,true,\n\
+                 {P2},push,maybe,\n\
+                 {},push,true,\n",
+                Uuid::from_u128(9)
+            ),
+        );
+        imp.check_references(&[], &[]);
+        let got: Vec<String> = imp.errors.iter().map(|e| e.to_string()).collect();
+        let has = |s: &str| got.iter().any(|e| e.starts_with(s));
+        for want in [
+            "channel_consent.csv:4: channel: email appears twice for user",
+            "channel_consent.csv:5: channel: \"pigeon\" is not one of push, email, sms",
+            "channel_consent.csv:6: granted: \"maybe\" is not true or false",
+            "channel_consent.csv:7: user_id: no profile",
+        ] {
+            assert!(has(want), "missing {want:?} in {got:#?}");
+        }
+        assert_eq!(got.len(), 4, "{got:#?}");
+        let p1 = Uuid::parse_str(P1).unwrap();
+        assert_eq!(
+            imp.data.consents[..2],
+            [
+                ChannelConsent {
+                    user_id: p1,
+                    channel: Channel::Email,
+                    granted: true
+                },
+                ChannelConsent {
+                    user_id: p1,
+                    channel: Channel::Sms,
+                    granted: false
+                },
+            ]
         );
     }
 

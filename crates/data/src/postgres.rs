@@ -22,7 +22,7 @@ use uuid::Uuid;
 
 /// Migrations, in order. Each runs once, in its own transaction, under an
 /// advisory lock (replicas starting together migrate one at a time).
-pub const MIGRATIONS: [(u32, &str); 2] = [
+pub const MIGRATIONS: [(u32, &str); 3] = [
     (
         1,
         include_str!("../../../migrations/postgres/0001_app_data.sql"),
@@ -30,6 +30,10 @@ pub const MIGRATIONS: [(u32, &str); 2] = [
     (
         2,
         include_str!("../../../migrations/postgres/0002_supabase_access.sql"),
+    ),
+    (
+        3,
+        include_str!("../../../migrations/postgres/0003_channel_consent.sql"),
     ),
 ];
 
@@ -281,7 +285,7 @@ impl PgStore {
         let tx = client.transaction().await.map_err(pg)?;
         if replace {
             tx.batch_execute(
-                "TRUNCATE notification_log, activity_events, match_outcomes, interactions, profiles, destinations RESTART IDENTITY",
+                "TRUNCATE channel_consent, notification_log, activity_events, match_outcomes, interactions, profiles, destinations RESTART IDENTITY",
             )
             .await
             .map_err(pg)?;
@@ -410,6 +414,26 @@ impl PgStore {
             }),
         )
         .await?;
+        // Consent is a state, not an event: a later answer replaces an
+        // earlier one, so it is upserted (one statement) rather than copied.
+        let (users, channels, granted): (Vec<Uuid>, Vec<&str>, Vec<bool>) = d
+            .consents
+            .iter()
+            .map(|c| (c.user_id, c.channel.as_str(), c.granted))
+            .fold(Default::default(), |mut acc, (u, c, g)| {
+                acc.0.push(u);
+                acc.1.push(c);
+                acc.2.push(g);
+                acc
+            });
+        tx.execute(
+            "INSERT INTO channel_consent (user_id, channel, granted)
+             SELECT * FROM unnest($1::uuid[], $2::text[], $3::bool[])
+             ON CONFLICT (user_id, channel) DO UPDATE SET granted = excluded.granted, updated_at = now()",
+            &[&users, &channels, &granted],
+        )
+        .await
+        .map_err(pg)?;
         tx.commit().await.map_err(pg)
     }
 
@@ -472,6 +496,7 @@ impl PgStore {
             b.notification(n)
         })
         .await?;
+        scan(&tx, CONSENTS_SQL, consent_row, |c| b.consent(c)).await?;
         tx.commit().await.map_err(pg)?;
         Ok(b.finish())
     }
@@ -590,6 +615,18 @@ fn notification_row(r: &Row) -> Result<NotificationRecord, DataError> {
     })
 }
 
+const CONSENTS_SQL: &str =
+    "SELECT user_id, channel, granted FROM channel_consent ORDER BY user_id, channel";
+
+fn consent_row(r: &Row) -> Result<ChannelConsent, DataError> {
+    const T: &str = "channel_consent";
+    Ok(ChannelConsent {
+        user_id: get(T, r, 0)?,
+        channel: parse(T, get::<&str>(T, r, 1)?)?,
+        granted: get(T, r, 2)?,
+    })
+}
+
 fn match_row(r: &Row) -> Result<MatchOutcome, DataError> {
     const T: &str = "match_outcomes";
     Ok(MatchOutcome {
@@ -634,10 +671,10 @@ async fn destinations(
         .collect()
 }
 
-/// A user's profile and history in one round trip (four pipelined queries).
+/// A user's profile and history in one round trip (five pipelined queries).
 async fn user_history(c: &Object, id: Uuid) -> Result<Option<UserHistory>, DataError> {
     let params: [&(dyn ToSql + Sync); 1] = [&id];
-    let (s_profile, s_inter, s_act, s_notif) = futures::try_join!(
+    let (s_profile, s_inter, s_act, s_notif, s_consent) = futures::try_join!(
         c.prepare_cached(PROFILE_BY_ID_SQL),
         c.prepare_cached(
             "SELECT user_id, destination_id, kind, rating, occurred_at FROM interactions
@@ -650,13 +687,17 @@ async fn user_history(c: &Object, id: Uuid) -> Result<Option<UserHistory>, DataE
             "SELECT user_id, notification_type, channel, sent_at, opened_at FROM notification_log
              WHERE user_id = $1 ORDER BY sent_at"
         ),
+        c.prepare_cached(
+            "SELECT user_id, channel, granted FROM channel_consent WHERE user_id = $1 ORDER BY channel"
+        ),
     )
     .map_err(pg)?;
-    let (profile, inter, act, notif) = futures::try_join!(
+    let (profile, inter, act, notif, consent) = futures::try_join!(
         c.query_opt(&s_profile, &params),
         c.query(&s_inter, &params),
         c.query(&s_act, &params),
         c.query(&s_notif, &params),
+        c.query(&s_consent, &params),
     )
     .map_err(pg)?;
     let Some(profile) = profile else {
@@ -676,6 +717,7 @@ async fn user_history(c: &Object, id: Uuid) -> Result<Option<UserHistory>, DataE
             .iter()
             .map(notification_row)
             .collect::<Result<_, _>>()?,
+        consents: consent.iter().map(consent_row).collect::<Result<_, _>>()?,
     }))
 }
 

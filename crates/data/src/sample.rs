@@ -136,6 +136,12 @@ impl DatasetBuilder {
         }
     }
 
+    pub fn consent(&mut self, c: ChannelConsent) {
+        if self.keeps(&c.user_id) {
+            self.data.consents.push(c);
+        }
+    }
+
     pub fn finish(mut self) -> Dataset {
         // A sampled outcome whose user has no profile row (impossible under
         // the schema's foreign keys, but cheap to guard) would break training.
@@ -166,6 +172,7 @@ pub fn sample_dataset(d: &Dataset, sample: TrainingSample) -> Dataset {
         .iter()
         .cloned()
         .for_each(|x| b.notification(x));
+    d.consents.iter().copied().for_each(|x| b.consent(x));
     b.finish()
 }
 

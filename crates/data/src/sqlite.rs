@@ -12,10 +12,16 @@ use std::sync::Arc;
 use uuid::Uuid;
 
 /// Migrations, in order. Each runs once; the applied versions are recorded.
-pub const MIGRATIONS: [(u32, &str); 1] = [(
-    1,
-    include_str!("../../../migrations/sqlite/0001_app_data.sql"),
-)];
+pub const MIGRATIONS: [(u32, &str); 2] = [
+    (
+        1,
+        include_str!("../../../migrations/sqlite/0001_app_data.sql"),
+    ),
+    (
+        2,
+        include_str!("../../../migrations/sqlite/0002_channel_consent.sql"),
+    ),
+];
 
 /// The SQLite store.
 #[derive(Clone)]
@@ -222,7 +228,7 @@ fn write_dataset(c: &mut Connection, d: &Dataset, replace: bool) -> Result<(), D
     if replace {
         // Children before parents, for the foreign keys.
         tx.execute_batch(
-            "DELETE FROM notification_log; DELETE FROM activity_events; DELETE FROM match_outcomes;
+            "DELETE FROM channel_consent; DELETE FROM notification_log; DELETE FROM activity_events; DELETE FROM match_outcomes;
              DELETE FROM interactions; DELETE FROM profiles; DELETE FROM destinations;",
         )?;
     }
@@ -315,6 +321,21 @@ fn write_dataset(c: &mut Connection, d: &Dataset, replace: bool) -> Result<(), D
                 n.channel.as_str(),
                 ms(n.sent_at),
                 n.opened_at.map(ms)
+            ])?;
+        }
+        // Consent is a state, not an event: a later answer replaces an
+        // earlier one.
+        let mut s = tx.prepare(
+            "INSERT INTO channel_consent (user_id, channel, granted, updated_at) VALUES (?1, ?2, ?3, ?4)
+             ON CONFLICT (user_id, channel) DO UPDATE SET granted = excluded.granted, updated_at = excluded.updated_at",
+        )?;
+        let now = ms(Utc::now());
+        for c in &d.consents {
+            s.execute(params![
+                c.user_id.to_string(),
+                c.channel.as_str(),
+                c.granted,
+                now
             ])?;
         }
     }
@@ -431,6 +452,19 @@ fn to_notification(
     })
 }
 
+fn consent_row(r: &rusqlite::Row) -> rusqlite::Result<(String, String, bool)> {
+    Ok((r.get(0)?, r.get(1)?, r.get(2)?))
+}
+
+fn to_consent(row: (String, String, bool)) -> Result<ChannelConsent, DataError> {
+    const T: &str = "channel_consent";
+    Ok(ChannelConsent {
+        user_id: uuid(T, &row.0)?,
+        channel: parse(T, &row.1)?,
+        granted: row.2,
+    })
+}
+
 fn user_history(c: &Connection, id: Uuid) -> Result<Option<UserHistory>, DataError> {
     let key = id.to_string();
     let mut s = c.prepare_cached(&format!(
@@ -461,11 +495,19 @@ fn user_history(c: &Connection, id: Uuid) -> Result<Option<UserHistory>, DataErr
         .query_map([&key], notification_row)?
         .map(|r| to_notification(r?))
         .collect::<Result<Vec<_>, _>>()?;
+    let mut s = c.prepare_cached(
+        "SELECT user_id, channel, granted FROM channel_consent WHERE user_id = ?1 ORDER BY channel",
+    )?;
+    let consents = s
+        .query_map([&key], consent_row)?
+        .map(|r| to_consent(r?))
+        .collect::<Result<Vec<_>, _>>()?;
     Ok(Some(UserHistory {
         profile: Some(profile),
         interactions,
         activity,
         notifications,
+        consents,
     }))
 }
 
@@ -537,6 +579,12 @@ fn load_dataset(c: &Connection, sample: TrainingSample) -> Result<Dataset, DataE
     for r in s.query_map([], notification_row)? {
         b.notification(to_notification(r?)?);
     }
+    let mut s = c.prepare(
+        "SELECT user_id, channel, granted FROM channel_consent ORDER BY user_id, channel",
+    )?;
+    for r in s.query_map([], consent_row)? {
+        b.consent(to_consent(r?)?);
+    }
     Ok(b.finish())
 }
 
@@ -591,11 +639,23 @@ mod tests {
         assert_eq!(back.matches, d.matches);
         assert_eq!(back.activity, d.activity);
         assert_eq!(back.notifications, d.notifications);
+        let mut consents = d.consents.clone();
+        consents.sort_by_key(|c| (c.user_id.to_string(), c.channel.as_str()));
+        assert_eq!(back.consents, consents);
         assert_eq!(back.destinations.len(), d.destinations.len());
 
         let u = &d.profiles[0];
         let h = store.user_history(u.id).await.unwrap().unwrap();
         assert_eq!(h.profile.as_ref(), Some(u));
+        // A user's consent, one row per channel, in the channels' name order.
+        let mut theirs: Vec<_> = d
+            .consents
+            .iter()
+            .filter(|c| c.user_id == u.id)
+            .copied()
+            .collect();
+        theirs.sort_by_key(|c| c.channel.as_str());
+        assert_eq!(h.consents, theirs);
         assert_eq!(
             h.activity.len(),
             d.activity.iter().filter(|a| a.user_id == u.id).count()

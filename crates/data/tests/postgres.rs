@@ -13,7 +13,7 @@ async fn migrations_apply_once_enforce_constraints_and_enable_row_level_security
         return;
     };
     let store = db.store(false);
-    assert_eq!(store.migrate().await.unwrap(), vec![1, 2]);
+    assert_eq!(store.migrate().await.unwrap(), vec![1, 2, 3]);
     assert!(store.migrate().await.unwrap().is_empty(), "idempotent");
     let c = db.client().await;
     let tables: Vec<String> = ml_data::import::TABLES
@@ -30,7 +30,7 @@ async fn migrations_apply_once_enforce_constraints_and_enable_row_level_security
         .iter()
         .map(|r| (r.get(0), r.get(1)))
         .collect();
-    assert_eq!(rls.len(), 6, "{rls:?}");
+    assert_eq!(rls.len(), ml_data::import::TABLES.len(), "{rls:?}");
     assert!(rls.iter().all(|(_, on)| *on), "{rls:?}");
     // The auth stub exists where there was none.
     let uid = c.query_one("SELECT auth.uid() IS NULL", &[]).await.unwrap();
@@ -128,6 +128,10 @@ async fn a_dataset_round_trips_and_a_bad_row_writes_nothing() {
     assert_eq!(back.matches, d.matches);
     assert_eq!(back.activity, d.activity);
     assert_eq!(back.notifications, d.notifications);
+    let mut consents = d.consents.clone();
+    consents.sort_by_key(|c| (c.user_id, c.channel.as_str()));
+    assert!(!consents.is_empty());
+    assert_eq!(back.consents, consents);
     let mut dest = d.destinations.clone();
     dest.sort_by(|a, b| a.name.cmp(&b.name));
     assert_eq!(back.destinations, dest);
@@ -137,6 +141,15 @@ async fn a_dataset_round_trips_and_a_bad_row_writes_nothing() {
     assert_eq!(h.profile.as_ref(), Some(u));
     let mine = |id| d.activity.iter().filter(|a| a.user_id == id).count();
     assert_eq!(h.activity.len(), mine(u.id));
+    // A user's consent, one row per channel, in the channels' name order.
+    let mut theirs: Vec<_> = d
+        .consents
+        .iter()
+        .filter(|c| c.user_id == u.id)
+        .copied()
+        .collect();
+    theirs.sort_by_key(|c| c.channel.as_str());
+    assert_eq!(h.consents, theirs);
     assert!(store
         .user_history(uuid::Uuid::nil())
         .await

@@ -209,7 +209,7 @@ pub fn start(
         models,
         engine,
         caches,
-        quiet_hours: settings.inference.quiet_hours,
+        notification_policy: settings.inference.notification_policy(),
         gpu: backend.gpu(),
         inference_timeout: Duration::from_millis(settings.inference.inference_timeout_ms.max(1)),
         interests,

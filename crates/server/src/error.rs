@@ -35,6 +35,10 @@ pub enum ServiceError {
     /// A user id that the app data does not know.
     #[error("unknown user {id}")]
     UnknownUser { field: String, id: uuid::Uuid },
+    /// A notification for a user who agreed to no channel (the app's
+    /// `channel_consent`, and DEFAULT_CHANNELS where it has no answer).
+    #[error("user {id} has agreed to no notification channel")]
+    NoConsentedChannel { id: uuid::Uuid },
     /// A model name (or version) the Open Inference Protocol endpoints do not
     /// know.
     #[error("unknown model {0}")]
@@ -95,6 +99,9 @@ impl ServiceError {
             ServiceError::Unauthorized => (StatusCode::UNAUTHORIZED, "unauthorized"),
             ServiceError::AdminDisabled => (StatusCode::FORBIDDEN, "admin_disabled"),
             ServiceError::UnknownUser { .. } => (StatusCode::NOT_FOUND, "unknown_user"),
+            ServiceError::NoConsentedChannel { .. } => {
+                (StatusCode::CONFLICT, "no_consented_channel")
+            }
             ServiceError::UnknownModel(_) => (StatusCode::NOT_FOUND, "unknown_model"),
             ServiceError::ModelUnavailable(_) => {
                 (StatusCode::SERVICE_UNAVAILABLE, "model_unavailable")
@@ -123,6 +130,7 @@ impl ServiceError {
             ServiceError::Unauthorized => Code::Unauthenticated,
             ServiceError::AdminDisabled => Code::PermissionDenied,
             ServiceError::UnknownUser { .. } | ServiceError::UnknownModel(_) => Code::NotFound,
+            ServiceError::NoConsentedChannel { .. } => Code::FailedPrecondition,
             ServiceError::ModelUnavailable(_)
             | ServiceError::Overloaded
             | ServiceError::Data(_)
@@ -158,6 +166,7 @@ impl ServiceError {
             ServiceError::Invalid { field, .. } | ServiceError::UnknownUser { field, .. } => {
                 Some(field.clone())
             }
+            ServiceError::NoConsentedChannel { .. } => Some("user_id".into()),
             _ => None,
         }
     }

@@ -63,10 +63,14 @@ async fn recommend(
     p.recommend(&req).await
 }
 
-/// Choose when and on which channel to notify a user.
+/// Choose when and on which channel to notify a user: a channel they agreed
+/// to (`DEFAULT_CHANNELS` where the app has no answer), a time outside quiet
+/// hours and within the frequency cap (`NOTIFICATION_CAP`) unless urgent.
 #[utoipa::path(post, path = "/notifications/optimize", request_body = NotifyRequest,
     responses((status = 200, body = NotifyResponse, headers(("x-model-version" = String, description = "model/version"))),
-        (status = 400, body = ErrorBody), (status = 404, body = ErrorBody), (status = 413, body = ErrorBody),
+        (status = 400, body = ErrorBody), (status = 404, body = ErrorBody),
+        (status = 409, body = ErrorBody, description = "no_consented_channel: the user agreed to no notification channel"),
+        (status = 413, body = ErrorBody),
         (status = 401, body = ErrorBody), (status = 415, body = ErrorBody), (status = 422, body = ErrorBody), (status = 503, body = ErrorBody)))]
 async fn notify(
     State(p): State<AppState>,

@@ -177,6 +177,33 @@ pub struct InferenceSettings {
     /// Local hours in which only urgent notifications are sent, as START-END (24 h clock).
     #[arg(long, env = "QUIET_HOURS", default_value = "22-8", value_parser = parse_quiet_hours)]
     pub quiet_hours: ml_core::post::QuietHours,
+    /// Notification channels a user is taken to have agreed to where the
+    /// app's `channel_consent` table has no row for them and the channel
+    /// (comma-separated: push, email, sms; at least one). A row always wins:
+    /// a channel it refuses is never used, and email or SMS are never used
+    /// without a row granting them unless listed here. A user who agreed to
+    /// no channel gets 409 `no_consented_channel`.
+    #[arg(long, env = "DEFAULT_CHANNELS", default_value = "push", value_parser = parse_channels)]
+    pub default_channels: [bool; 3],
+    /// Frequency cap: at most this many notifications within any 24 hours
+    /// around a non-urgent one, counted from the app's `notification_log`
+    /// (sent and scheduled rows, of any urgency, as of when the user's
+    /// features were read); a send time that would go over moves to the
+    /// first hour the cap allows, and the reason says so. Urgent
+    /// notifications are never held back. 0 turns the cap off.
+    #[arg(long, env = "NOTIFICATION_CAP", default_value_t = 3, value_parser = clap::value_parser!(u32).range(0..=48))]
+    pub notification_cap: u32,
+}
+
+impl InferenceSettings {
+    /// The notification policy these settings describe.
+    pub fn notification_policy(&self) -> ml_core::post::NotificationPolicy {
+        ml_core::post::NotificationPolicy {
+            quiet: self.quiet_hours,
+            default_channels: self.default_channels,
+            cap: self.notification_cap,
+        }
+    }
 }
 
 /// What interest phrases mean: exact tag names, or the sentence-embedding model's reading.
@@ -337,6 +364,24 @@ pub enum BackendKind {
     Onnxruntime,
 }
 
+/// Parse a comma-separated list of notification channels, e.g. `push,email`,
+/// into one flag per channel (push, email, sms); at least one.
+pub fn parse_channels(s: &str) -> Result<[bool; 3], String> {
+    use ml_core::types::Channel;
+    let mut on = [false; 3];
+    for name in s.split(',').map(str::trim).filter(|n| !n.is_empty()) {
+        let c: Channel = name
+            .parse()
+            .map_err(|_| format!("{name:?} is not a channel (push, email or sms)"))?;
+        on[c.index()] = true;
+    }
+    if on.iter().any(|x| *x) {
+        Ok(on)
+    } else {
+        Err("at least one channel (push, email or sms)".into())
+    }
+}
+
 /// Parse `START-END` quiet hours, e.g. `22-8`.
 pub fn parse_quiet_hours(s: &str) -> Result<ml_core::post::QuietHours, String> {
     let (a, b) = s.split_once('-').ok_or("expected START-END, e.g. 22-8")?;
@@ -438,6 +483,19 @@ mod tests {
         assert_eq!((q.start, q.end), (23, 7));
         assert!(parse_quiet_hours("25-7").is_err());
         assert!(parse_quiet_hours("night").is_err());
+    }
+
+    #[test]
+    fn default_channels_parse_and_refuse_none_or_unknown() {
+        assert_eq!(parse_channels("push"), Ok([true, false, false]));
+        assert_eq!(parse_channels(" email, push "), Ok([true, true, false]));
+        assert!(parse_channels("").is_err());
+        assert!(parse_channels("pigeon").unwrap_err().contains("pigeon"));
+        let s = Settings::from_env().inference;
+        assert_eq!(
+            s.notification_policy(),
+            ml_core::post::NotificationPolicy::default()
+        );
     }
 
     #[test]

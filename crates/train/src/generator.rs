@@ -296,6 +296,7 @@ pub fn generate_with_truth(cfg: &GeneratorConfig) -> (Dataset, Truth) {
         .zip(latents)
         .map(|(p, l)| (p.id, l.rhythm))
         .collect();
+    ds.consents = gen_consents(cfg, &profiles);
     ds.profiles = profiles;
     if cfg.synonym_rate > 0.0 {
         rephrase(&mut ds, cfg);
@@ -672,6 +673,37 @@ fn gen_notifications(
             opened_at,
         });
     }
+}
+
+/// What each user agreed to per channel, from a stream of its own (the rest
+/// of the demo stays what it was for a seed). Most users answered the app's
+/// consent prompts: push granted 9 times in 10, email 6 in 10, SMS 3 in 10,
+/// each independent of what was sent before (consent can be withdrawn after
+/// a message went out), and push after all where that left none; the other
+/// 15 % never answered and have no rows, so the service's default applies
+/// to them.
+fn gen_consents(cfg: &GeneratorConfig, profiles: &[Profile]) -> Vec<ChannelConsent> {
+    let mut rng = ChaCha8Rng::seed_from_u64(cfg.seed ^ 0xC0_45E7);
+    let mut out = Vec::with_capacity(profiles.len() * 3);
+    for p in profiles {
+        if rng.gen::<f32>() < 0.15 {
+            continue;
+        }
+        let mut granted = [0.9, 0.6, 0.3].map(|share| rng.gen::<f32>() < share);
+        // Everyone who answered kept at least one way to be reached (the
+        // app asks again before it lets push go): push, if nothing else.
+        if !granted.iter().any(|g| *g) {
+            granted[0] = true;
+        }
+        for (channel, granted) in Channel::ALL.iter().zip(granted) {
+            out.push(ChannelConsent {
+                user_id: p.id,
+                channel: *channel,
+                granted,
+            });
+        }
+    }
+    out
 }
 
 /// The generator's logit of a match, split into the three factor groups

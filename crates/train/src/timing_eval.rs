@@ -11,7 +11,7 @@ use chrono::{DateTime, Duration, TimeZone, Timelike, Utc};
 use ml_core::features::{
     hour_of_week, parse_tz, timing_features, PopulationActivity, UserFeatures, HOURS_PER_WEEK,
 };
-use ml_core::post::{plan_notification, NotificationRequest, QuietHours};
+use ml_core::post::{plan_notification, NotificationPolicy, NotificationRequest};
 use ml_core::types::{NotificationType, Urgency};
 use serde::Serialize;
 use std::collections::HashMap;
@@ -251,7 +251,9 @@ pub fn open_rates(
         ) else {
             continue;
         };
-        let plan = plan_notification(&NotificationRequest {
+        // The service's default policy; a user who agreed to no channel
+        // would get no plan, and is left out.
+        let Some(plan) = plan_notification(&NotificationRequest {
             user: u,
             scores: s,
             population: pop,
@@ -259,8 +261,10 @@ pub fn open_rates(
             kind: NotificationType::MatchFound,
             urgency: Urgency::Medium,
             now: rec.sent_at,
-            quiet: QuietHours::default(),
-        });
+            policy: NotificationPolicy::default(),
+        }) else {
+            continue;
+        };
         pol += r.open_probability(plan.channel, plan.send_at) as f64;
         now_ += r.open_probability(plan.channel, rec.sent_at) as f64;
         fixed +=

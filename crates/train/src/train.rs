@@ -195,6 +195,7 @@ impl<'a> TrainingData<'a> {
                         interactions: vec![],
                         activity: h.activity.clone(),
                         notifications: h.notifications.clone(),
+                        consents: h.consents.clone(),
                     },
                 )
             })

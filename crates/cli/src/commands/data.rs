@@ -140,13 +140,14 @@ fn import(i: ImportArgs) -> anyhow::Result<()> {
     block_on(store.write_dataset(d, i.replace))
         .with_context(|| format!("writing to {}", store.describe()))?;
     println!(
-        "{} profiles, {} destinations, {} interactions, {} match outcomes, {} activity events, {} notifications: written to {}",
+        "{} profiles, {} destinations, {} interactions, {} match outcomes, {} activity events, {} notifications, {} channel consents: written to {}",
         d.profiles.len(),
         d.destinations.len(),
         d.interactions.len(),
         d.matches.len(),
         d.activity.len(),
         d.notifications.len(),
+        d.consents.len(),
         store.describe()
     );
     Ok(())

@@ -27,6 +27,7 @@ mod interests;
 mod kserve;
 mod lifecycle;
 mod movielens;
+mod notifications;
 mod observability;
 mod postgres;
 mod redis_cache;
@@ -449,7 +450,18 @@ async fn notification_plans_are_in_the_future_outside_quiet_hours_and_explain_th
             "{send_at} is {local}h local in {}",
             p.timezone
         );
-        assert!(["push", "email", "sms"].contains(&v["channel"].as_str().unwrap()));
+        // Only a channel the user agreed to; push where the app has no answer.
+        let channel = v["channel"].as_str().unwrap();
+        let agreed = data
+            .consents
+            .iter()
+            .find(|c| c.user_id == p.id && c.channel.as_str() == channel)
+            .map(|c| c.granted);
+        assert!(
+            agreed.unwrap_or(channel == "push"),
+            "{channel} for {} ({agreed:?})",
+            p.id
+        );
         let c = v["confidence"].as_f64().unwrap();
         assert!((0.0..=1.0).contains(&c));
         if activity.len() >= 10 {

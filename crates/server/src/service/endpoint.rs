@@ -48,12 +48,14 @@ pub(super) trait Endpoint<const N: usize> {
     /// The answer when the users' data cannot be read now.
     fn without_data(p: &Predictor, call: &Call<Self::Request>) -> Self::Response;
 
-    /// The model's input rows (and how many) from the users' features.
+    /// The model's input rows (and how many) from the users' features, or
+    /// why the users' data rules the request out (a notification to a user
+    /// who agreed to no channel).
     fn prepare(
         p: &Predictor,
         call: &Call<Self::Request>,
         users: [Arc<UserFeatures>; N],
-    ) -> impl Future<Output = (Self::Prepared, Vec<f32>, usize)> + Send;
+    ) -> impl Future<Output = Result<(Self::Prepared, Vec<f32>, usize), ServiceError>> + Send;
 
     /// The answer when the model failed or ran out of time.
     fn without_model(
@@ -112,7 +114,7 @@ impl Predictor {
             }
             Err(e) => return Err(e),
         };
-        let (prepared, rows, n_rows) = E::prepare(self, &call, users).await;
+        let (prepared, rows, n_rows) = E::prepare(self, &call, users).await?;
         let Some(outputs) = self.infer(&call.vs, &call.m, rows, n_rows).await? else {
             let mut v = self
                 .fallback(E::NAME, (&call.vs, &call.m), user, req, || {

@@ -57,7 +57,7 @@ impl Endpoint<2> for Match {
         p: &Predictor,
         call: &Call<'_, MatchRequest>,
         [a, b]: [Arc<UserFeatures>; 2],
-    ) -> (Pair, Vec<f32>, usize) {
+    ) -> Result<(Pair, Vec<f32>, usize), ServiceError> {
         let ctx = call.req.context.clone().unwrap_or_default();
         let interests = ctx.interests.as_deref().unwrap_or(&[]);
         let mut ctx = post::match_context(&p.catalogue, ctx.destination.as_deref(), interests);
@@ -73,7 +73,7 @@ impl Endpoint<2> for Match {
         // An exact model reads the row's first columns, a semantic one all.
         let width = call.m.meta.features.len().min(x.len());
         let row = x[..width].to_vec();
-        (Pair { a, b, x }, row, 1)
+        Ok((Pair { a, b, x }, row, 1))
     }
 
     /// The documented default: the features' own similarity as the score.

@@ -107,7 +107,8 @@ pub struct Predictor {
     pub(crate) models: Arc<Registry>,
     pub(crate) engine: Engine,
     pub(crate) caches: crate::cache::Caches,
-    pub(crate) quiet_hours: post::QuietHours,
+    /// Quiet hours, default channels and the frequency cap.
+    pub(crate) notification_policy: post::NotificationPolicy,
     pub(crate) gpu: bool,
     /// Longest wait for one model call before the fallback answers.
     pub(crate) inference_timeout: Duration,

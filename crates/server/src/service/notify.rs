@@ -1,9 +1,10 @@
 //! `POST /notifications/optimize`: when and how to send a notification. The
 //! model scores the user's activity by local hour of the week; the policy
-//! (`ml_core::post`: quiet hours, urgency, the send window, channel open
-//! rates) turns the scores into a send time, a channel and a reason. When
-//! the model answers each row on its own, only the hours the plan weighs
-//! run.
+//! (`ml_core::post`: quiet hours, urgency, the send window, the frequency
+//! cap, the channels the user agreed to and their open rates) turns the
+//! scores into a send time, a channel and a reason. A user who agreed to no
+//! channel gets no plan (409). When the model answers each row on its own,
+//! only the hours the plan weighs run.
 
 use super::endpoint::{Call, Endpoint};
 use super::Predictor;
@@ -14,15 +15,17 @@ use chrono::{DateTime, SecondsFormat, Utc};
 use ml_core::features::{self, UserFeatures, HOURS_PER_WEEK};
 use ml_core::model::ModelKind;
 use ml_core::post;
+use ml_core::types::Channel;
 use std::sync::Arc;
 use std::time::Duration;
 use uuid::Uuid;
 
 pub(super) struct Notify;
 
-/// The user, the plan's slots and the hours the model ran on.
+/// The user, the channel, the plan's slots and the hours the model ran on.
 pub(super) struct Plan {
     user: Arc<UserFeatures>,
+    channel: Channel,
     slots: post::PlanSlots,
     hours: Vec<usize>,
 }
@@ -50,6 +53,15 @@ impl Endpoint<1> for Notify {
     fn without_data(p: &Predictor, call: &Call<NotifyRequest>) -> NotifyResponse {
         let u = UserFeatures::from_activity(call.req.user_id, "UTC", &[]);
         let m = &call.m;
+        // What the user agreed to is unknown too: the policy's default,
+        // which the settings never leave empty.
+        let channel = post::notification_channel(
+            &u,
+            call.req.urgency,
+            m.channel_prior,
+            &p.notification_policy,
+        )
+        .unwrap_or(Channel::Push);
         let (mut body, _) = plan(
             p,
             m,
@@ -57,7 +69,7 @@ impl Endpoint<1> for Notify {
             &m.population.hour_of_week,
             call.req,
             call.now,
-            None,
+            (None, channel),
         );
         body.confidence = 0.0;
         body.reason = format!(
@@ -71,8 +83,11 @@ impl Endpoint<1> for Notify {
         p: &Predictor,
         call: &Call<'_, NotifyRequest>,
         [user]: [Arc<UserFeatures>; 1],
-    ) -> (Plan, Vec<f32>, usize) {
+    ) -> Result<(Plan, Vec<f32>, usize), ServiceError> {
         let (m, req) = (&call.m, call.req);
+        let channel =
+            post::notification_channel(&user, req.urgency, m.channel_prior, &p.notification_policy)
+                .ok_or(ServiceError::NoConsentedChannel { id: req.user_id })?;
         // The plan reads the scores of its hours only (those of the send
         // window, ~10 for a message): when the model answers each row on its
         // own, those rows give the answer all 168 would.
@@ -81,7 +96,7 @@ impl Endpoint<1> for Notify {
             req.notification_type,
             req.urgency,
             call.now,
-            p.quiet_hours,
+            &p.notification_policy,
         );
         let hours: Vec<usize> = if p.timing_plan_hours && m.rows_independent {
             slots.hours()
@@ -90,7 +105,13 @@ impl Endpoint<1> for Notify {
         };
         let x = features::timing_rows(&user, &m.population, &hours);
         let n = hours.len();
-        (Plan { user, slots, hours }, x, n)
+        let plan = Plan {
+            user,
+            channel,
+            slots,
+            hours,
+        };
+        Ok((plan, x, n))
     }
 
     /// The documented default: the population's activity by hour of week
@@ -105,7 +126,7 @@ impl Endpoint<1> for Notify {
             &m.population.hour_of_week,
             call.req,
             call.now,
-            Some(&plan_.slots),
+            (Some(&plan_.slots), plan_.channel),
         )
         .0
     }
@@ -115,11 +136,24 @@ impl Endpoint<1> for Notify {
     fn answer(
         p: &Predictor,
         call: &Call<NotifyRequest>,
-        Plan { user, slots, hours }: Plan,
+        Plan {
+            user,
+            channel,
+            slots,
+            hours,
+        }: Plan,
         mut out: Vec<Vec<f32>>,
     ) -> (NotifyResponse, Duration) {
         let scores = by_hour_of_week(&hours, out.swap_remove(0));
-        let (body, send_at) = plan(p, &call.m, &user, &scores, call.req, call.now, Some(&slots));
+        let (body, send_at) = plan(
+            p,
+            &call.m,
+            &user,
+            &scores,
+            call.req,
+            call.now,
+            (Some(&slots), channel),
+        );
         (body, post::plan_valid_for(call.now, send_at))
     }
 }
@@ -139,7 +173,7 @@ fn by_hour_of_week(hours: &[usize], scores: Vec<f32>) -> Vec<f32> {
 
 /// The notification policy on activity `scores` (one per local hour of the
 /// week); the answer and its send time. `slots`: those already made for
-/// this user, request and clock, if any.
+/// this user, request and clock, if any; `channel`: the one chosen.
 fn plan(
     p: &Predictor,
     m: &ServedModel,
@@ -147,7 +181,7 @@ fn plan(
     scores: &[f32],
     req: &NotifyRequest,
     now: DateTime<Utc>,
-    slots: Option<&post::PlanSlots>,
+    (slots, channel): (Option<&post::PlanSlots>, Channel),
 ) -> (NotifyResponse, DateTime<Utc>) {
     let r = post::NotificationRequest {
         user: u,
@@ -157,12 +191,17 @@ fn plan(
         kind: req.notification_type,
         urgency: req.urgency,
         now,
-        quiet: p.quiet_hours,
+        policy: p.notification_policy,
     };
-    let plan = match slots {
-        Some(slots) => post::plan_notification_in(&r, slots),
-        None => post::plan_notification(&r),
+    let made;
+    let slots = match slots {
+        Some(slots) => slots,
+        None => {
+            made = post::plan_slots(u, req.notification_type, req.urgency, now, &r.policy);
+            &made
+        }
     };
+    let plan = post::plan_notification_in(&r, slots, channel);
     let body = NotifyResponse {
         send_at: plan.send_at.to_rfc3339_opts(SecondsFormat::Secs, true),
         channel: plan.channel,

@@ -53,7 +53,7 @@ impl Endpoint<1> for Recommend {
         p: &Predictor,
         call: &Call<'_, RecommendRequest>,
         [user]: [Arc<UserFeatures>; 1],
-    ) -> (Rows, Vec<f32>, usize) {
+    ) -> Result<(Rows, Vec<f32>, usize), ServiceError> {
         let m = &call.m;
         let affine = effects(p, m).is_some();
         let (rows, history) = rec_attribution_rows(
@@ -63,7 +63,7 @@ impl Endpoint<1> for Recommend {
             !affine,
         );
         let n_rows = if affine { 3 } else { 4 + history.len() };
-        (Rows { user, history }, rows, n_rows)
+        Ok((Rows { user, history }, rows, n_rows))
     }
 
     /// The most popular destinations the user has not been to, within the
