@@ -133,7 +133,7 @@ impl ModelMeta {
                 }
             }
             kind => {
-                if self.features != kind.feature_names_in(self.params.interest_space()) {
+                if self.features != kind.feature_names_for(&self.params.match_layout()) {
                     return Err(
                         "feature names or order differ from this service's feature code".into(),
                     );

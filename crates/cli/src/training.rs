@@ -23,6 +23,11 @@ pub fn training_data_for<'a>(
     gpu: bool,
 ) -> anyhow::Result<TrainingData<'a>> {
     let mut td = TrainingData::new(data);
+    // The rows the model reads: with its own rarity table, or none.
+    td.free_text = meta.params.interest_rarity.is_some();
+    if let Some(r) = &meta.params.interest_rarity {
+        td.rarity = r.clone();
+    }
     if let Some(wanted) = &meta.params.interest_encoder {
         let interests = Interests::load(settings, gpu)?;
         anyhow::ensure!(

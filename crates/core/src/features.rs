@@ -10,6 +10,7 @@ use crate::catalogue::Catalogue;
 use crate::types::*;
 use chrono::{DateTime, Datelike, Timelike, Utc};
 use serde::{Deserialize, Serialize};
+use std::collections::HashMap;
 use uuid::Uuid;
 
 /// Version of [`UserFeatures`]' shape. Caches key and tag stored features with
@@ -61,6 +62,10 @@ pub struct UserFeatures {
     /// [`RECENT_SENDS`] (what a frequency cap counts).
     #[serde(default)]
     pub recent_sends: Vec<DateTime<Utc>>,
+    /// The declared interests as free text ([`interest_phrases`]): what the
+    /// tag view misses ("surfing", "opera").
+    #[serde(default)]
+    pub interest_phrases: Vec<String>,
 }
 
 /// The most recent notifications kept per user for a frequency cap: more
@@ -203,6 +208,7 @@ impl UserFeatures {
             semantic_interests: None,
             consent,
             recent_sends,
+            interest_phrases: interest_phrases(&profile.interests),
         }
     }
 
@@ -236,6 +242,7 @@ impl UserFeatures {
             semantic_interests: None,
             consent: [None; 3],
             recent_sends: vec![],
+            interest_phrases: vec![],
         }
     }
 
@@ -309,6 +316,81 @@ pub struct MatchContext {
     /// What the request's interests mean (see [`TagSpace`]), when a
     /// sentence-embedding model is loaded.
     pub semantic_interests: Option<TagProfile>,
+    /// How rare each free-text interest is in the app's data (the model's
+    /// table, learned with it); `None`: every phrase counts as rarest.
+    pub rarity: Option<std::sync::Arc<InterestRarity>>,
+}
+
+/// Longest interest phrase kept for the free-text view, in characters.
+const MAX_PHRASE: usize = 64;
+
+/// Most interest phrases kept per user for the free-text view.
+pub const MAX_PHRASES: usize = 32;
+
+/// A user's interests as free text: as [`normalize_phrase`] reads them, at
+/// most [`MAX_PHRASE`] characters each, distinct, sorted, at most
+/// [`MAX_PHRASES`].
+pub fn interest_phrases(interests: &[String]) -> Vec<String> {
+    let mut v: Vec<String> = interests
+        .iter()
+        .map(|i| {
+            normalize_phrase(i)
+                .chars()
+                .take(MAX_PHRASE)
+                .collect::<String>()
+        })
+        .filter(|p| !p.is_empty())
+        .collect();
+    v.sort_unstable();
+    v.dedup();
+    v.truncate(MAX_PHRASES);
+    v
+}
+
+/// How many users of the app's data declare each free-text interest: the
+/// rarity table a model learns with its training data and carries in its
+/// `model.json`, so serving weighs a shared interest as training did.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct InterestRarity {
+    /// Users counted.
+    pub users: u32,
+    /// Users per phrase, for phrases at least two users declare (a phrase
+    /// one user declares can be shared by no pair of them), the most
+    /// common [`InterestRarity::MAX_PHRASES`].
+    pub counts: std::collections::BTreeMap<String, u32>,
+}
+
+impl InterestRarity {
+    /// Phrases kept in a table: bounds a model.json.
+    pub const MAX_PHRASES: usize = 20_000;
+
+    /// The table of a population's interest lists.
+    pub fn of<'a>(interests: impl Iterator<Item = &'a [String]>) -> Self {
+        let mut counts: HashMap<String, u32> = HashMap::new();
+        let mut users = 0u32;
+        for list in interests {
+            users += 1;
+            for p in interest_phrases(list) {
+                *counts.entry(p).or_default() += 1;
+            }
+        }
+        let mut kept: Vec<(String, u32)> = counts.into_iter().filter(|(_, n)| *n >= 2).collect();
+        kept.sort_unstable_by(|a, b| b.1.cmp(&a.1).then_with(|| a.0.cmp(&b.0)));
+        kept.truncate(Self::MAX_PHRASES);
+        Self {
+            users,
+            counts: kept.into_iter().collect(),
+        }
+    }
+
+    /// How telling it is that two users share `phrase`: its inverse document
+    /// frequency over that of a phrase nobody else has, in (0, 1]; 1 for a
+    /// phrase the table does not know.
+    pub fn rarity(&self, phrase: &str) -> f32 {
+        let n = self.users as f32 + 1.0;
+        let df = self.counts.get(phrase).copied().unwrap_or(0) as f32;
+        ((n / (df + 1.0)).ln() / n.ln().max(f32::EPSILON)).clamp(0.0, 1.0)
+    }
 }
 
 /// The factor groups of the match model, in the order of its `factors` output.
@@ -356,17 +438,78 @@ pub const MATCH_FEATURES: [(&str, usize); 31] = [
 pub const SEMANTIC_MATCH_FEATURES: [(&str, usize); 2] =
     [("semantic_interest_cosine", 0), ("semantic_context_fit", 0)];
 
-/// Width of [`match_features`]' row: the exact features, then the semantic ones.
-pub const MATCH_ROW: usize = MATCH_FEATURES.len() + SEMANTIC_MATCH_FEATURES.len();
+/// The match features a model with a free-text view reads last: the users'
+/// own interests as text (shared phrases, and how rare they are in the
+/// app's data), and shapes compatibility often has that a sum of the other
+/// columns cannot draw (a large budget gap, styles far apart, a trait that
+/// matters when both users have it).
+pub const FREE_TEXT_MATCH_FEATURES: [(&str, usize); 10] = [
+    ("shared_free_interests", 0),
+    ("shared_interest_rarity", 0),
+    ("budget_gap_large", 1),
+    ("style_distance_squared", 1),
+    ("style_distance_over_third", 1),
+    ("openness_both", 2),
+    ("conscientiousness_both", 2),
+    ("extraversion_both", 2),
+    ("agreeableness_both", 2),
+    ("neuroticism_both", 2),
+];
 
-/// The match features a model in `space` reads, in order, with their factor
-/// groups: a prefix of [`match_features`]' row.
-pub fn match_feature_list(space: InterestSpace) -> Vec<(&'static str, usize)> {
-    let mut v = MATCH_FEATURES.to_vec();
-    if space == InterestSpace::Semantic {
-        v.extend(SEMANTIC_MATCH_FEATURES);
+/// Width of [`match_features`]' row: the exact features, the semantic ones,
+/// then the free-text ones.
+pub const MATCH_ROW: usize =
+    MATCH_FEATURES.len() + SEMANTIC_MATCH_FEATURES.len() + FREE_TEXT_MATCH_FEATURES.len();
+
+/// Which of [`match_features`]' columns a match model reads.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct MatchLayout {
+    pub space: InterestSpace,
+    /// Reads [`FREE_TEXT_MATCH_FEATURES`] (its model carries an
+    /// [`InterestRarity`] table).
+    pub free_text: bool,
+}
+
+impl MatchLayout {
+    /// The columns of [`match_features`]' row this layout reads, in order.
+    pub fn columns(&self) -> Vec<usize> {
+        let exact = MATCH_FEATURES.len();
+        let semantic = exact + SEMANTIC_MATCH_FEATURES.len();
+        let mut v: Vec<usize> = (0..exact).collect();
+        if self.space == InterestSpace::Semantic {
+            v.extend(exact..semantic);
+        }
+        if self.free_text {
+            v.extend(semantic..MATCH_ROW);
+        }
+        v
     }
-    v
+
+    /// The features it reads, in order, with their factor groups.
+    pub fn features(&self) -> Vec<(&'static str, usize)> {
+        let all: Vec<(&str, usize)> = MATCH_FEATURES
+            .iter()
+            .chain(&SEMANTIC_MATCH_FEATURES)
+            .chain(&FREE_TEXT_MATCH_FEATURES)
+            .copied()
+            .collect();
+        self.columns().into_iter().map(|c| all[c]).collect()
+    }
+
+    /// This layout's columns of a full row.
+    pub fn select(&self, row: &[f32; MATCH_ROW]) -> Vec<f32> {
+        self.columns().into_iter().map(|c| row[c]).collect()
+    }
+}
+
+/// The match features a model in `space` without the free-text view reads,
+/// in order, with their factor groups.
+pub fn match_feature_list(space: InterestSpace) -> Vec<(&'static str, usize)> {
+    MatchLayout {
+        space,
+        free_text: false,
+    }
+    .features()
 }
 
 /// Cosine similarity of two tag sets as 0/1 vectors; 0 when either is empty.
@@ -379,8 +522,7 @@ fn cosine(a: &TagSet, b: &TagSet) -> f32 {
 }
 
 /// Match features of a pair. Symmetric: swapping the users gives the same
-/// vector. An exact model reads the first [`MATCH_FEATURES`]`.len()` columns,
-/// a semantic one all [`MATCH_ROW`].
+/// vector. A model reads the columns of its [`MatchLayout`].
 pub fn match_features(a: &UserFeatures, b: &UserFeatures, ctx: &MatchContext) -> [f32; MATCH_ROW] {
     // With soft profiles the tag questions are asked of the tags the
     // interests stand for, not only of their exact names.
@@ -456,6 +598,22 @@ pub fn match_features(a: &UserFeatures, b: &UserFeatures, ctx: &MatchContext) ->
     };
     if let Some(t) = about {
         f[32] = (profile_cosine(&pa, &t) + profile_cosine(&pb, &t)) / 2.0;
+    }
+    // The users' own words, each shared phrase weighed by its rarity.
+    let (mut n_shared, mut rarity) = (0usize, 0f32);
+    for p in &a.interest_phrases {
+        if b.interest_phrases.binary_search(p).is_ok() {
+            n_shared += 1;
+            rarity += ctx.rarity.as_ref().map_or(1.0, |r| r.rarity(p));
+        }
+    }
+    f[33] = (n_shared as f32 / 3.0).min(1.0);
+    f[34] = (rarity / 2.0).min(1.0);
+    f[35] = (f[17] >= 1.0) as u8 as f32;
+    f[36] = style_dist * style_dist;
+    f[37] = (style_dist - 1.0 / 3.0).max(0.0);
+    for i in 0..5 {
+        f[38 + i] = a.personality[i] * b.personality[i];
     }
     f
 }
@@ -779,6 +937,13 @@ mod tests {
                 let mut u =
                     UserFeatures::from_history(&p, &UserHistory::default(), &cat, Utc::now());
                 u.interests = TagSet(mask & ((1 << TAGS.len()) - 1));
+                let pool = ["chess", "knitting", "opera", "surfing"];
+                u.interest_phrases = pool
+                    .iter()
+                    .enumerate()
+                    .filter(|(i, _)| mask >> (24 + i) & 1 == 1)
+                    .map(|(_, p)| p.to_string())
+                    .collect();
                 let n = aff.iter().map(|x| x * x).sum::<f32>().sqrt();
                 if n > 0.0 {
                     u.n_interactions = 1;
@@ -832,7 +997,64 @@ mod tests {
         b2.semantic_interests = Some(p);
         assert!(match_features(&a, &b2, &ctx)[31] > g[31]);
         assert_eq!(match_feature_list(InterestSpace::Exact).len(), 31);
-        assert_eq!(match_feature_list(InterestSpace::Semantic).len(), MATCH_ROW);
+        assert_eq!(
+            match_feature_list(InterestSpace::Semantic).len(),
+            MATCH_ROW - FREE_TEXT_MATCH_FEATURES.len()
+        );
+    }
+
+    #[test]
+    fn shared_free_text_interests_count_by_rarity_and_layouts_pick_their_columns() {
+        let cat = Catalogue::new(builtin());
+        let user = |interests: &[&str]| {
+            let p = profile(interests, "UTC");
+            UserFeatures::from_history(&p, &UserHistory::default(), &cat, Utc::now())
+        };
+        let a = user(&["Opera", "  Cooking ", "food"]);
+        assert_eq!(a.interest_phrases, ["cooking", "food", "opera"]);
+        // Cooking is common in this population, opera rare.
+        let lists: Vec<Vec<String>> = (0..100)
+            .map(|i| {
+                let mut v = vec![];
+                if i < 60 {
+                    v.push("cooking".to_string());
+                }
+                if i < 3 {
+                    v.push("opera".into());
+                }
+                v
+            })
+            .collect();
+        let rarity = std::sync::Arc::new(InterestRarity::of(lists.iter().map(|v| v.as_slice())));
+        assert_eq!(rarity.users, 100);
+        assert!(rarity.rarity("opera") > 3.0 * rarity.rarity("cooking"));
+        assert_eq!(rarity.rarity("falconry"), 1.0);
+        let ctx = MatchContext {
+            rarity: Some(rarity),
+            ..Default::default()
+        };
+        let cook = match_features(&a, &user(&["cooking"]), &ctx);
+        let opera = match_features(&a, &user(&["opera"]), &ctx);
+        let none = match_features(&a, &user(&["chess"]), &ctx);
+        assert_eq!((cook[33], opera[33], none[33]), (1.0 / 3.0, 1.0 / 3.0, 0.0));
+        assert!(opera[34] > 3.0 * cook[34] && cook[34] > 0.0 && none[34] == 0.0);
+        // The layouts: exact, exact + free text, semantic + free text.
+        let exact = MatchLayout {
+            space: InterestSpace::Exact,
+            free_text: false,
+        };
+        let free = MatchLayout {
+            free_text: true,
+            ..exact
+        };
+        let both = MatchLayout {
+            space: InterestSpace::Semantic,
+            free_text: true,
+        };
+        assert_eq!(exact.select(&opera), opera[..31].to_vec());
+        assert_eq!(free.select(&opera)[31..], opera[33..]);
+        assert_eq!(both.select(&opera), opera.to_vec());
+        assert_eq!(free.features()[31].0, "shared_free_interests");
     }
 
     #[test]

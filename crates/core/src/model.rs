@@ -38,13 +38,19 @@ impl ModelKind {
     pub fn feature_names(&self) -> Vec<String> {
         self.feature_names_in(InterestSpace::Exact)
     }
-    /// Names of the input features, in order, of a model in `space`.
+    /// Names of the input features, in order, of a model in `space` (a match
+    /// model without the free-text view).
     pub fn feature_names_in(&self, space: InterestSpace) -> Vec<String> {
+        self.feature_names_for(&MatchLayout {
+            space,
+            free_text: false,
+        })
+    }
+    /// Names of the input features, in order, of a model whose match
+    /// features follow `layout`.
+    pub fn feature_names_for(&self, layout: &MatchLayout) -> Vec<String> {
         match self {
-            ModelKind::TravelMatch => match_feature_list(space)
-                .iter()
-                .map(|f| f.0.to_string())
-                .collect(),
+            ModelKind::TravelMatch => layout.features().iter().map(|f| f.0.to_string()).collect(),
             ModelKind::Recommendation => vec![],
             ModelKind::NotificationTiming => {
                 TIMING_FEATURES.iter().map(|f| f.to_string()).collect()
@@ -100,6 +106,12 @@ pub struct ModelParams {
     /// it reads exact tag names. A service without that model refuses it.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub interest_encoder: Option<String>,
+    /// Match: how many users of the training data declare each free-text
+    /// interest. Present: the model reads the free-text columns
+    /// ([`FREE_TEXT_MATCH_FEATURES`]), a shared interest weighed by its
+    /// rarity in this table.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub interest_rarity: Option<std::sync::Arc<InterestRarity>>,
 }
 
 impl ModelParams {
@@ -109,6 +121,14 @@ impl ModelParams {
             InterestSpace::Semantic
         } else {
             InterestSpace::Exact
+        }
+    }
+
+    /// Which match-feature columns a match model with these parameters reads.
+    pub fn match_layout(&self) -> MatchLayout {
+        MatchLayout {
+            space: self.interest_space(),
+            free_text: self.interest_rarity.is_some(),
         }
     }
 }

@@ -39,7 +39,7 @@ pub fn match_context(
             .and_then(|d| cat.find_by_name(d))
             .map(|i| cat.tags[i]),
         interests: TagSet::from_names(interests),
-        semantic_interests: None,
+        ..Default::default()
     }
 }
 

@@ -91,7 +91,7 @@ pub fn evaluate_match(
     predict: &mut MatchPredictor,
     truth: Option<&[MatchComponents]>,
 ) -> Result<MatchEvaluation, TrainError> {
-    let cols = ml_core::features::match_feature_list(td.interest_space()).len();
+    let cols = td.match_layout().columns().len();
     let rows = crate::train::match_rows(td, holdout_from);
     let (xtr, ytr, xte, yte) = (&rows.x_train, &rows.y_train, &rows.x_test, &rows.y_test);
     let (ptrue, completeness) = (&rows.true_probability, &rows.completeness);
@@ -329,7 +329,7 @@ mod tests {
                 continue;
             }
             let score = |ctx: &MatchContext| {
-                art.predict(&match_features(a, b, ctx)[..art.feature_names.len()])[0][0]
+                art.predict(&td.match_layout().select(&match_features(a, b, ctx)))[0][0]
             };
             // A trip about interests both share beats one about interests neither has.
             let good = score(&MatchContext {

@@ -111,6 +111,17 @@ pub struct GeneratorConfig {
     /// semantic-interest evaluation uses 0.5. Drawn from a separate random
     /// stream, so the rest of the dataset does not change with it.
     pub synonym_rate: f64,
+    /// Mean number of free-text hobbies per user that are not among the
+    /// catalogue's tags ("surfing", "opera", …; [`HOBBIES`], with a Zipf
+    /// popularity). Two users who share one are likelier to match, the more
+    /// so the rarer it is. 0 by default (none). Drawn from a separate random
+    /// stream.
+    pub hobbies_per_user: f64,
+    /// Compatibility that is not additive in the features: a large budget
+    /// gap hurts where a small one does not, travel styles far apart hurt
+    /// more than linearly, and some traits matter only when both users have
+    /// them (two extraverts, two anxious travellers). Off by default.
+    pub nonadditive: bool,
 }
 
 impl Default for GeneratorConfig {
@@ -126,6 +137,8 @@ impl Default for GeneratorConfig {
             style_mix: [(2.0, 2.0), (2.0, 2.0), (2.0, 2.0)],
             personality_mix: (2.0, 2.0),
             synonym_rate: 0.0,
+            hobbies_per_user: 0.0,
+            nonadditive: false,
         }
     }
 }
@@ -163,7 +176,24 @@ impl GeneratorConfig {
                     ..Default::default()
                 },
             ),
+            (
+                "seed 13, free-text hobbies, non-additive compatibility".into(),
+                GeneratorConfig::free_text(users(5_000.0), 13),
+            ),
         ]
+    }
+
+    /// Free text beyond the tags and compatibility that is not additive:
+    /// three hobbies per user on average, half the interests written as
+    /// synonyms, [`GeneratorConfig::nonadditive`] on.
+    pub fn free_text(users: usize, seed: u64) -> GeneratorConfig {
+        GeneratorConfig {
+            users,
+            seed,
+            hobbies_per_user: 3.0,
+            nonadditive: true,
+            ..Default::default()
+        }
     }
 
     pub fn end(&self) -> DateTime<Utc> {
@@ -279,6 +309,9 @@ pub fn generate_with_truth(cfg: &GeneratorConfig) -> (Dataset, Truth) {
         let (p, l) = gen_user(cfg, &mut rng);
         profiles.push(p);
         latents.push(l);
+    }
+    if cfg.hobbies_per_user > 0.0 {
+        add_hobbies(cfg, &mut profiles);
     }
 
     let mut ds = Dataset {
@@ -675,6 +708,106 @@ fn gen_notifications(
     }
 }
 
+/// Free-text hobbies that are none of the catalogue's tags nor their
+/// synonyms, most popular first ([`hobby_share`]).
+pub const HOBBIES: [&str; 60] = [
+    "cooking",
+    "reading",
+    "running",
+    "yoga",
+    "pilates",
+    "gaming",
+    "football",
+    "movies",
+    "board games",
+    "podcasts",
+    "tennis",
+    "swimming",
+    "gardening",
+    "watercolours",
+    "guitar",
+    "baking",
+    "chess",
+    "dancing",
+    "volunteering",
+    "surfing",
+    "bowling",
+    "climbing",
+    "poetry",
+    "anime",
+    "basketball",
+    "knitting",
+    "pottery",
+    "opera",
+    "genealogy",
+    "fishing",
+    "sailing",
+    "salsa",
+    "crossfit",
+    "meditation",
+    "astronomy",
+    "calligraphy",
+    "theatre",
+    "scuba diving",
+    "woodworking",
+    "tarot",
+    "beekeeping",
+    "kitesurfing",
+    "falconry",
+    "origami",
+    "fencing",
+    "archery",
+    "bouldering",
+    "ceramics",
+    "sumo",
+    "flamenco",
+    "paragliding",
+    "stand-up comedy",
+    "cricket",
+    "rugby",
+    "golf",
+    "horse riding",
+    "vinyl records",
+    "sourdough",
+    "urban sketching",
+    "ice hockey",
+];
+
+/// The share of users who have hobby `rank` among those who have any:
+/// Zipf's law (exponent 1), so a shared "cooking" is common and a shared
+/// "falconry" rare.
+pub fn hobby_share(rank: usize) -> f64 {
+    let h: f64 = (1..=HOBBIES.len()).map(|r| 1.0 / r as f64).sum();
+    1.0 / ((rank + 1) as f64 * h)
+}
+
+/// How telling a shared hobby is: its surprise, −ln(share), over that of
+/// the rarest (0..1).
+fn hobby_rarity(rank: usize) -> f32 {
+    (hobby_share(rank).ln() / hobby_share(HOBBIES.len() - 1).ln()) as f32
+}
+
+/// Add each user's hobbies to their free-text interests, from a stream of
+/// its own (the rest of the dataset stays what it was for a seed).
+fn add_hobbies(cfg: &GeneratorConfig, profiles: &mut [Profile]) {
+    let mut rng = ChaCha8Rng::seed_from_u64(cfg.seed ^ 0x040B_B1E5);
+    let n = Poisson::new(cfg.hobbies_per_user).unwrap();
+    let ranks: Vec<usize> = (0..HOBBIES.len()).collect();
+    for p in profiles {
+        let k = (n.sample(&mut rng) as usize).min(8);
+        let mut picked: Vec<usize> = vec![];
+        for _ in 0..k {
+            if let Ok(r) = ranks.choose_weighted(&mut rng, |r| hobby_share(*r)) {
+                if !picked.contains(r) {
+                    picked.push(*r);
+                }
+            }
+        }
+        p.interests
+            .extend(picked.into_iter().map(|r| HOBBIES[r].to_string()));
+    }
+}
+
 /// What each user agreed to per channel, from a stream of its own (the rest
 /// of the demo stays what it was for a seed). Most users answered the app's
 /// consent prompts: push granted 9 times in 10, email 6 in 10, SMS 3 in 10,
@@ -683,7 +816,7 @@ fn gen_notifications(
 /// 15 % never answered and have no rows, so the service's default applies
 /// to them.
 fn gen_consents(cfg: &GeneratorConfig, profiles: &[Profile]) -> Vec<ChannelConsent> {
-    let mut rng = ChaCha8Rng::seed_from_u64(cfg.seed ^ 0xC0_45E7);
+    let mut rng = ChaCha8Rng::seed_from_u64(cfg.seed ^ 0x00C0_45E7);
     let mut out = Vec::with_capacity(profiles.len() * 3);
     for p in profiles {
         if rng.gen::<f32>() < 0.15 {
@@ -734,6 +867,7 @@ fn match_components(
     pb: &Profile,
     lb: &Latent,
     ctx: Option<&TagSet>,
+    nonadditive: bool,
 ) -> MatchComponents {
     let cos_taste: f32 = la
         .taste
@@ -758,11 +892,34 @@ fn match_components(
         .map(|t| (taste_affinity(la, t) + taste_affinity(lb, t)) / 2.0 - 0.5)
         .unwrap_or(0.0);
     let dage = (pa.age as f32 - pb.age as f32).abs();
-    MatchComponents {
-        interest: 4.8 * (cos_taste - 0.15) + 3.2 * ctx_taste,
+    // Shared hobbies, each counting by how rare it is.
+    let hobbies: f32 = HOBBIES
+        .iter()
+        .enumerate()
+        .filter(|(_, h)| {
+            pa.interests.iter().any(|i| i == *h) && pb.interests.iter().any(|i| i == *h)
+        })
+        .map(|(r, _)| hobby_rarity(r))
+        .sum();
+    let mut c = MatchComponents {
+        interest: 4.8 * (cos_taste - 0.15) + 3.2 * ctx_taste + 1.6 * hobbies,
         travel_style: 3.6 * (0.5 - style_dist) + 0.6 * shared_lang - 0.5 * dbudget - 0.02 * dage,
         personality: -2.2 * dp(1) - 1.0 * dp(0) + 1.2 * (mp(3) - 0.5) - 0.8 * (mp(4) - 0.5),
+    };
+    if nonadditive {
+        // A budget gap of one level is fine, of two it is not; styles far
+        // apart hurt more than linearly; two extraverts enjoy each other,
+        // two anxious travellers do not.
+        let (ea, eb) = (pa.personality[2], pb.personality[2]);
+        let (na, nb) = (pa.personality[4], pb.personality[4]);
+        c.travel_style = 3.6 * (0.5 - style_dist) - 6.0 * (style_dist - 0.35).max(0.0)
+            + 0.6 * shared_lang
+            - 1.6 * (dbudget >= 2.0) as u8 as f32
+            - 0.02 * dage;
+        c.personality += 6.0 * ((ea - 0.5).max(0.0) * (eb - 0.5).max(0.0))
+            - 6.0 * ((na - 0.5).max(0.0) * (nb - 0.5).max(0.0));
     }
+    c
 }
 
 fn gen_matches(
@@ -813,7 +970,14 @@ fn gen_matches(
                 (true, true) => Some(&dest_tags[di]),
                 (true, false) => Some(&trip_tags),
             };
-            let c = match_components(&profiles[a], &latents[a], &profiles[b], &latents[b], ctx);
+            let c = match_components(
+                &profiles[a],
+                &latents[a],
+                &profiles[b],
+                &latents[b],
+                ctx,
+                cfg.nonadditive,
+            );
             let p = c.probability();
             truth.push(c);
             let decided_at = random_time(cfg, rng);
@@ -855,6 +1019,49 @@ mod tests {
         assert_eq!(a.activity, b.activity);
         let c = generate(&GeneratorConfig { seed: 8, ..small() });
         assert_ne!(a.profiles, c.profiles);
+    }
+
+    #[test]
+    fn hobbies_are_free_text_beyond_the_tags_and_shared_rare_ones_raise_the_odds() {
+        let plain = generate(&small());
+        let hob = generate(&GeneratorConfig {
+            hobbies_per_user: 3.0,
+            ..small()
+        });
+        assert_eq!(plain.interactions, hob.interactions);
+        assert_eq!(plain.activity, hob.activity);
+        let mut n = 0;
+        for (p, q) in plain.profiles.iter().zip(&hob.profiles) {
+            assert_eq!(q.interests[..p.interests.len()], p.interests[..]);
+            for h in &q.interests[p.interests.len()..] {
+                assert!(
+                    tag_index(h).is_none() && HOBBIES.contains(&h.as_str()),
+                    "{h}"
+                );
+                n += 1;
+            }
+        }
+        assert!(n > 400, "{n} hobbies for 200 users");
+        for h in HOBBIES {
+            assert!(
+                tag_index(h).is_none() && !SYNONYMS.iter().flatten().any(|s| *s == h),
+                "{h}"
+            );
+        }
+        // Zipf: the first hobby is far commoner than the last.
+        assert!(hobby_share(0) > 30.0 * hobby_share(HOBBIES.len() - 1));
+        assert!(hobby_rarity(HOBBIES.len() - 1) > 2.0 * hobby_rarity(0));
+        // The same pairs, likelier where a shared hobby is rarer.
+        let p = |d: &Dataset| {
+            d.matches
+                .iter()
+                .map(|m| m.true_probability.unwrap())
+                .collect::<Vec<_>>()
+        };
+        let (a, b) = (p(&plain), p(&hob));
+        assert_eq!(a.len(), b.len());
+        assert!(a.iter().zip(&b).all(|(x, y)| y >= x));
+        assert!(a.iter().zip(&b).any(|(x, y)| y > x));
     }
 
     #[test]

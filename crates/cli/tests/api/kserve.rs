@@ -22,14 +22,32 @@ async fn match_rows(app: &TestApp, pairs: &[(String, String)]) -> Vec<Vec<f32>> 
     let store = &app.store;
     let cat = Catalogue::new(store.load_destinations().unwrap());
     let width = input_width(app, "travel_match").await;
+    // The served version's layout and rarity table, from its model.json.
+    let meta: ml_backend::ModelMeta = serde_json::from_slice(
+        &std::fs::read(
+            fixture()
+                .settings
+                .models
+                .model_path
+                .join("travel_match/1/model.json"),
+        )
+        .unwrap(),
+    )
+    .unwrap();
     let mut rows = vec![];
     for (a, b) in pairs {
         let (fa, fb) = (
             features_of(store, &cat, a).await,
             features_of(store, &cat, b).await,
         );
-        let x = match_features(&fa, &fb, &match_context(&cat, None, &[]));
-        rows.push(x[..width].to_vec());
+        let mut ctx = match_context(&cat, None, &[]);
+        ctx.rarity = meta.params.interest_rarity.clone();
+        let x = meta
+            .params
+            .match_layout()
+            .select(&match_features(&fa, &fb, &ctx));
+        assert_eq!(x.len(), width);
+        rows.push(x);
     }
     rows
 }

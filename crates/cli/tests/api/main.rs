@@ -809,12 +809,10 @@ async fn the_served_model_is_the_trained_file_and_gives_the_trainers_outputs() {
             features_of(&store, &cat, &w[0]).await,
             features_of(&store, &cat, &w[1]).await,
         ];
-        let x = match_features(
-            &feats[0],
-            &feats[1],
-            &match_context(&cat, Some("Kyoto"), &["food".into()]),
-        );
-        let expected = art.predict(&x[..art.feature_names.len()]);
+        let mut ctx = match_context(&cat, Some("Kyoto"), &["food".into()]);
+        ctx.rarity = art.params.interest_rarity.clone();
+        let x = match_features(&feats[0], &feats[1], &ctx);
+        let expected = art.predict(&art.params.match_layout().select(&x));
         assert!(
             (v["score"].as_f64().unwrap() - expected[0][0] as f64).abs() < 1e-3,
             "{v} vs {expected:?}"

@@ -69,10 +69,11 @@ impl Endpoint<2> for Match {
             // the cached features carry the interests' meaning.
             (Predictor::exact_names(a), Predictor::exact_names(b))
         };
+        // A model with the free-text view weighs shared interests by its
+        // own rarity table.
+        ctx.rarity = call.m.meta.params.interest_rarity.clone();
         let x = features::match_features(&a, &b, &ctx);
-        // An exact model reads the row's first columns, a semantic one all.
-        let width = call.m.meta.features.len().min(x.len());
-        let row = x[..width].to_vec();
+        let row = call.m.meta.params.match_layout().select(&x);
         Ok((Pair { a, b, x }, row, 1))
     }
 
