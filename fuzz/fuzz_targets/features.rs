@@ -7,7 +7,8 @@ use chrono::{TimeZone, Utc};
 use libfuzzer_sys::fuzz_target;
 use ml_core::catalogue::{builtin, Catalogue};
 use ml_core::features::{
-    match_features, timing_features, InterestSpace, PopulationActivity, UserFeatures,
+    match_features, timing_features, InterestRarity, InterestSpace, PopulationActivity,
+    UserFeatures,
 };
 use ml_core::types::UserHistory;
 use std::sync::OnceLock;
@@ -37,6 +38,10 @@ fuzz_target!(|data: &[u8]| {
     let mut ctx =
         ml_core::post::match_context(cat, pa.interests.first().map(String::as_str), &interests);
     ctx.semantic_interests = Some(soft(5));
+    // Free-text interests weighed by a rarity table of the two users.
+    ctx.rarity = Some(std::sync::Arc::new(InterestRarity::of(
+        [pa.interests.as_slice(), pb.interests.as_slice()].into_iter(),
+    )));
     let x = match_features(&fa, &fb, &ctx);
     assert!(x.iter().all(|v| v.is_finite()), "match features {x:?}");
     let f = ml_core::post::match_fallback(&x);
@@ -50,6 +55,8 @@ fuzz_target!(|data: &[u8]| {
             assert!(r.iter().all(|v| v.is_finite()), "recommendation input");
         }
     }
+    // Consent and the frequency cap come from the input too; a user who
+    // agreed to no channel gets no plan.
     let plan = ml_core::post::plan_notification(&ml_core::post::NotificationRequest {
         user: &fa,
         scores: &pop.hour_of_week,
@@ -58,7 +65,9 @@ fuzz_target!(|data: &[u8]| {
         kind: ml_core::types::NotificationType::Message,
         urgency: ml_core::types::Urgency::Medium,
         now,
-        quiet: ml_core::post::QuietHours::default(),
+        policy: ml_core::post::NotificationPolicy::default(),
     });
-    assert!(plan.send_at > now, "{plan:?}");
+    if let Some(plan) = plan {
+        assert!(plan.send_at > now, "{plan:?}");
+    }
 });
