@@ -53,10 +53,13 @@ async fn semantic_models_train_serve_and_read_free_text_interests() {
         );
     }
     let (_, m) = repo.read(ModelKind::TravelMatch, 1).await.unwrap();
+    // The semantic columns follow the exact ones (the free-text view after).
+    let exact = ml_core::features::MATCH_FEATURES.len();
     assert_eq!(
-        &m.features[m.features.len() - 2..],
+        &m.features[exact..exact + 2],
         ["semantic_interest_cosine", "semantic_context_fit"]
     );
+    assert_eq!(m.features.len(), ml_core::features::MATCH_ROW);
     let (_, t) = repo.read(ModelKind::NotificationTiming, 1).await.unwrap();
     assert_eq!(t.params.interest_encoder, None);
 
