@@ -88,6 +88,7 @@ pub fn train_missing(
         .block_on(store.load_sample(training_sample(training)))
         .context("loading the app data for training")?;
     let mut td = TrainingData::new(&data);
+    td.rec_max_items = training.rec_max_destinations;
     attach_interests(interests, &mut td)?;
     for k in missing {
         // Data that cannot train a model (an imported dataset without match

@@ -489,6 +489,18 @@ impl Stage {
     }
 }
 
+/// Why a catalogue of `items` destinations is not trained, with what it
+/// would cost: peak memory of one fit grows as the square of the catalogue
+/// (11.1 GB at 20,000 on this machine, `docs/recommender-issue-34.md`).
+fn too_many_items(items: usize, max: usize) -> String {
+    let gb = 11.1 * (items as f64 / 20_000.0).powi(2);
+    format!(
+        "{items} destinations are more than the recommender trains on ({max}, REC_MAX_DESTINATIONS): \
+         its item-item matrix is dense, so one of its ~35 fits would need about {gb:.0} GB of memory; \
+         raise the limit only on a machine with that memory (a sparse recommender for large catalogues is not built yet)"
+    )
+}
+
 /// Train the recommendation model: EASE over the users' engaged destinations,
 /// blended with the fit of their profile (interests against tags, budget
 /// against cost, preferred trip length) and with popularity — which carry users
@@ -497,11 +509,17 @@ impl Stage {
 /// Selection and the reported figure follow the module's protocol (each
 /// user's next interactions).
 pub fn train_recommendation(td: &TrainingData, seed: u64) -> Result<ModelArtifact, TrainError> {
+    let items = td.catalogue.len();
+    if items > td.rec_max_items {
+        return Err(TrainError::Training(too_many_items(
+            items,
+            td.rec_max_items,
+        )));
+    }
     let (start, end) = span(
         td.data.interactions.iter().map(|i| i.occurred_at),
         "interactions",
     )?;
-    let items = td.catalogue.len();
     let profile = ProfileMatrices::new(&td.catalogue);
     let space = td.interest_space();
     let none = vec![false; td.data.interactions.len()];
@@ -684,6 +702,35 @@ mod tests {
             rating: Some(4.0),
             occurred_at: Utc.with_ymd_and_hms(2026, 1, 1, 12, 0, 0).unwrap() + Duration::days(day),
         }
+    }
+
+    #[test]
+    fn a_catalogue_past_the_limit_is_refused_with_the_cost_before_any_work() {
+        let d = generate(&GeneratorConfig {
+            users: 50,
+            seed: 3,
+            ..Default::default()
+        });
+        let mut td = TrainingData::new(&d);
+        td.rec_max_items = 100;
+        let Err(TrainError::Training(e)) = train_recommendation(&td, 1) else {
+            panic!(
+                "a catalogue of {} trained under a limit of 100",
+                d.destinations.len()
+            );
+        };
+        assert!(
+            e.starts_with(&format!(
+                "{} destinations are more than",
+                d.destinations.len()
+            )),
+            "{e}"
+        );
+        assert!(
+            e.contains("REC_MAX_DESTINATIONS") && e.contains("GB"),
+            "{e}"
+        );
+        assert!(too_many_items(20_000, 12_000).contains("about 11 GB"));
     }
 
     #[test]

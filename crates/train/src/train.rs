@@ -70,6 +70,10 @@ impl ModelArtifact {
     }
 }
 
+/// Most destinations the dense recommender trains on by default
+/// (`REC_MAX_DESTINATIONS`): one fit at 12,000 takes about 15 s and 4 GB here.
+pub const REC_MAX_ITEMS: usize = 12_000;
+
 /// The app data indexed per user, as the trainers read it.
 pub struct TrainingData<'a> {
     pub data: &'a Dataset,
@@ -84,6 +88,8 @@ pub struct TrainingData<'a> {
     /// Match rows with the free-text view (true unless evaluating a model
     /// trained without it).
     pub free_text: bool,
+    /// Most destinations the (dense) recommender trains on.
+    pub rec_max_items: usize,
 }
 
 impl<'a> TrainingData<'a> {
@@ -120,6 +126,7 @@ impl<'a> TrainingData<'a> {
                 data.profiles.iter().map(|p| p.interests.as_slice()),
             )),
             free_text: true,
+            rec_max_items: REC_MAX_ITEMS,
         }
     }
 
@@ -241,6 +248,7 @@ impl<'a> TrainingData<'a> {
             semantic: self.semantic.clone(),
             rarity: self.rarity.clone(),
             free_text: self.free_text,
+            rec_max_items: self.rec_max_items,
         }
     }
 

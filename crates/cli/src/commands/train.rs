@@ -43,6 +43,7 @@ pub fn train(t: TrainArgs) -> anyhow::Result<()> {
         t.run.training.train_max_users
     );
     let mut td = TrainingData::new(&data);
+    td.rec_max_items = t.run.training.rec_max_destinations;
     attach_interests(
         &Interests::load(&t.run.interests, t.run.backend.enable_gpu)?,
         &mut td,
