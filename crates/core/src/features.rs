@@ -496,9 +496,20 @@ impl MatchLayout {
         self.columns().into_iter().map(|c| all[c]).collect()
     }
 
-    /// This layout's columns of a full row.
+    /// This layout's columns of a full row (per request: slices, no index
+    /// list).
     pub fn select(&self, row: &[f32; MATCH_ROW]) -> Vec<f32> {
-        self.columns().into_iter().map(|c| row[c]).collect()
+        let exact = MATCH_FEATURES.len();
+        let semantic = exact + SEMANTIC_MATCH_FEATURES.len();
+        let mut v = Vec::with_capacity(MATCH_ROW);
+        v.extend_from_slice(&row[..exact]);
+        if self.space == InterestSpace::Semantic {
+            v.extend_from_slice(&row[exact..semantic]);
+        }
+        if self.free_text {
+            v.extend_from_slice(&row[semantic..]);
+        }
+        v
     }
 }
 

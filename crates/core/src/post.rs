@@ -419,7 +419,7 @@ pub fn plan_reason(
     if (peak, peak_weekend) == (chosen, weekend) {
         return reason;
     }
-    let why = if quiet_applies && r.quiet().contains(peak as u32) {
+    let why = if quiet_applies && r.policy.quiet.contains(peak as u32) {
         format!("{} would be in quiet hours", hour_span(peak))
     } else {
         let on = if peak_weekend != weekend {
@@ -495,12 +495,6 @@ pub struct NotificationRequest<'a> {
     pub urgency: Urgency,
     pub now: DateTime<Utc>,
     pub policy: NotificationPolicy,
-}
-
-impl NotificationRequest<'_> {
-    fn quiet(&self) -> QuietHours {
-        self.policy.quiet
-    }
 }
 
 /// How long a notification plan made at `now` stays the answer: until the

@@ -275,6 +275,21 @@ pub struct Dataset {
     pub consents: Vec<ChannelConsent>,
 }
 
+impl Dataset {
+    /// One user's channel consent as a store's history returns it: a row
+    /// per channel answered, in the channels' name order.
+    pub fn consents_of(&self, user: Uuid) -> Vec<ChannelConsent> {
+        let mut v: Vec<ChannelConsent> = self
+            .consents
+            .iter()
+            .filter(|c| c.user_id == user)
+            .copied()
+            .collect();
+        v.sort_by_key(|c| c.channel.as_str());
+        v
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -416,16 +416,9 @@ impl PgStore {
         .await?;
         // Consent is a state, not an event: a later answer replaces an
         // earlier one, so it is upserted (one statement) rather than copied.
-        let (users, channels, granted): (Vec<Uuid>, Vec<&str>, Vec<bool>) = d
-            .consents
-            .iter()
-            .map(|c| (c.user_id, c.channel.as_str(), c.granted))
-            .fold(Default::default(), |mut acc, (u, c, g)| {
-                acc.0.push(u);
-                acc.1.push(c);
-                acc.2.push(g);
-                acc
-            });
+        let users: Vec<Uuid> = d.consents.iter().map(|c| c.user_id).collect();
+        let channels: Vec<&str> = d.consents.iter().map(|c| c.channel.as_str()).collect();
+        let granted: Vec<bool> = d.consents.iter().map(|c| c.granted).collect();
         tx.execute(
             "INSERT INTO channel_consent (user_id, channel, granted)
              SELECT * FROM unnest($1::uuid[], $2::text[], $3::bool[])

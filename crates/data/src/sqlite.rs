@@ -647,15 +647,7 @@ mod tests {
         let u = &d.profiles[0];
         let h = store.user_history(u.id).await.unwrap().unwrap();
         assert_eq!(h.profile.as_ref(), Some(u));
-        // A user's consent, one row per channel, in the channels' name order.
-        let mut theirs: Vec<_> = d
-            .consents
-            .iter()
-            .filter(|c| c.user_id == u.id)
-            .copied()
-            .collect();
-        theirs.sort_by_key(|c| c.channel.as_str());
-        assert_eq!(h.consents, theirs);
+        assert_eq!(h.consents, d.consents_of(u.id));
         assert_eq!(
             h.activity.len(),
             d.activity.iter().filter(|a| a.user_id == u.id).count()

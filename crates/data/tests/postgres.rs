@@ -141,15 +141,7 @@ async fn a_dataset_round_trips_and_a_bad_row_writes_nothing() {
     assert_eq!(h.profile.as_ref(), Some(u));
     let mine = |id| d.activity.iter().filter(|a| a.user_id == id).count();
     assert_eq!(h.activity.len(), mine(u.id));
-    // A user's consent, one row per channel, in the channels' name order.
-    let mut theirs: Vec<_> = d
-        .consents
-        .iter()
-        .filter(|c| c.user_id == u.id)
-        .copied()
-        .collect();
-    theirs.sort_by_key(|c| c.channel.as_str());
-    assert_eq!(h.consents, theirs);
+    assert_eq!(h.consents, d.consents_of(u.id));
     assert!(store
         .user_history(uuid::Uuid::nil())
         .await

@@ -53,7 +53,7 @@ use ml_core::types::*;
 use rand::seq::SliceRandom;
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
-use rand_distr::{Beta, Distribution, Gumbel, LogNormal, Normal, Poisson};
+use rand_distr::{Beta, Distribution, Gumbel, LogNormal, Normal, Poisson, WeightedIndex};
 use uuid::Uuid;
 
 /// Time zones users live in, with their main language and a weight.
@@ -792,15 +792,17 @@ fn hobby_rarity(rank: usize) -> f32 {
 fn add_hobbies(cfg: &GeneratorConfig, profiles: &mut [Profile]) {
     let mut rng = ChaCha8Rng::seed_from_u64(cfg.seed ^ 0x040B_B1E5);
     let n = Poisson::new(cfg.hobbies_per_user).unwrap();
-    let ranks: Vec<usize> = (0..HOBBIES.len()).collect();
+    // The same draws `choose_weighted` makes, with the weights built once.
+    let Ok(rank) = WeightedIndex::new((0..HOBBIES.len()).map(hobby_share)) else {
+        return;
+    };
     for p in profiles {
         let k = (n.sample(&mut rng) as usize).min(8);
         let mut picked: Vec<usize> = vec![];
         for _ in 0..k {
-            if let Ok(r) = ranks.choose_weighted(&mut rng, |r| hobby_share(*r)) {
-                if !picked.contains(r) {
-                    picked.push(*r);
-                }
+            let r = rank.sample(&mut rng);
+            if !picked.contains(&r) {
+                picked.push(r);
             }
         }
         p.interests
@@ -893,14 +895,14 @@ fn match_components(
         .unwrap_or(0.0);
     let dage = (pa.age as f32 - pb.age as f32).abs();
     // Shared hobbies, each counting by how rare it is.
-    let hobbies: f32 = HOBBIES
+    let mut shared: Vec<usize> = pa
+        .interests
         .iter()
-        .enumerate()
-        .filter(|(_, h)| {
-            pa.interests.iter().any(|i| i == *h) && pb.interests.iter().any(|i| i == *h)
-        })
-        .map(|(r, _)| hobby_rarity(r))
-        .sum();
+        .filter(|i| pb.interests.contains(i))
+        .filter_map(|i| HOBBIES.iter().position(|h| h == i))
+        .collect();
+    shared.sort_unstable();
+    let hobbies: f32 = shared.into_iter().map(hobby_rarity).sum();
     let mut c = MatchComponents {
         interest: 4.8 * (cos_taste - 0.15) + 3.2 * ctx_taste + 1.6 * hobbies,
         travel_style: 3.6 * (0.5 - style_dist) + 0.6 * shared_lang - 0.5 * dbudget - 0.02 * dage,
