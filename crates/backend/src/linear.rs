@@ -44,10 +44,19 @@ const CHECK_ROWS: usize = 16;
 /// any real non-linearity (a ReLU, a sigmoid) lands far above it.
 const TOLERANCE: f32 = 1e-4;
 
+/// Largest input width probed: the probe's rows and the table both hold
+/// about `inputs²` floats (600 MB here, a dense recommender of ~12,000
+/// destinations). A wider model (the low-rank recommender of a large
+/// catalogue) gets no table; its reasons are measured with model rows.
+pub const MAX_PROBED_INPUTS: usize = 12_300;
+
 /// Probe `model` (`inputs` columns wide): run the all-zero row and each unit
 /// row, then check the affine reconstruction on rows of mixed inputs.
-/// `Ok(None)`: the model is not affine.
+/// `Ok(None)`: the model is not affine, or wider than [`MAX_PROBED_INPUTS`].
 pub fn probe(model: &dyn LoadedModel, inputs: usize) -> Result<Option<Effects>, BackendError> {
+    if inputs > MAX_PROBED_INPUTS {
+        return Ok(None);
+    }
     let rows = inputs + 1;
     let mut x = vec![0f32; rows * inputs];
     for j in 0..inputs {
@@ -181,5 +190,19 @@ mod tests {
     #[test]
     fn a_non_linear_model_gives_none() {
         assert_eq!(probe(&dense(true), 12).unwrap(), None);
+    }
+
+    /// A model too wide for a table is not run at all (its probe rows
+    /// alone would take `inputs²` floats).
+    #[test]
+    fn a_model_too_wide_for_a_table_is_not_probed() {
+        #[derive(Debug)]
+        struct Unrunnable;
+        impl LoadedModel for Unrunnable {
+            fn run(&self, _: &[f32], _: usize) -> Result<Outputs, BackendError> {
+                panic!("probed a model wider than MAX_PROBED_INPUTS");
+            }
+        }
+        assert_eq!(probe(&Unrunnable, MAX_PROBED_INPUTS + 1).unwrap(), None);
     }
 }

@@ -371,13 +371,18 @@ pub struct TrainingSettings {
     /// grows: about 37 KiB per user read (bench/train-memory.sh).
     #[arg(long, env = "TRAIN_MAX_USERS", default_value_t = 20_000)]
     pub train_max_users: usize,
-    /// Most destinations the recommender trains on: its item-item matrix is
-    /// dense, and one fit of ~35 in its search takes 4.4 s and 1.9 GB at
-    /// 8,000 destinations, 80 s and 11 GB at 20,000 (2 cores). A larger
-    /// catalogue leaves the recommendation model out with a clear error
-    /// (the other models train and serve; its endpoint answers 503).
+    /// Most destinations the recommender trains on; a larger catalogue
+    /// leaves the recommendation model out with a clear error (the other
+    /// models train and serve; its endpoint answers 503).
     #[arg(long, env = "REC_MAX_DESTINATIONS", default_value_t = ml_train::train::REC_MAX_ITEMS)]
     pub rec_max_destinations: usize,
+    /// Most destinations the recommender fits its exact item-item model on:
+    /// it is dense, so time and memory grow as the square and cube of the
+    /// catalogue (one fit of ~35 takes 4.4 s and 1.9 GB at 8,000, 80 s and
+    /// 11 GB at 20,000 on 2 cores). Past it the model is low-rank (rank 256),
+    /// linear in the catalogue, at some cost in quality.
+    #[arg(long, env = "REC_DENSE_MAX", default_value_t = ml_train::train::REC_DENSE_MAX)]
+    pub rec_dense_max: usize,
 }
 
 /// The demo dataset: generated into an empty embedded store on first

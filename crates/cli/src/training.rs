@@ -89,6 +89,7 @@ pub fn train_missing(
         .context("loading the app data for training")?;
     let mut td = TrainingData::new(&data);
     td.rec_max_items = training.rec_max_destinations;
+    td.rec_dense_max = training.rec_dense_max;
     attach_interests(interests, &mut td)?;
     for k in missing {
         // Data that cannot train a model (an imported dataset without match

@@ -166,6 +166,10 @@ pub struct RecBlend {
     /// visited): people return to places they are considering.
     #[serde(default)]
     pub repeat: f32,
+    /// Rank of the low-rank item model (a catalogue past `REC_DENSE_MAX`);
+    /// absent: the dense one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rank: Option<usize>,
 }
 
 #[cfg(test)]
@@ -180,7 +184,7 @@ mod tests {
             "popularity": 0.03, "budget": 0.0, "duration": 0.0}"#;
         let b: RecBlend = serde_json::from_str(old).unwrap();
         assert_eq!((b.user_norm, b.item_norm), (0.0, 1.0));
-        assert_eq!((b.affinity, b.repeat), (0.0, 0.0));
+        assert_eq!((b.affinity, b.repeat, b.rank), (0.0, 0.0, None));
         let round: RecBlend = serde_json::from_str(&serde_json::to_string(&b).unwrap()).unwrap();
         assert_eq!(round, b);
     }

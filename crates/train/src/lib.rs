@@ -25,6 +25,7 @@ pub mod error;
 pub mod eval;
 pub mod export;
 pub mod generator;
+pub mod lowrank;
 pub mod metrics;
 pub mod movielens;
 pub mod nn;

@@ -70,9 +70,16 @@ impl ModelArtifact {
     }
 }
 
-/// Most destinations the dense recommender trains on by default
-/// (`REC_MAX_DESTINATIONS`): one fit at 12,000 takes about 15 s and 4 GB here.
-pub const REC_MAX_ITEMS: usize = 12_000;
+/// Most destinations the recommender trains on by default
+/// (`REC_MAX_DESTINATIONS`); past [`REC_DENSE_MAX`] its item model is
+/// low-rank, whose memory grows linearly (measured in
+/// `docs/recommender-issue-34.md`).
+pub const REC_MAX_ITEMS: usize = 100_000;
+
+/// Most destinations the recommender fits its exact (dense) item model on
+/// (`REC_DENSE_MAX`): one fit at 8,000 takes 4.4 s and 1.9 GB here, at
+/// 12,000 about 15 s and 4 GB, and the search runs ~35.
+pub const REC_DENSE_MAX: usize = 10_000;
 
 /// The app data indexed per user, as the trainers read it.
 pub struct TrainingData<'a> {
@@ -88,8 +95,10 @@ pub struct TrainingData<'a> {
     /// Match rows with the free-text view (true unless evaluating a model
     /// trained without it).
     pub free_text: bool,
-    /// Most destinations the (dense) recommender trains on.
+    /// Most destinations the recommender trains on.
     pub rec_max_items: usize,
+    /// Most destinations its dense item model is fitted on (low-rank past it).
+    pub rec_dense_max: usize,
 }
 
 impl<'a> TrainingData<'a> {
@@ -127,6 +136,7 @@ impl<'a> TrainingData<'a> {
             )),
             free_text: true,
             rec_max_items: REC_MAX_ITEMS,
+            rec_dense_max: REC_DENSE_MAX,
         }
     }
 
@@ -249,6 +259,7 @@ impl<'a> TrainingData<'a> {
             rarity: self.rarity.clone(),
             free_text: self.free_text,
             rec_max_items: self.rec_max_items,
+            rec_dense_max: self.rec_dense_max,
         }
     }
 

@@ -63,6 +63,52 @@ async fn exported_models_match_the_trainer_through_repository_and_pool() {
     );
 }
 
+/// Past `REC_DENSE_MAX` the recommender is low-rank: a graph of two linear
+/// layers (the profile passed through the first) that tract runs as the
+/// trainer computes, that the service's probe reads as affine (its reasons'
+/// effects table), and that still ranks above popularity on held-out data.
+#[test]
+fn a_low_rank_recommender_exports_runs_and_probes_as_affine() {
+    let data = generate(&GeneratorConfig {
+        users: 600,
+        seed: 5,
+        ..Default::default()
+    });
+    let mut td = TrainingData::new(&data);
+    td.rec_dense_max = 0;
+    let art = train(ModelKind::Recommendation, &td, 1).unwrap();
+    let layers = &art.heads[0].layers;
+    assert_eq!(layers.len(), 2, "low-rank: two layers");
+    let items = td.catalogue.len();
+    assert_eq!(layers[1].output, items);
+    assert!(
+        art.metrics["ndcg_at_10"] > art.baseline["ndcg_at_10"],
+        "{:?} vs {:?}",
+        art.metrics,
+        art.baseline
+    );
+    let meta = export::meta_of(&art, 1);
+    let onnx = export::to_onnx(&art);
+    export::check_parity(&art, &onnx, &meta, &TractBackend).unwrap();
+    let model = TractBackend.load(&onnx, &meta).unwrap();
+    let inputs = meta.features.len();
+    let effects = linear::probe(model.as_ref(), inputs)
+        .unwrap()
+        .expect("two linear layers are affine");
+    // The effect of a history destination on another is `L_j · Rᵀ_i`.
+    let (l, r) = (&layers[0], &layers[1]);
+    let k = r.input - (inputs - items);
+    let (j, i) = (3, 7);
+    let want: f32 = (0..k)
+        .map(|c| l.weights[j * l.output + c] * r.weights[c * items + i])
+        .sum();
+    assert!(
+        (effects.on(i)[j] - want).abs() < 1e-4,
+        "{} vs {want}",
+        effects.on(i)[j]
+    );
+}
+
 /// The ONNX Runtime library for the tests: ORT_DYLIB_PATH, else the one
 /// scripts/fetch-onnxruntime.sh puts in .fixtures. Missing: the test is skipped
 /// with a message, except under CI=true, where it fails.

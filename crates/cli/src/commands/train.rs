@@ -44,6 +44,7 @@ pub fn train(t: TrainArgs) -> anyhow::Result<()> {
     );
     let mut td = TrainingData::new(&data);
     td.rec_max_items = t.run.training.rec_max_destinations;
+    td.rec_dense_max = t.run.training.rec_dense_max;
     attach_interests(
         &Interests::load(&t.run.interests, t.run.backend.enable_gpu)?,
         &mut td,

@@ -741,3 +741,52 @@ async fn a_caller_that_hangs_up_costs_no_model_call() {
     // Only the first caller's model call ran.
     assert_eq!(runs.load(Ordering::SeqCst) - before, 1);
 }
+
+/// `REC_DENSE_MAX` picks the recommender's item model: `train` with it at 0
+/// writes the low-rank form (its rank in `model.json`; the demo's catalogue
+/// is smaller than the rank, so here it is full rank), which the service
+/// loads and answers from over HTTP, reasons included, as from the dense one.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rec_dense_max_switches_the_recommender_to_its_low_rank_form() {
+    let dir = tempfile::tempdir().unwrap();
+    let settings = lifecycle_settings(dir.path());
+    let blend = |v: u64| -> Value {
+        let path = dir.path().join(format!("recommendation/{v}/model.json"));
+        let meta: Value = serde_json::from_slice(&std::fs::read(path).unwrap()).unwrap();
+        meta["params"]["recommendation_blend"].clone()
+    };
+    assert!(
+        blend(1).get("rank").is_none(),
+        "dense by default: {}",
+        blend(1)
+    );
+    run_cli(
+        &["train", "recommendation", "--rec-dense-max", "0"],
+        &settings,
+    )
+    .await;
+    let rank = blend(2)["rank"].as_u64().expect("the low-rank form's rank");
+    assert!((1..=256).contains(&rank), "{rank}");
+    assert_eq!(blend(2)["repeat"], 0.0, "no repeat weight in that form");
+
+    let app = spawn_with(settings).await;
+    for user in app.users(5) {
+        let r = app
+            .post(
+                "/recommend/destinations",
+                json!({"user_id": user, "limit": 5}),
+            )
+            .await;
+        assert_eq!(r.status(), 200);
+        assert_eq!(r.headers()["x-model-version"], "recommendation/2");
+        let v: Value = r.json().await.unwrap();
+        assert_ne!(v["fallback"], true, "{v}");
+        let recs = v["recommendations"].as_array().unwrap();
+        assert_eq!(recs.len(), 5, "{v}");
+        assert!(
+            recs.iter()
+                .all(|r| !r["reason"].as_str().unwrap().is_empty()),
+            "{v}"
+        );
+    }
+}
