@@ -191,8 +191,9 @@ impl ProfileMatrices {
     }
 }
 
-/// Rank of the low-rank item model ([`crate::lowrank`]): on MovieLens-1M it
-/// keeps about 96 % of the dense fit's NDCG@10; its two factors take
+/// Rank of the low-rank item model ([`crate::lowrank`]): on MovieLens-1M,
+/// through the product path, it keeps 98 % of the dense model's NDCG@10
+/// (0.2985 against 0.3041); its two factors take
 /// `2 × 256 × 4` bytes per destination (200 MB at 100,000).
 pub const LOW_RANK: usize = 256;
 
