@@ -277,10 +277,6 @@ impl LowRankFit {
         }
         out
     }
-
-    pub fn items(&self) -> usize {
-        self.items
-    }
 }
 
 #[cfg(test)]

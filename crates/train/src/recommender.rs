@@ -263,6 +263,7 @@ impl<'h> Fitter<'h> {
             ));
         }
         if self.eigen.as_ref().map(|(b, _)| *b) != Some(user_norm) {
+            // Free the old eigenpairs first, so two sets are never held.
             self.eigen = None;
             let e = Eigen::new(self.items, self.hist, user_norm, LOW_RANK, self.seed);
             self.eigen = Some((user_norm, e));
