@@ -3,7 +3,8 @@
 # demo dataset beside a bare axum server that parses and validates the same
 # JSON and answers a constant (crates/server/examples/bare_axum.rs), both
 # driven by wrk at 50 connections over bodies rotating through 1,000 users.
-# Per endpoint and mode (prediction cache off: every request computes; on):
+# Per endpoint and mode (prediction cache off: every request computes; on),
+# each with the prediction log off and on (rows written and dropped after):
 # requests/s, p50/p95/p99, and the share of the bare server's requests/s
 # measured just before and just after the point (their mean); then the
 # service's peak RSS (VmHWM) and how long a start with models present takes
@@ -42,21 +43,27 @@ bare_point() { read -r rps _ < <(run_point "$bport" "$1"); echo "$rps"; }
 
 echo "$(nproc) cores, wrk -t1 -c50, ${duration}s per point; bare axum measured just before and just after each point"
 echo
-echo "| endpoint | prediction cache | requests/s | share of bare axum | p50 | p95 | p99 | non-2xx | bare axum before / after |"
-echo "| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | --- |"
+echo "| endpoint | prediction cache | prediction log | requests/s | share of bare axum | p50 | p95 | p99 | non-2xx | bare axum before / after |"
+echo "| --- | --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | --- |"
+# Each cache mode with the prediction log off, then on (every answer
+# logged to the SQLite file: issue 35's cost).
 for mode in off on; do
   [ "$mode" = off ] && cache=false || cache=true
-  start_service PREDICTION_CACHE=$cache
-  for ep in match recommend notify; do
-    before=$(bare_point "$ep")
-    read -r rps p50 p95 p99 bad < <(run_point "$port" "$ep")
-    after=$(bare_point "$ep")
-    share=$(awk -v a="$rps" -v b="$before" -v c="$after" 'BEGIN {printf "%.2f", 2 * a / (b + c)}')
-    echo "| $ep | $mode | $rps | $share | $p50 | $p95 | $p99 | $bad | $before / $after |"
+  for log in off on; do
+    [ "$log" = off ] && logging=false || logging=true
+    start_service PREDICTION_CACHE=$cache PREDICTION_LOG=$logging
+    for ep in match recommend notify; do
+      before=$(bare_point "$ep")
+      read -r rps p50 p95 p99 bad < <(run_point "$port" "$ep")
+      after=$(bare_point "$ep")
+      share=$(awk -v a="$rps" -v b="$before" -v c="$after" 'BEGIN {printf "%.2f", 2 * a / (b + c)}')
+      echo "| $ep | $mode | $log | $rps | $share | $p50 | $p95 | $p99 | $bad | $before / $after |"
+    done
+    hwm=$(awk '/VmHWM/ {printf "%.0f", $2/1024}' "/proc/$pid/status")
+    rows=$(curl -s "http://127.0.0.1:$mport/metrics" | awk '/^ml_prediction_log_rows_total/ {sub(/.*outcome="/, ""); sub(/"}/, ""); printf "%s %s; ", $1, $2}')
+    kill "$pid"; wait "$pid" 2>/dev/null || true
+    echo "| (peak RSS, cache $mode, log $log) | | | | | | | | ${hwm} MiB | ${rows:-} |"
   done
-  hwm=$(awk '/VmHWM/ {printf "%.0f", $2/1024}' "/proc/$pid/status")
-  kill "$pid"; wait "$pid" 2>/dev/null || true
-  echo "| (peak RSS, cache $mode) | | | | | | | ${hwm} MiB | |"
 done
 
 # Cold start with models present: from exec to the port answering.

@@ -56,6 +56,12 @@ export interface Answer<T> {
   data: T;
   /** `x-model-version`, e.g. `travel_match/3`; null for a fallback. */
   modelVersion: string | null;
+  /**
+   * `x-prediction-id`: the answer's id (a time-ordered UUID), the key of its
+   * row in the service's prediction log and what `POST /feedback` names;
+   * null for a fallback of this client's or a route that predicts nothing.
+   */
+  predictionId: string | null;
   /** Whether the service's prediction cache answered. */
   cached: boolean;
   /** Attempts made (1 = no retry). */
@@ -184,6 +190,7 @@ export class MlServiceClient {
         return {
           data,
           modelVersion: response.headers.get("x-model-version"),
+          predictionId: response.headers.get("x-prediction-id"),
           cached: response.headers.get("x-cache") === "hit",
           attempts: attempt,
           fallback: false,
@@ -193,7 +200,7 @@ export class MlServiceClient {
         error.attempts = attempt;
         if (!error.retryable || attempt > retries || error.kind === "aborted") {
           if (call.fallback) {
-            return { data: await call.fallback(error), modelVersion: null, cached: false, attempts: attempt, fallback: true };
+            return { data: await call.fallback(error), modelVersion: null, predictionId: null, cached: false, attempts: attempt, fallback: true };
           }
           throw error;
         }

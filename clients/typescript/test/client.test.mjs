@@ -84,12 +84,15 @@ test("every endpoint answers with its typed body and the model version", async (
   const ml = new MlServiceClient({ baseUrl: svc.url + "/" });
   const m = await ml.matchScore({ user_a_id: users[0], user_b_id: users[1], context: { interests: ["food"] } });
   assert.equal(m.modelVersion, "travel_match/1");
+  // Every answer has its own time-ordered id (UUID v7).
+  assert.match(m.predictionId, /^[0-9a-f]{8}-[0-9a-f]{4}-7[0-9a-f]{3}-[89ab][0-9a-f]{3}-[0-9a-f]{12}$/);
   assert.equal(m.attempts, 1);
   assert.equal(m.fallback, false);
   assert.ok(m.data.score >= 0 && m.data.score <= 1);
   assert.deepEqual(Object.keys(m.data.factors).sort(), ["interest_overlap", "personality", "travel_style"]);
   const r = await ml.recommendDestinations({ user_id: users[2], limit: 3, filters: { budget: "medium" } });
   assert.equal(r.modelVersion, "recommendation/1");
+  assert.ok(r.predictionId > m.predictionId, "ids are time-ordered");
   assert.equal(r.data.recommendations.length, 3);
   const n = await ml.optimizeNotification({ user_id: users[3], notification_type: "match_found" });
   assert.equal(n.modelVersion, "notification_timing/1");
@@ -177,6 +180,7 @@ test("503 is retried after Retry-After (capped), then the fallback answers", asy
   );
   assert.equal(fb.fallback, true);
   assert.equal(fb.modelVersion, null);
+  assert.equal(fb.predictionId, null);
   assert.equal(fb.data.latency_ms, 503);
   // The rest of that service works.
   const r = await ml.recommendDestinations({ user_id: users[4] });

@@ -21,7 +21,7 @@ pub struct Cli {
 #[derive(Debug, Subcommand)]
 pub enum Command {
     /// Run the inference service (trains the models first if the repository is empty).
-    Serve(ServeArgs),
+    Serve(Box<ServeArgs>),
     /// Exit 0 when the service on this host's ML_SERVICE_PORT is ready
     /// (`GET /health/ready` answers 200), else 1: a container HEALTHCHECK
     /// that needs no curl in the image.

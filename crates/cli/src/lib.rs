@@ -19,7 +19,7 @@ use args::{Cli, Command};
 /// Run one command.
 pub fn run(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
-        Command::Serve(s) => return serve::serve(s),
+        Command::Serve(s) => return serve::serve(*s),
         Command::Healthcheck(h) => return commands::healthcheck::healthcheck(&h),
         _ => {}
     }

@@ -1,7 +1,8 @@
 //! The serving contract of ml-service: the app-data types, the destination
 //! catalogue, feature engineering (one code path for training and serving),
 //! the models' names and parameters ([`model`]), their input layouts
-//! ([`inputs`]), top-k selection ([`topk`]) and post-processing ([`post`]).
+//! ([`inputs`]), top-k selection ([`topk`]), post-processing ([`post`]) and
+//! the statistics of A/B tests between versions ([`experiment`]).
 //!
 //! Nothing in this crate does I/O or knows a transport, a database or a cache:
 //! it takes plain values and returns plain values, so the same code runs in
@@ -10,6 +11,7 @@
 
 pub mod catalogue;
 pub mod error;
+pub mod experiment;
 pub mod features;
 pub mod inputs;
 pub mod model;

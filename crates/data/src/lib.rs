@@ -7,12 +7,14 @@
 
 pub mod import;
 pub mod postgres;
+pub mod predlog;
 pub mod sample;
 pub mod sqlite;
 #[cfg(feature = "test-util")]
 pub mod testing;
 
 pub use postgres::{PgOptions, PgStore};
+pub use predlog::{PgPredictions, PredictionRecord, PredictionStore, SqlitePredictions};
 pub use sample::TrainingSample;
 pub use sqlite::SqliteStore;
 use std::sync::Arc;

@@ -22,7 +22,7 @@ use uuid::Uuid;
 
 /// Migrations, in order. Each runs once, in its own transaction, under an
 /// advisory lock (replicas starting together migrate one at a time).
-pub const MIGRATIONS: [(u32, &str); 3] = [
+pub const MIGRATIONS: [(u32, &str); 4] = [
     (
         1,
         include_str!("../../../migrations/postgres/0001_app_data.sql"),
@@ -34,6 +34,10 @@ pub const MIGRATIONS: [(u32, &str); 3] = [
     (
         3,
         include_str!("../../../migrations/postgres/0003_channel_consent.sql"),
+    ),
+    (
+        4,
+        include_str!("../../../migrations/postgres/0004_prediction_log.sql"),
     ),
 ];
 
@@ -75,7 +79,7 @@ fn unavailable(e: impl std::fmt::Display) -> DataError {
     DataError::Unavailable(e.to_string())
 }
 
-fn pg(e: tokio_postgres::Error) -> DataError {
+pub(crate) fn pg(e: tokio_postgres::Error) -> DataError {
     // A database error's own message (no SQL text, no credentials), else the
     // connection-level description.
     match e.as_db_error() {
@@ -161,7 +165,7 @@ impl PgStore {
 
     /// Run `f` on a pooled connection within the deadline. A connection whose
     /// call missed the deadline is detached from the pool (and so closed).
-    async fn call<T>(
+    pub(crate) async fn call<T>(
         &self,
         f: impl for<'c> FnOnce(&'c Object) -> BoxFuture<'c, Result<T, DataError>>,
     ) -> Result<T, DataError> {

@@ -12,7 +12,7 @@ use std::sync::Arc;
 use uuid::Uuid;
 
 /// Migrations, in order. Each runs once; the applied versions are recorded.
-pub const MIGRATIONS: [(u32, &str); 2] = [
+pub const MIGRATIONS: [(u32, &str); 3] = [
     (
         1,
         include_str!("../../../migrations/sqlite/0001_app_data.sql"),
@@ -20,6 +20,10 @@ pub const MIGRATIONS: [(u32, &str); 2] = [
     (
         2,
         include_str!("../../../migrations/sqlite/0002_channel_consent.sql"),
+    ),
+    (
+        3,
+        include_str!("../../../migrations/sqlite/0003_prediction_log.sql"),
     ),
 ];
 
@@ -43,7 +47,7 @@ struct Pool {
     rx: Receiver<Connection>,
 }
 
-fn open(path: &Path) -> Result<Connection, DataError> {
+pub(crate) fn open(path: &Path) -> Result<Connection, DataError> {
     let c = Connection::open(path)?;
     c.busy_timeout(std::time::Duration::from_secs(5))?;
     c.execute_batch("PRAGMA journal_mode=WAL; PRAGMA synchronous=NORMAL; PRAGMA foreign_keys=ON;")?;

@@ -9,6 +9,7 @@ use crate::admission::Admission;
 use crate::interests::Interests;
 use crate::lifecycle::Engine;
 use crate::lifecycle::Registry;
+use crate::predlog::PredictionLog;
 use crate::routes;
 use crate::service::Predictor;
 use crate::settings::{BackendSettings, DataSettings, Settings};
@@ -16,7 +17,10 @@ use anyhow::Context;
 use ml_backend::tract::TractBackend;
 use ml_backend::{InferenceBackend, ModelRepository};
 use ml_core::catalogue::Catalogue;
-use ml_data::{AppStore, DataSource, PgOptions, PgStore, SqliteStore};
+use ml_data::{
+    AppStore, DataSource, PgOptions, PgPredictions, PgStore, PredictionStore, SqlitePredictions,
+    SqliteStore,
+};
 use std::future::Future;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -192,6 +196,7 @@ pub fn start(
             tracing::error!(model = %status.model, error = ?status.error, "no usable version: its endpoint answers 503 until one loads");
         }
     }
+    let log = prediction_log(settings, &store)?;
     tracing::info!(
         ms = format!("{:.1}", t0.elapsed().as_secs_f64() * 1e3),
         data = %data.describe(),
@@ -201,6 +206,7 @@ pub fn start(
         inference_threads = settings.backend.inference_threads(),
         batch_size = settings.inference.batch_size,
         batch_max_delay_us = settings.inference.batch_max_delay_us,
+        prediction_log = log.describe(),
         "ready"
     );
     Ok(Arc::new(Predictor {
@@ -216,7 +222,45 @@ pub fn start(
         draining: Default::default(),
         linear_attribution: settings.inference.rec_linear_attribution,
         timing_plan_hours: settings.inference.timing_plan_hours,
+        log,
     }))
+}
+
+/// How long a clean shutdown waits for the prediction log to write its queue.
+const LOG_FLUSH_WAIT: Duration = Duration::from_secs(10);
+
+/// The prediction log the settings ask for, beside the app data: the
+/// `ml_predictions` table of the SQLite file, or Postgres's
+/// `ml_service.predictions` through sessions of its own
+/// (PREDICTION_LOG_DATABASE_URL, else DATABASE_URL), read-write, unlike the
+/// app data's. Its writer runs on the current runtime.
+pub fn prediction_log(settings: &Settings, store: &AppStore) -> anyhow::Result<PredictionLog> {
+    let s = &settings.prediction_log;
+    if !s.prediction_log {
+        return Ok(PredictionLog::off());
+    }
+    let target: Arc<dyn PredictionStore> = match store {
+        AppStore::Sqlite(sqlite) => {
+            Arc::new(SqlitePredictions::open(sqlite.path()).with_context(|| {
+                format!("opening the prediction log in {}", sqlite.path().display())
+            })?)
+        }
+        AppStore::Postgres(_) => {
+            let url = s
+                .database_url()
+                .or(settings.data.database_url())
+                .context("a Postgres store without DATABASE_URL")?;
+            let opts = PgOptions {
+                pool_size: 2,
+                timeout: Some(Duration::from_secs(5)),
+                read_only: false,
+            };
+            Arc::new(PgPredictions::new(
+                PgStore::connect(url, &opts).context("PREDICTION_LOG_DATABASE_URL")?,
+            ))
+        }
+    };
+    Ok(PredictionLog::start(target, s))
 }
 
 /// Serve the API on `listener` until `shutdown` completes, then drain in-flight requests.
@@ -350,6 +394,8 @@ pub async fn serve_until(
             tracing::warn!(drain_ms = drain.as_millis() as u64, "requests still in flight at the drain timeout: exiting anyway");
         }
     }
+    // Answers given are logged: write what the log still holds.
+    predictor.log.close(LOG_FLUSH_WAIT).await;
     tracing::info!("shut down");
     Ok(())
 }

@@ -234,30 +234,32 @@ impl Caches {
         .collect()
     }
 
-    /// The cache key of a response: the endpoint, the model version and a
-    /// digest of the request as the service parsed it (so field order,
-    /// whitespace and defaults do not matter).
+    /// The cache key of a response: the endpoint, the model version and the
+    /// request's [`request_digest`].
     pub fn prediction_key(
         &self,
         endpoint: &str,
         model: &str,
         version: u64,
         user: Uuid,
-        request: &impl Serialize,
+        digest: &str,
     ) -> Option<String> {
         if !self.predictions {
             return None;
         }
-        let body = serde_json::to_vec(request).ok()?;
-        let digest = format!("{:x}", Sha256::digest(&body));
         Some(keys::prediction(
             &self.prefix,
             endpoint,
             model,
             version,
             user,
-            &digest[..32],
+            digest,
         ))
+    }
+
+    /// Whether answers are cached (PREDICTION_CACHE).
+    pub fn predictions_on(&self) -> bool {
+        self.predictions
     }
 
     /// A cached response, if any.
@@ -298,6 +300,17 @@ impl Caches {
     pub fn ttl(&self) -> Duration {
         self.ttl
     }
+}
+
+/// A digest of a request as the service parsed it (so field order,
+/// whitespace and defaults do not matter): 32 hex digits of its SHA-256. It
+/// keys the prediction cache and stands for the request in the prediction
+/// log, which never stores the body.
+pub fn request_digest(request: &impl Serialize) -> String {
+    let body = serde_json::to_vec(request).unwrap_or_default();
+    let mut digest = format!("{:x}", Sha256::digest(&body));
+    digest.truncate(32);
+    digest
 }
 
 #[cfg(test)]

@@ -7,6 +7,9 @@ use axum::http::HeaderName;
 pub const MODEL_VERSION_HEADER: &str = "x-model-version";
 /// `hit` when the answer came from the prediction cache, else `miss`.
 pub const CACHE_HEADER: &str = "x-cache";
+/// The answer's id (a time-ordered UUID, v7): the prediction log's key, and
+/// what `POST /feedback` names.
+pub const PREDICTION_ID_HEADER: &str = "x-prediction-id";
 /// `true` when the model could not answer and a fallback did.
 pub const FALLBACK_HEADER: &str = "x-fallback";
 /// The header that carries a request's id (the caller's, else one made

@@ -2,7 +2,8 @@
 //! service that ties data, features, inference and post-processing together
 //! ([`service`]), the serving model versions ([`lifecycle`]), caches, the
 //! HTTP ([`routes`], [`v2_http`]) and gRPC ([`grpc`]) transports with their
-//! shared admission ([`admission`]), metrics ([`telemetry`], [`scrape`]) and
+//! shared admission ([`admission`]), the prediction log's writer
+//! ([`predlog`]), metrics ([`telemetry`], [`scrape`]) and
 //! start-up and the serve loop ([`app`]). Only this crate knows HTTP and gRPC.
 //!
 //! It never depends on the training crate (`ml-train`): it serves what the
@@ -19,6 +20,7 @@ pub mod grpc;
 pub mod headers;
 pub mod interests;
 pub mod lifecycle;
+pub mod predlog;
 pub mod routes;
 pub mod scrape;
 pub mod service;

@@ -155,17 +155,25 @@ pub struct Variants {
     pub shadow: Option<Arc<ServedModel>>,
     /// What the repository said when these were chosen.
     desired: Desired,
+    /// The split as `version=weight` pairs (`3=90,4=10`; a lone version
+    /// alone), as the prediction log records each answer's route.
+    pub split: Arc<str>,
 }
 
 /// Where a user falls in a model's split: a hash of the model and the user
 /// id, the same on every replica and every request (no process-random seed).
 pub fn bucket(model: ModelKind, user: Uuid) -> u64 {
-    let (hi, lo) = user.as_u64_pair();
     let salt = match model {
         ModelKind::TravelMatch => 0x9e37_79b9_7f4a_7c15,
         ModelKind::Recommendation => 0xbf58_476d_1ce4_e5b9,
         ModelKind::NotificationTiming => 0x94d0_49bb_1331_11eb,
     };
+    user_hash(salt, user)
+}
+
+/// A hash of a user id under `salt`: uniform, and the same on every replica.
+pub(crate) fn user_hash(salt: u64, user: Uuid) -> u64 {
+    let (hi, lo) = user.as_u64_pair();
     splitmix(splitmix(hi ^ salt) ^ lo)
 }
 
@@ -177,6 +185,28 @@ fn splitmix(mut z: u64) -> u64 {
 }
 
 impl Variants {
+    fn new(
+        routes: Vec<(Arc<ServedModel>, u32)>,
+        shadow: Option<Arc<ServedModel>>,
+        desired: Desired,
+    ) -> Self {
+        let split = if routes.len() == 1 {
+            routes[0].0.meta.version.to_string()
+        } else {
+            routes
+                .iter()
+                .map(|(m, w)| format!("{}={w}", m.meta.version))
+                .collect::<Vec<_>>()
+                .join(",")
+        };
+        Self {
+            routes,
+            shadow,
+            desired,
+            split: split.into(),
+        }
+    }
+
     /// The version that answers `user`.
     pub fn pick(&self, model: ModelKind, user: Uuid) -> &Arc<ServedModel> {
         if self.routes.len() == 1 {
@@ -460,14 +490,7 @@ impl Registry {
                         },
                     };
                     let routes = vec![(m, 1)];
-                    return Ok((
-                        Some(Variants {
-                            routes,
-                            shadow: None,
-                            desired,
-                        }),
-                        note,
-                    ));
+                    return Ok((Some(Variants::new(routes, None, desired)), note));
                 }
                 Err(format!(
                     "no version of {kind} loads ({})",
@@ -504,14 +527,7 @@ impl Registry {
                         }
                     },
                 };
-                Ok((
-                    Some(Variants {
-                        routes,
-                        shadow,
-                        desired,
-                    }),
-                    note,
-                ))
+                Ok((Some(Variants::new(routes, shadow, desired)), note))
             }
         }
     }

@@ -5,7 +5,9 @@ use crate::admission::{authenticate_admin, Admission, ApiKeys, Guard};
 use crate::api::*;
 use crate::error::{ErrorBody, ServiceError};
 use crate::extract::{ApiJson, BodyLimit};
-use crate::headers::{CACHE_HEADER, FALLBACK_HEADER, MODEL_VERSION_HEADER, REQUEST_ID};
+use crate::headers::{
+    CACHE_HEADER, FALLBACK_HEADER, MODEL_VERSION_HEADER, PREDICTION_ID_HEADER, REQUEST_ID,
+};
 use crate::service::{Predictor, Versioned};
 use crate::settings::Settings;
 use axum::extract::{DefaultBodyLimit, State};
@@ -33,6 +35,13 @@ impl<T: serde::Serialize> IntoResponse for Versioned<T> {
                 HeaderValue::from_static("true"),
             );
         }
+        if let Some(id) = self.prediction_id {
+            let mut buf = uuid::Uuid::encode_buffer();
+            if let Ok(v) = HeaderValue::from_str(id.hyphenated().encode_lower(&mut buf)) {
+                r.headers_mut()
+                    .insert(HeaderName::from_static(PREDICTION_ID_HEADER), v);
+            }
+        }
         r
     }
 }
@@ -41,7 +50,7 @@ type AppState = Arc<Predictor>;
 
 /// Score how well two users would travel together.
 #[utoipa::path(post, path = "/match/score", request_body = MatchRequest,
-    responses((status = 200, body = MatchResponse, headers(("x-model-version" = String, description = "model/version"))),
+    responses((status = 200, body = MatchResponse, headers(("x-model-version" = String, description = "model/version"), ("x-prediction-id" = String, description = "the answer's id (UUID v7), for POST /feedback"))),
         (status = 400, body = ErrorBody), (status = 404, body = ErrorBody), (status = 413, body = ErrorBody),
         (status = 401, body = ErrorBody), (status = 415, body = ErrorBody), (status = 422, body = ErrorBody), (status = 503, body = ErrorBody)))]
 async fn match_score(
@@ -53,7 +62,7 @@ async fn match_score(
 
 /// Recommend destinations the user has not been to.
 #[utoipa::path(post, path = "/recommend/destinations", request_body = RecommendRequest,
-    responses((status = 200, body = RecommendResponse, headers(("x-model-version" = String, description = "model/version"))),
+    responses((status = 200, body = RecommendResponse, headers(("x-model-version" = String, description = "model/version"), ("x-prediction-id" = String, description = "the answer's id (UUID v7), for POST /feedback"))),
         (status = 400, body = ErrorBody), (status = 404, body = ErrorBody), (status = 413, body = ErrorBody),
         (status = 401, body = ErrorBody), (status = 415, body = ErrorBody), (status = 422, body = ErrorBody), (status = 503, body = ErrorBody)))]
 async fn recommend(
@@ -67,7 +76,7 @@ async fn recommend(
 /// to (`DEFAULT_CHANNELS` where the app has no answer), a time outside quiet
 /// hours and within the frequency cap (`NOTIFICATION_CAP`) unless urgent.
 #[utoipa::path(post, path = "/notifications/optimize", request_body = NotifyRequest,
-    responses((status = 200, body = NotifyResponse, headers(("x-model-version" = String, description = "model/version"))),
+    responses((status = 200, body = NotifyResponse, headers(("x-model-version" = String, description = "model/version"), ("x-prediction-id" = String, description = "the answer's id (UUID v7), for POST /feedback"))),
         (status = 400, body = ErrorBody), (status = 404, body = ErrorBody),
         (status = 409, body = ErrorBody, description = "no_consented_channel: the user agreed to no notification channel"),
         (status = 413, body = ErrorBody),

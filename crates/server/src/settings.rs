@@ -28,6 +28,8 @@ pub struct Settings {
     pub data: DataSettings,
     #[command(flatten)]
     pub models: ModelStoreSettings,
+    #[command(flatten)]
+    pub prediction_log: PredictionLogSettings,
     /// Seconds between checks of the repository for new, promoted or
     /// re-routed versions (loaded beside the serving ones, smoke-tested,
     /// then swapped in); 0 turns polling off (POST /admin/models/reload still works).
@@ -315,6 +317,38 @@ pub struct ModelStoreSettings {
     pub model_store_timeout_ms: u64,
 }
 
+/// The prediction log: one row per answer, in the service's own table.
+#[derive(Debug, Clone, Args)]
+#[command(next_help_heading = "Prediction log")]
+pub struct PredictionLogSettings {
+    /// Log every answered prediction (match, recommendations, notification;
+    /// HTTP and gRPC) with its id, model version, A/B route and what was
+    /// decided: to SQLite `ml_predictions` beside the app data, or with
+    /// DATABASE_URL to Postgres `ml_service.predictions`. Written off the
+    /// request path; false: answers still carry `x-prediction-id`.
+    #[arg(long, env = "PREDICTION_LOG", default_value_t = true, action = clap::ArgAction::Set)]
+    pub prediction_log: bool,
+    /// Share of users whose predictions are logged, from 0 to 1, by a hash
+    /// of the user id (the same on every replica: a user is logged wholly or
+    /// not at all).
+    #[arg(long, env = "PREDICTION_LOG_SAMPLE", default_value_t = 1.0, value_parser = parse_share)]
+    pub prediction_log_sample: f64,
+    /// Days a logged prediction is kept; older rows are deleted every hour.
+    /// 0 keeps them forever.
+    #[arg(long, env = "PREDICTION_LOG_RETENTION_DAYS", default_value_t = 90)]
+    pub prediction_log_retention_days: u32,
+    /// Rows waiting to be written, at most. When the queue is full (the
+    /// store is down or slower than the traffic) new rows are dropped and
+    /// counted, never waited for.
+    #[arg(long, env = "PREDICTION_LOG_QUEUE", default_value_t = 50_000, value_parser = clap::value_parser!(u32).range(1..))]
+    pub prediction_log_queue: u32,
+    /// The Postgres URL the log is written with: a login role granted
+    /// `ml_service_writer` (the app data stays read-only). Unset: DATABASE_URL,
+    /// whose role then needs that grant.
+    #[arg(long, env = "PREDICTION_LOG_DATABASE_URL", value_parser = parse_secret, hide_env_values = true)]
+    pub prediction_log_database_url: Option<secrecy::SecretString>,
+}
+
 /// What the process logs.
 #[derive(Debug, Clone, Args)]
 #[command(next_help_heading = "Logs")]
@@ -452,6 +486,16 @@ impl DataSettings {
     pub fn database_url(&self) -> Option<&str> {
         use secrecy::ExposeSecret;
         self.database_url.as_ref().map(|u| u.expose_secret())
+    }
+}
+
+impl PredictionLogSettings {
+    /// PREDICTION_LOG_DATABASE_URL's value, if set.
+    pub fn database_url(&self) -> Option<&str> {
+        use secrecy::ExposeSecret;
+        self.prediction_log_database_url
+            .as_ref()
+            .map(|u| u.expose_secret())
     }
 }
 

@@ -23,6 +23,8 @@
 //! | `ml_fallbacks_total` | counter | model, version, reason (`inference_failed`, `inference_timeout`, `data_unavailable`) |
 //! | `ml_shadow_requests_total` | counter | model, version, outcome (`ok`, `error`, `dropped`) |
 //! | `ml_shadow_disagreement` | histogram | model, version (mean absolute difference of the first output) |
+//! | `ml_prediction_log_rows_total` | counter | outcome (`written`, `dropped_queue_full`, `dropped_store_error`) |
+//! | `ml_prediction_log_queue_depth` | gauge | (rows waiting to be written) |
 //!
 //! A fallback answer is also counted in `ml_inference_errors_total` with the
 //! endpoint and the reason as `kind`, though its status is 200.
@@ -406,4 +408,16 @@ where
     );
     let tracer = provider.tracer("ml-service");
     Ok((tracing_opentelemetry::layer().with_tracer(tracer), provider))
+}
+
+/// Count prediction-log rows by what became of them.
+pub fn prediction_log_rows(outcome: &'static str, n: u64) {
+    handle();
+    metrics::counter!("ml_prediction_log_rows_total", "outcome" => outcome).increment(n);
+}
+
+/// Rows waiting in the prediction log's queue.
+pub fn prediction_log_queue(n: usize) {
+    handle();
+    metrics::gauge!("ml_prediction_log_queue_depth").set(n as f64);
 }

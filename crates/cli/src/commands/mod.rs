@@ -13,7 +13,7 @@ use crate::args::{Command, FeaturesCommand};
 /// Run a command other than `serve` (on the runtime `run` entered).
 pub fn run(command: Command) -> anyhow::Result<()> {
     match command {
-        Command::Serve(s) => crate::serve::serve(s),
+        Command::Serve(s) => crate::serve::serve(*s),
         Command::Healthcheck(h) => healthcheck::healthcheck(&h),
         Command::Train(t) => train::train(t),
         Command::Eval(e) => eval::eval(e),

@@ -83,6 +83,8 @@ pub(crate) struct TestApp {
     pub(crate) metrics: String,
     pub(crate) client: reqwest::Client,
     pub(crate) store: SqliteStore,
+    /// The service itself (its prediction log's counts).
+    pub(crate) predictor: Arc<ml_server::service::Predictor>,
 }
 
 impl TestApp {
@@ -288,16 +290,17 @@ pub(crate) async fn spawn_serve(
     tokio::spawn(
         async move { ml_server::grpc::run(glistener, p, &s, a, std::future::pending()).await },
     );
-    let s = settings.clone();
-    tokio::spawn(async move {
-        app::run_http(listener, predictor, &s, admission, std::future::pending()).await
-    });
+    let (s, p) = (settings.clone(), predictor.clone());
+    tokio::spawn(
+        async move { app::run_http(listener, p, &s, admission, std::future::pending()).await },
+    );
     TestApp {
         base: format!("http://{addr}"),
         grpc: gaddr.to_string(),
         metrics: format!("http://{maddr}/metrics"),
         client: reqwest::Client::new(),
         store: SqliteStore::open(&settings.data.sqlite_path, 1).unwrap(),
+        predictor,
     }
 }
 

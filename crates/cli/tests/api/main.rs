@@ -30,6 +30,7 @@ mod movielens;
 mod notifications;
 mod observability;
 mod postgres;
+mod prediction_log;
 mod redis_cache;
 mod reliability;
 mod s3;

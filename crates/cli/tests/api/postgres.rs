@@ -338,3 +338,78 @@ async fn postgres_down_or_stalled_degrades_to_the_caches_and_recovers_by_itself(
     // a marked fallback).
     load.assert_all_ok().await;
 }
+
+/// Rows in the prediction log's table.
+async fn logged_rows(db: &TestDb) -> i64 {
+    db.client()
+        .await
+        .query_one("SELECT count(*) FROM ml_service.predictions", &[])
+        .await
+        .unwrap()
+        .get(0)
+}
+
+/// Wait up to `secs` for `done`, polling.
+async fn eventually<F: std::future::Future<Output = bool>>(
+    secs: u64,
+    what: &str,
+    mut done: impl FnMut() -> F,
+) {
+    let t0 = std::time::Instant::now();
+    while !done().await {
+        assert!(
+            t0.elapsed() < std::time::Duration::from_secs(secs),
+            "{what}: not within {secs} s"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+}
+
+#[tokio::test]
+async fn a_prediction_log_down_or_stalled_drops_rows_answers_everything_and_resumes() {
+    let Some(db) = TestDb::new().await else {
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let mut s = pg_settings(&db, dir.path());
+    run_cli(&["data", "demo", "--users", "200", "--seed", "3"], &s).await;
+    copy_dir(&fixture().settings.models.model_path, &s.models.model_path);
+    // The app data is read directly; the log is written through the proxy.
+    let proxy = Proxy::start(target_of(&db.url())).await;
+    s.prediction_log.prediction_log_database_url = Some(proxy.url(&db.url()).into());
+    s.prediction_log.prediction_log_queue = 200;
+    let app = Arc::new(spawn_with(s).await);
+    let counts = || app.predictor.prediction_log().counts();
+    let dropped = || counts().dropped.load(std::sync::atomic::Ordering::Relaxed);
+    let all = db.store(true).user_ids(200).await.unwrap();
+    let load = Background::start(&app, all, 4);
+    eventually(10, "rows written while the store is up", || async {
+        logged_rows(&db).await > 0
+    })
+    .await;
+    assert_eq!(dropped(), 0);
+
+    for mode in [Mode::Down, Mode::Stall] {
+        proxy.set(mode);
+        let before = dropped();
+        // Rows are dropped (counted) rather than waited for or piled up.
+        eventually(20, &format!("{mode:?}: rows dropped"), || async {
+            dropped() > before
+        })
+        .await;
+    }
+    // Back up: the writer's back-off ends and it writes again, unrestarted.
+    proxy.set(Mode::Up);
+    let before = logged_rows(&db).await;
+    eventually(60, "writing resumed by itself", || async {
+        logged_rows(&db).await > before
+    })
+    .await;
+    load.assert_all_ok().await;
+    let text = app.scrape().await;
+    assert!(
+        text.contains("ml_prediction_log_rows_total{outcome=\"dropped_queue_full\"}")
+            || text.contains("ml_prediction_log_rows_total{outcome=\"dropped_store_error\"}"),
+        "{text}"
+    );
+}

@@ -52,6 +52,7 @@ struct Answer<T> {
     model: Option<(ModelKind, u64)>,
     cached: bool,
     fallback: bool,
+    prediction_id: Option<uuid::Uuid>,
 }
 
 impl<B> Versioned<B> {
@@ -60,6 +61,7 @@ impl<B> Versioned<B> {
             model: Some((self.model, self.version)),
             cached: self.cached,
             fallback: self.fallback,
+            prediction_id: self.prediction_id,
             body: f(self.body),
         }
     }
@@ -115,6 +117,11 @@ impl Grpc {
                         crate::headers::FALLBACK_HEADER,
                         MetadataValue::from_static("true"),
                     );
+                }
+                if let Some(id) = a.prediction_id {
+                    if let Ok(v) = id.to_string().parse() {
+                        md.insert(crate::headers::PREDICTION_ID_HEADER, v);
+                    }
                 }
                 Ok(resp)
             }
@@ -209,6 +216,7 @@ fn plain<T>(body: T) -> Answer<T> {
         model: None,
         cached: false,
         fallback: false,
+        prediction_id: None,
     }
 }
 
@@ -319,6 +327,7 @@ impl GrpcInferenceService for Grpc {
                     model: Some((done.model, done.version)),
                     cached: false,
                     fallback: false,
+                    prediction_id: None,
                 })
             },
         )

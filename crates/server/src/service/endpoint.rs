@@ -8,11 +8,13 @@
 //! marked and never cached.
 
 use super::{Marked, Predictor, Versioned};
+use crate::cache::request_digest;
 use crate::error::ServiceError;
 use crate::lifecycle::{ServedModel, Variants};
 use chrono::{DateTime, Utc};
 use ml_core::features::UserFeatures;
 use ml_core::model::ModelKind;
+use ml_data::PredictionRecord;
 use std::future::Future;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -74,10 +76,15 @@ pub(super) trait Endpoint<const N: usize> {
 
     /// The last touch on every answer, cached or not (a match's latency).
     fn finish(_body: &mut Self::Response, _t0: Instant) {}
+
+    /// What was decided, for the prediction log: the answer's headline
+    /// number and the decision as JSON.
+    fn decision(body: &Self::Response) -> (Option<f32>, String);
 }
 
 impl Predictor {
-    /// Answer `req` with endpoint `E`.
+    /// Answer `req` with endpoint `E`: the answer gets a prediction id and,
+    /// when its user is sampled, a row in the prediction log.
     pub(super) async fn predict<E: Endpoint<N>, const N: usize>(
         &self,
         req: &E::Request,
@@ -87,9 +94,51 @@ impl Predictor {
         let ids = E::users(req);
         let user = ids[0].1;
         let (vs, m) = self.model(E::MODEL, user)?;
-        let key =
+        let logged = self.log.sampled(user);
+        // One digest of the request serves the cache key and the log row.
+        let digest = (logged || self.caches.predictions_on()).then(|| request_digest(req));
+        let split = Arc::clone(&vs.split);
+        let mut v = self
+            .answer::<E, N>(req, ids, vs, m, digest.as_deref(), t0)
+            .await?;
+        let id = Uuid::now_v7();
+        v.prediction_id = Some(id);
+        if logged {
+            let (score, decision) = E::decision(&v.body);
+            self.log.record(PredictionRecord {
+                id,
+                at: Utc::now(),
+                endpoint: E::NAME.to_string(),
+                model: v.model.as_str().to_string(),
+                version: v.version,
+                route: split.to_string(),
+                user_id: user,
+                other_user_id: (N > 1).then(|| ids[N - 1].1),
+                request_digest: digest.unwrap_or_default(),
+                score,
+                decision,
+                cached: v.cached,
+                fallback: v.fallback,
+            });
+        }
+        Ok(v)
+    }
+
+    /// The skeleton after validation and the A/B route.
+    async fn answer<E: Endpoint<N>, const N: usize>(
+        &self,
+        req: &E::Request,
+        ids: [(&'static str, Uuid); N],
+        vs: Arc<Variants>,
+        m: Arc<ServedModel>,
+        digest: Option<&str>,
+        t0: Instant,
+    ) -> Result<Versioned<E::Response>, ServiceError> {
+        let user = ids[0].1;
+        let key = digest.and_then(|d| {
             self.caches
-                .prediction_key(E::NAME, m.meta.model.as_str(), m.meta.version, user, req);
+                .prediction_key(E::NAME, m.meta.model.as_str(), m.meta.version, user, d)
+        });
         if let Some(mut body) = self.caches.prediction::<E::Response>(&key).await {
             E::finish(&mut body, t0);
             return Ok(Versioned::new(body, &m, true));
@@ -105,7 +154,7 @@ impl Predictor {
             Err(ServiceError::Data(e)) => {
                 self.data_fallback(&call.m, &e);
                 let mut v = self
-                    .fallback(E::NAME, (&call.vs, &call.m), user, req, || {
+                    .fallback(E::NAME, (&call.vs, &call.m), user, digest, || {
                         E::without_data(self, &call)
                     })
                     .await;
@@ -117,7 +166,7 @@ impl Predictor {
         let (prepared, rows, n_rows) = E::prepare(self, &call, users).await?;
         let Some(outputs) = self.infer(&call.vs, &call.m, rows, n_rows).await? else {
             let mut v = self
-                .fallback(E::NAME, (&call.vs, &call.m), user, req, || {
+                .fallback(E::NAME, (&call.vs, &call.m), user, digest, || {
                     E::without_model(self, &call, &prepared)
                 })
                 .await;

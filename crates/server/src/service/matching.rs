@@ -120,4 +120,25 @@ impl Endpoint<2> for Match {
     fn finish(body: &mut MatchResponse, t0: Instant) {
         body.latency_ms = (t0.elapsed().as_secs_f64() * 1e6).round() / 1e3;
     }
+
+    /// The score, the confidence and the factors.
+    fn decision(body: &MatchResponse) -> (Option<f32>, String) {
+        // Serialised from the f32s themselves, so the log keeps the numbers
+        // exactly as the answer wrote them.
+        #[derive(serde::Serialize)]
+        struct D<'a> {
+            score: f32,
+            confidence: f32,
+            factors: &'a MatchFactors,
+        }
+        let d = D {
+            score: body.score,
+            confidence: body.confidence,
+            factors: &body.factors,
+        };
+        (
+            Some(body.score),
+            serde_json::to_string(&d).unwrap_or_default(),
+        )
+    }
 }

@@ -42,6 +42,8 @@ pub struct Versioned<T> {
     pub cached: bool,
     /// Whether the model could not answer and this is a fallback.
     pub fallback: bool,
+    /// The answer's id (UUID v7), as `x-prediction-id` and in the prediction log.
+    pub prediction_id: Option<Uuid>,
 }
 
 impl<T> Versioned<T> {
@@ -53,6 +55,7 @@ impl<T> Versioned<T> {
             label: m.label.clone(),
             cached,
             fallback: false,
+            prediction_id: None,
         }
     }
 
@@ -122,6 +125,8 @@ pub struct Predictor {
     /// Run a row-independent notification model on the plan's hours only
     /// (TIMING_PLAN_HOURS).
     pub(crate) timing_plan_hours: bool,
+    /// Where each answer is recorded (PREDICTION_LOG).
+    pub(crate) log: crate::predlog::PredictionLog,
 }
 
 impl Predictor {
@@ -138,6 +143,11 @@ impl Predictor {
     /// Where users' data is read.
     pub fn data(&self) -> &Arc<dyn DataSource> {
         &self.data
+    }
+
+    /// The prediction log's writer.
+    pub fn prediction_log(&self) -> &crate::predlog::PredictionLog {
+        &self.log
     }
 
     /// The serving model versions.
@@ -312,22 +322,22 @@ impl Predictor {
 
     /// A marked fallback answer: the same request's cached answer from
     /// another version (`cached_fallback`), else `default()`. Never cached.
-    async fn fallback<T, R>(
+    async fn fallback<T>(
         &self,
         endpoint: &str,
         (vs, m): (&Variants, &ServedModel),
         user: Uuid,
-        req: &R,
+        digest: Option<&str>,
         default: impl FnOnce() -> T,
     ) -> Versioned<T>
     where
         T: serde::de::DeserializeOwned + Marked,
-        R: serde::Serialize,
     {
-        let body = match self
-            .cached_fallback::<T, R>(endpoint, vs, m, user, req)
-            .await
-        {
+        let cached = match digest {
+            Some(d) => self.cached_fallback::<T>(endpoint, vs, m, user, d).await,
+            None => None,
+        };
+        let body = match cached {
             Some(body) => body,
             None => default(),
         };
@@ -336,13 +346,13 @@ impl Predictor {
 
     /// A cached answer to the same request from another serving version or
     /// one of the versions just before the failing one.
-    async fn cached_fallback<T: serde::de::DeserializeOwned, R: serde::Serialize>(
+    async fn cached_fallback<T: serde::de::DeserializeOwned>(
         &self,
         endpoint: &str,
         vs: &Variants,
         m: &ServedModel,
         user: Uuid,
-        req: &R,
+        digest: &str,
     ) -> Option<T> {
         let v = m.meta.version;
         let mut versions: Vec<u64> = vs
@@ -354,9 +364,9 @@ impl Predictor {
             .collect();
         versions.dedup();
         for other in versions {
-            let key = self
-                .caches
-                .prediction_key(endpoint, m.meta.model.as_str(), other, user, req);
+            let key =
+                self.caches
+                    .prediction_key(endpoint, m.meta.model.as_str(), other, user, digest);
             if let Some(body) = self.caches.prediction::<T>(&key).await {
                 return Some(body);
             }

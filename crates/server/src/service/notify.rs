@@ -131,6 +131,29 @@ impl Endpoint<1> for Notify {
         .0
     }
 
+    /// The send time and channel. The plan is greedy (the best slot the
+    /// policy allows, always), so the probability it gave its choice, the
+    /// propensity an offline evaluation of another policy needs, is 1.
+    fn decision(body: &NotifyResponse) -> (Option<f32>, String) {
+        #[derive(serde::Serialize)]
+        struct D<'a> {
+            send_at: &'a str,
+            channel: Channel,
+            propensity: f32,
+            confidence: f32,
+        }
+        let d = D {
+            send_at: &body.send_at,
+            channel: body.channel,
+            propensity: 1.0,
+            confidence: body.confidence,
+        };
+        (
+            Some(body.confidence),
+            serde_json::to_string(&d).unwrap_or_default(),
+        )
+    }
+
     /// The plan on the model's scores, cached until it would change (the
     /// next quarter hour, or its send time if sooner).
     fn answer(

@@ -76,6 +76,23 @@ impl Endpoint<1> for Recommend {
         popular(p, &call.m, call.req, Some(&rows.user))
     }
 
+    /// The destinations in order, each with its score: `{"items": [[id, score], …]}`.
+    fn decision(body: &RecommendResponse) -> (Option<f32>, String) {
+        let items: Vec<(&str, f32)> = body
+            .recommendations
+            .iter()
+            .map(|r| (r.destination.as_str(), r.score))
+            .collect();
+        #[derive(serde::Serialize)]
+        struct D<'a> {
+            items: Vec<(&'a str, f32)>,
+        }
+        (
+            body.recommendations.first().map(|r| r.score),
+            serde_json::to_string(&D { items }).unwrap_or_default(),
+        )
+    }
+
     fn answer(
         p: &Predictor,
         call: &Call<RecommendRequest>,

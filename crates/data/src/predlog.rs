@@ -1,0 +1,453 @@
+//! The prediction log's store: one row per answer the service gave, in the
+//! service's own tables, apart from the app's. On the embedded defaults they
+//! live in the SQLite file beside the app data (table `ml_predictions`); with
+//! Postgres, in a schema of the service's own (`ml_service.predictions`,
+//! migration 4), written as the `ml_service_writer` role while the app data
+//! stays read-only. Writes come in batches (one transaction, one statement)
+//! and are idempotent by prediction id, so a batch retried after a timeout
+//! that had in fact committed writes nothing twice.
+//!
+//! Nothing here decides what is logged or when: the server's log writer
+//! (bounded queue, sampling, dropping) calls [`PredictionStore::write`].
+
+use crate::postgres::PgStore;
+use crate::DataError;
+use chrono::{DateTime, TimeZone, Utc};
+use rusqlite::{params, Connection, OptionalExtension};
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+use uuid::Uuid;
+
+/// One answer, as the log keeps it. The request itself is never stored: only
+/// its digest (the same one the prediction cache keys on).
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct PredictionRecord {
+    /// Time-ordered (UUID v7): also the `x-prediction-id` the caller got.
+    pub id: Uuid,
+    pub at: DateTime<Utc>,
+    /// `match`, `recommend` or `notify`.
+    pub endpoint: String,
+    pub model: String,
+    pub version: u64,
+    /// The A/B split that chose the version, as `version=weight` pairs
+    /// (`3=90,4=10`; a lone version when there is no split).
+    pub route: String,
+    pub user_id: Uuid,
+    /// The second user of a match.
+    pub other_user_id: Option<Uuid>,
+    /// Hex SHA-256 prefix of the request as the service parsed it.
+    pub request_digest: String,
+    /// The answer's headline number: a match's score, a recommendation's
+    /// first score, a notification's confidence.
+    pub score: Option<f32>,
+    /// What was decided, as JSON (see the README's "Prediction log").
+    pub decision: String,
+    /// The prediction cache answered.
+    pub cached: bool,
+    /// The model could not answer and a fallback did.
+    pub fallback: bool,
+}
+
+/// Where prediction rows are written.
+#[async_trait::async_trait]
+pub trait PredictionStore: Send + Sync {
+    /// Write a batch in one transaction; rows whose id is already stored
+    /// are skipped. Returns how many rows were new.
+    async fn write(&self, rows: Vec<PredictionRecord>) -> Result<u64, DataError>;
+    /// Delete rows logged before `before` (the retention period); returns how many.
+    async fn purge(&self, before: DateTime<Utc>) -> Result<u64, DataError>;
+    /// One row by its id.
+    async fn get(&self, id: Uuid) -> Result<Option<PredictionRecord>, DataError>;
+    /// Rows stored.
+    async fn count(&self) -> Result<u64, DataError>;
+    /// Where the rows go, for logs (never with credentials).
+    fn describe(&self) -> String;
+}
+
+/// The log in the embedded SQLite file: one connection of its own, used on
+/// the blocking thread pool (writes to a SQLite file are serialised anyway).
+#[derive(Clone)]
+pub struct SqlitePredictions {
+    path: PathBuf,
+    conn: Arc<Mutex<Connection>>,
+}
+
+impl SqlitePredictions {
+    /// Open the file (applying pending migrations, which create the table).
+    pub fn open(path: &Path) -> Result<Self, DataError> {
+        if let Some(dir) = path.parent() {
+            std::fs::create_dir_all(dir)
+                .map_err(|e| DataError::Unavailable(format!("{}: {e}", dir.display())))?;
+        }
+        let c = crate::sqlite::open(path)?;
+        crate::sqlite::migrate(&c)?;
+        Ok(Self {
+            path: path.to_path_buf(),
+            conn: Arc::new(Mutex::new(c)),
+        })
+    }
+
+    async fn with<T: Send + 'static>(
+        &self,
+        f: impl FnOnce(&mut Connection) -> Result<T, DataError> + Send + 'static,
+    ) -> Result<T, DataError> {
+        let conn = Arc::clone(&self.conn);
+        tokio::task::spawn_blocking(move || {
+            // A panic while holding the lock leaves the connection usable:
+            // every statement here is its own transaction.
+            let mut c = conn.lock().unwrap_or_else(|p| p.into_inner());
+            f(&mut c)
+        })
+        .await
+        .map_err(|e| DataError::Unavailable(e.to_string()))?
+    }
+}
+
+const SQLITE_COLUMNS: &str = "id, at_ms, endpoint, model, version, route, user_id, other_user_id, request_digest, score, decision, cached, fallback";
+
+fn sqlite_row(r: &rusqlite::Row) -> Result<PredictionRecord, rusqlite::Error> {
+    let uuid = |i: usize| -> Result<Uuid, rusqlite::Error> {
+        let s: String = r.get(i)?;
+        Uuid::parse_str(&s).map_err(|e| {
+            rusqlite::Error::FromSqlConversionFailure(i, rusqlite::types::Type::Text, Box::new(e))
+        })
+    };
+    let other: Option<String> = r.get(7)?;
+    Ok(PredictionRecord {
+        id: uuid(0)?,
+        at: Utc
+            .timestamp_millis_opt(r.get(1)?)
+            .single()
+            .unwrap_or_default(),
+        endpoint: r.get(2)?,
+        model: r.get(3)?,
+        version: r.get::<_, i64>(4)?.max(0) as u64,
+        route: r.get(5)?,
+        user_id: uuid(6)?,
+        other_user_id: other.and_then(|s| Uuid::parse_str(&s).ok()),
+        request_digest: r.get(8)?,
+        score: r.get::<_, Option<f64>>(9)?.map(|s| s as f32),
+        decision: r.get(10)?,
+        cached: r.get(11)?,
+        fallback: r.get(12)?,
+    })
+}
+
+#[async_trait::async_trait]
+impl PredictionStore for SqlitePredictions {
+    async fn write(&self, rows: Vec<PredictionRecord>) -> Result<u64, DataError> {
+        self.with(move |c| {
+            let tx = c.transaction()?;
+            let mut new = 0;
+            {
+                let mut s = tx.prepare_cached(&format!(
+                    "INSERT INTO ml_predictions ({SQLITE_COLUMNS})
+                     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13)
+                     ON CONFLICT (id) DO NOTHING"
+                ))?;
+                for r in &rows {
+                    new += s.execute(params![
+                        r.id.to_string(),
+                        r.at.timestamp_millis(),
+                        r.endpoint,
+                        r.model,
+                        r.version as i64,
+                        r.route,
+                        r.user_id.to_string(),
+                        r.other_user_id.map(|u| u.to_string()),
+                        r.request_digest,
+                        r.score.map(f64::from),
+                        r.decision,
+                        r.cached,
+                        r.fallback,
+                    ])? as u64;
+                }
+            }
+            tx.commit()?;
+            Ok(new)
+        })
+        .await
+    }
+
+    async fn purge(&self, before: DateTime<Utc>) -> Result<u64, DataError> {
+        let before = before.timestamp_millis();
+        self.with(move |c| {
+            Ok(c.execute("DELETE FROM ml_predictions WHERE at_ms < ?1", [before])? as u64)
+        })
+        .await
+    }
+
+    async fn get(&self, id: Uuid) -> Result<Option<PredictionRecord>, DataError> {
+        self.with(move |c| {
+            Ok(c.query_row(
+                &format!("SELECT {SQLITE_COLUMNS} FROM ml_predictions WHERE id = ?1"),
+                [id.to_string()],
+                sqlite_row,
+            )
+            .optional()?)
+        })
+        .await
+    }
+
+    async fn count(&self) -> Result<u64, DataError> {
+        self.with(|c| {
+            Ok(c.query_row("SELECT count(*) FROM ml_predictions", [], |r| {
+                r.get::<_, i64>(0)
+            })? as u64)
+        })
+        .await
+    }
+
+    fn describe(&self) -> String {
+        format!("sqlite {} (ml_predictions)", self.path.display())
+    }
+}
+
+/// The log in Postgres (`ml_service.predictions`), through a pool of
+/// read-write sessions of its own.
+#[derive(Clone, Debug)]
+pub struct PgPredictions {
+    store: PgStore,
+}
+
+impl PgPredictions {
+    /// Write through `store` (read-write sessions; connect as a role granted
+    /// `ml_service_writer`).
+    pub fn new(store: PgStore) -> Self {
+        Self { store }
+    }
+}
+
+const PG_COLUMNS: &str = "id, at, endpoint, model, version, route, user_id, other_user_id, request_digest, score, decision::text, cached, fallback";
+
+fn pg_row(r: &tokio_postgres::Row) -> Result<PredictionRecord, DataError> {
+    let bad = |e: tokio_postgres::Error| DataError::Corrupt {
+        table: "ml_service.predictions",
+        reason: e.to_string(),
+    };
+    Ok(PredictionRecord {
+        id: r.try_get(0).map_err(bad)?,
+        at: r.try_get(1).map_err(bad)?,
+        endpoint: r.try_get(2).map_err(bad)?,
+        model: r.try_get(3).map_err(bad)?,
+        version: r.try_get::<_, i64>(4).map_err(bad)?.max(0) as u64,
+        route: r.try_get(5).map_err(bad)?,
+        user_id: r.try_get(6).map_err(bad)?,
+        other_user_id: r.try_get(7).map_err(bad)?,
+        request_digest: r.try_get(8).map_err(bad)?,
+        score: r.try_get(9).map_err(bad)?,
+        decision: r.try_get(10).map_err(bad)?,
+        cached: r.try_get(11).map_err(bad)?,
+        fallback: r.try_get(12).map_err(bad)?,
+    })
+}
+
+#[async_trait::async_trait]
+impl PredictionStore for PgPredictions {
+    async fn write(&self, rows: Vec<PredictionRecord>) -> Result<u64, DataError> {
+        // One statement per batch: each column as an array, unnested
+        // server-side (a multi-row insert with thirteen parameters, whatever
+        // the batch's size).
+        self.store
+            .call(move |c| {
+                Box::pin(async move {
+                    let id: Vec<Uuid> = rows.iter().map(|r| r.id).collect();
+                    let at: Vec<DateTime<Utc>> = rows.iter().map(|r| r.at).collect();
+                    let endpoint: Vec<&str> = rows.iter().map(|r| r.endpoint.as_str()).collect();
+                    let model: Vec<&str> = rows.iter().map(|r| r.model.as_str()).collect();
+                    let version: Vec<i64> = rows.iter().map(|r| r.version as i64).collect();
+                    let route: Vec<&str> = rows.iter().map(|r| r.route.as_str()).collect();
+                    let user: Vec<Uuid> = rows.iter().map(|r| r.user_id).collect();
+                    let other: Vec<Option<Uuid>> = rows.iter().map(|r| r.other_user_id).collect();
+                    let digest: Vec<&str> =
+                        rows.iter().map(|r| r.request_digest.as_str()).collect();
+                    let score: Vec<Option<f32>> = rows.iter().map(|r| r.score).collect();
+                    let decision: Vec<&str> = rows.iter().map(|r| r.decision.as_str()).collect();
+                    let cached: Vec<bool> = rows.iter().map(|r| r.cached).collect();
+                    let fallback: Vec<bool> = rows.iter().map(|r| r.fallback).collect();
+                    let n = c
+                        .execute(
+                            "INSERT INTO ml_service.predictions
+                               (id, at, endpoint, model, version, route, user_id, other_user_id,
+                                request_digest, score, decision, cached, fallback)
+                             SELECT * FROM unnest($1::uuid[], $2::timestamptz[], $3::text[], $4::text[],
+                               $5::int8[], $6::text[], $7::uuid[], $8::uuid[], $9::text[], $10::float4[],
+                               $11::text[]::jsonb[], $12::bool[], $13::bool[])
+                             ON CONFLICT (id) DO NOTHING",
+                            &[
+                                &id, &at, &endpoint, &model, &version, &route, &user, &other,
+                                &digest, &score, &decision, &cached, &fallback,
+                            ],
+                        )
+                        .await
+                        .map_err(crate::postgres::pg)?;
+                    Ok(n)
+                })
+            })
+            .await
+    }
+
+    async fn purge(&self, before: DateTime<Utc>) -> Result<u64, DataError> {
+        self.store
+            .call(move |c| {
+                Box::pin(async move {
+                    c.execute(
+                        "DELETE FROM ml_service.predictions WHERE at < $1",
+                        &[&before],
+                    )
+                    .await
+                    .map_err(crate::postgres::pg)
+                })
+            })
+            .await
+    }
+
+    async fn get(&self, id: Uuid) -> Result<Option<PredictionRecord>, DataError> {
+        self.store
+            .call(move |c| {
+                Box::pin(async move {
+                    let row = c
+                        .query_opt(
+                            &format!(
+                                "SELECT {PG_COLUMNS} FROM ml_service.predictions WHERE id = $1"
+                            ),
+                            &[&id],
+                        )
+                        .await
+                        .map_err(crate::postgres::pg)?;
+                    row.as_ref().map(pg_row).transpose()
+                })
+            })
+            .await
+    }
+
+    async fn count(&self) -> Result<u64, DataError> {
+        self.store
+            .call(|c| {
+                Box::pin(async move {
+                    let r = c
+                        .query_one("SELECT count(*) FROM ml_service.predictions", &[])
+                        .await
+                        .map_err(crate::postgres::pg)?;
+                    Ok(r.get::<_, i64>(0) as u64)
+                })
+            })
+            .await
+    }
+
+    fn describe(&self) -> String {
+        format!(
+            "{} (ml_service.predictions)",
+            crate::DataSource::describe(&self.store)
+        )
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    pub(crate) fn record(i: u128, at: DateTime<Utc>) -> PredictionRecord {
+        PredictionRecord {
+            id: Uuid::from_u128(i),
+            at,
+            endpoint: "match".into(),
+            model: "travel_match".into(),
+            version: 3,
+            route: "3=90,4=10".into(),
+            user_id: Uuid::from_u128(1_000 + i),
+            other_user_id: Some(Uuid::from_u128(2_000 + i)),
+            request_digest: "ab12".into(),
+            score: Some(0.25),
+            decision: r#"{"score":0.25}"#.into(),
+            cached: i.is_multiple_of(2),
+            fallback: false,
+        }
+    }
+
+    fn at_ms(ms: i64) -> DateTime<Utc> {
+        Utc.timestamp_millis_opt(ms).single().unwrap()
+    }
+
+    async fn round_trip(store: &dyn PredictionStore) {
+        let rows: Vec<_> = (1..=5)
+            .map(|i| record(i, at_ms(i as i64 * 1_000)))
+            .collect();
+        assert_eq!(store.write(rows.clone()).await.unwrap(), 5);
+        // The same batch again (a retry after a timeout): nothing new.
+        assert_eq!(store.write(rows.clone()).await.unwrap(), 0);
+        assert_eq!(store.count().await.unwrap(), 5);
+        let mut got = store.get(Uuid::from_u128(3)).await.unwrap().unwrap();
+        // Postgres keeps the decision as jsonb (its own spacing): compare values.
+        let json = |s: &str| serde_json::from_str::<serde_json::Value>(s).unwrap();
+        assert_eq!(json(&got.decision), json(&rows[2].decision));
+        got.decision = rows[2].decision.clone();
+        assert_eq!(got, rows[2]);
+        assert!(store.get(Uuid::from_u128(99)).await.unwrap().is_none());
+        // Retention: rows logged before the cut go, the rest stay.
+        assert_eq!(store.purge(at_ms(3_000)).await.unwrap(), 2);
+        assert_eq!(store.count().await.unwrap(), 3);
+        assert!(store.get(Uuid::from_u128(1)).await.unwrap().is_none());
+    }
+
+    #[tokio::test]
+    async fn sqlite_writes_reads_skips_repeats_and_purges() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = SqlitePredictions::open(&dir.path().join("app.db")).unwrap();
+        round_trip(&store).await;
+    }
+
+    #[tokio::test]
+    async fn postgres_writes_reads_skips_repeats_and_purges() {
+        let Some(mut db) = crate::testing::TestDb::new().await else {
+            return;
+        };
+        db.store(false).migrate().await.unwrap();
+        // The service's two roles: the log is written as the writer, while
+        // the reader (the app data's) cannot touch it, nor the writer the app's data.
+        let suffix = Uuid::new_v4().simple().to_string();
+        let (writer, reader) = (format!("mlsvc_w_{suffix}"), format!("mlsvc_r_{suffix}"));
+        db.roles.push(writer.clone());
+        db.roles.push(reader.clone());
+        let c = db.client().await;
+        c.batch_execute(&format!(
+            "CREATE ROLE {writer} LOGIN IN ROLE ml_service_writer;
+             CREATE ROLE {reader} LOGIN IN ROLE ml_service_reader;"
+        ))
+        .await
+        .unwrap();
+        let as_writer = PgStore::connect(
+            &db.url_as(&writer),
+            &crate::PgOptions {
+                pool_size: 1,
+                timeout: Some(std::time::Duration::from_secs(5)),
+                read_only: false,
+            },
+        )
+        .unwrap();
+        round_trip(&PgPredictions::new(as_writer)).await;
+
+        let connect = |user: String| {
+            let url = db.url_as(&user);
+            async move {
+                let (c, conn) = tokio_postgres::connect(&url, tokio_postgres::NoTls)
+                    .await
+                    .unwrap();
+                tokio::spawn(conn);
+                c
+            }
+        };
+        let w = connect(writer).await;
+        assert!(w.batch_execute("DELETE FROM profiles").await.is_err());
+        let r = connect(reader).await;
+        assert!(r
+            .batch_execute("DELETE FROM ml_service.predictions")
+            .await
+            .is_err());
+        assert!(r
+            .query_one("SELECT count(*) FROM ml_service.predictions", &[])
+            .await
+            .is_err());
+        drop((c, w, r));
+    }
+}
