@@ -20,11 +20,10 @@ CREATE TABLE IF NOT EXISTS ml_service.predictions (
     cached         boolean NOT NULL,
     fallback       boolean NOT NULL
 );
--- Retention deletes by time; reports read one model's rows by time; outcomes
--- are joined by user.
-CREATE INDEX IF NOT EXISTS predictions_at ON ml_service.predictions (at);
-CREATE INDEX IF NOT EXISTS predictions_model_at ON ml_service.predictions (model, at);
-CREATE INDEX IF NOT EXISTS predictions_user_at ON ml_service.predictions (user_id, at);
+-- The key is time-ordered (v7 ids compare by their first 48 bits, the
+-- millisecond), so inserts append and a time range is a key range: retention
+-- deletes by key. No other index: each would cost every answer another
+-- b-tree insert.
 
 -- The role the service writes its log as. It cannot log in: grant it to a
 -- login role (`CREATE ROLE ml_service_log LOGIN PASSWORD '…' IN ROLE

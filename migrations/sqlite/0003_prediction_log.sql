@@ -1,9 +1,12 @@
 -- The prediction log: one row per answer the service gave (the service's own
--- table, apart from the app's). `at_ms` is Unix milliseconds (UTC); `decision`
--- is JSON; `cached` and `fallback` are 0 or 1. Same shape as the Postgres
--- migration's `ml_service.predictions`.
+-- table, apart from the app's). The key is the prediction id's 16 bytes: a
+-- UUID v7, time-ordered, so rows append at the end of the table's b-tree, and
+-- a time range is a key range (retention deletes by key). No other index:
+-- each would cost every answer a second b-tree insert. `at_ms` is Unix
+-- milliseconds (UTC); `decision` is JSON; `cached` and `fallback` are 0 or 1.
+-- Same columns as the Postgres migration's `ml_service.predictions`.
 CREATE TABLE IF NOT EXISTS ml_predictions (
-    id             TEXT PRIMARY KEY,
+    id             BLOB PRIMARY KEY,
     at_ms          INTEGER NOT NULL,
     endpoint       TEXT NOT NULL,
     model          TEXT NOT NULL,
@@ -16,9 +19,4 @@ CREATE TABLE IF NOT EXISTS ml_predictions (
     decision       TEXT NOT NULL,
     cached         INTEGER NOT NULL,
     fallback       INTEGER NOT NULL
-);
--- Retention deletes by time; reports read one model's rows by time; outcomes
--- are joined by user.
-CREATE INDEX IF NOT EXISTS ml_predictions_at ON ml_predictions (at_ms);
-CREATE INDEX IF NOT EXISTS ml_predictions_model_at ON ml_predictions (model, at_ms);
-CREATE INDEX IF NOT EXISTS ml_predictions_user_at ON ml_predictions (user_id, at_ms);
+) WITHOUT ROWID;

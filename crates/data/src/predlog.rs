@@ -5,7 +5,9 @@
 //! migration 4), written as the `ml_service_writer` role while the app data
 //! stays read-only. Writes come in batches (one transaction, one statement)
 //! and are idempotent by prediction id, so a batch retried after a timeout
-//! that had in fact committed writes nothing twice.
+//! that had in fact committed writes nothing twice. The table's only index is
+//! its key, the time-ordered id: rows append, and time ranges (retention) are
+//! key ranges.
 //!
 //! Nothing here decides what is logged or when: the server's log writer
 //! (bounded queue, sampling, dropping) calls [`PredictionStore::write`].
@@ -13,7 +15,7 @@
 use crate::postgres::PgStore;
 use crate::DataError;
 use chrono::{DateTime, TimeZone, Utc};
-use rusqlite::{params, Connection, OptionalExtension};
+use rusqlite::{Connection, OptionalExtension};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use uuid::Uuid;
@@ -46,6 +48,13 @@ pub struct PredictionRecord {
     pub cached: bool,
     /// The model could not answer and a fallback did.
     pub fallback: bool,
+}
+
+/// The smallest UUID v7 of the millisecond `t`: every prediction id made at
+/// or after `t` sorts at or above it, every one made before sorts below.
+pub fn first_id_at(t: DateTime<Utc>) -> Uuid {
+    uuid::Builder::from_unix_timestamp_millis(t.timestamp_millis().max(0) as u64, &[0; 10])
+        .into_uuid()
 }
 
 /// Where prediction rows are written.
@@ -105,6 +114,10 @@ impl SqlitePredictions {
 
 const SQLITE_COLUMNS: &str = "id, at_ms, endpoint, model, version, route, user_id, other_user_id, request_digest, score, decision, cached, fallback";
 
+/// Rows per insert statement: one statement's overhead over many rows
+/// (13 parameters each, far under SQLite's limit).
+const SQLITE_ROWS_PER_STATEMENT: usize = 64;
+
 fn sqlite_row(r: &rusqlite::Row) -> Result<PredictionRecord, rusqlite::Error> {
     let uuid = |i: usize| -> Result<Uuid, rusqlite::Error> {
         let s: String = r.get(i)?;
@@ -112,9 +125,13 @@ fn sqlite_row(r: &rusqlite::Row) -> Result<PredictionRecord, rusqlite::Error> {
             rusqlite::Error::FromSqlConversionFailure(i, rusqlite::types::Type::Text, Box::new(e))
         })
     };
+    let key: Vec<u8> = r.get(0)?;
+    let id = Uuid::from_slice(&key).map_err(|e| {
+        rusqlite::Error::FromSqlConversionFailure(0, rusqlite::types::Type::Blob, Box::new(e))
+    })?;
     let other: Option<String> = r.get(7)?;
     Ok(PredictionRecord {
-        id: uuid(0)?,
+        id,
         at: Utc
             .timestamp_millis_opt(r.get(1)?)
             .single()
@@ -139,29 +156,45 @@ impl PredictionStore for SqlitePredictions {
         self.with(move |c| {
             let tx = c.transaction()?;
             let mut new = 0;
-            {
+            for chunk in rows.chunks(SQLITE_ROWS_PER_STATEMENT) {
+                let values =
+                    vec!["(?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"; chunk.len()].join(", ");
                 let mut s = tx.prepare_cached(&format!(
-                    "INSERT INTO ml_predictions ({SQLITE_COLUMNS})
-                     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13)
+                    "INSERT INTO ml_predictions ({SQLITE_COLUMNS}) VALUES {values}
                      ON CONFLICT (id) DO NOTHING"
                 ))?;
-                for r in &rows {
-                    new += s.execute(params![
-                        r.id.to_string(),
-                        r.at.timestamp_millis(),
-                        r.endpoint,
-                        r.model,
-                        r.version as i64,
-                        r.route,
-                        r.user_id.to_string(),
-                        r.other_user_id.map(|u| u.to_string()),
-                        r.request_digest,
-                        r.score.map(f64::from),
-                        r.decision,
-                        r.cached,
-                        r.fallback,
-                    ])? as u64;
+                // Owned values the parameters borrow.
+                let owned: Vec<_> = chunk
+                    .iter()
+                    .map(|r| {
+                        (
+                            r.user_id.to_string(),
+                            r.other_user_id.map(|u| u.to_string()),
+                            r.at.timestamp_millis(),
+                            r.version as i64,
+                            r.score.map(f64::from),
+                        )
+                    })
+                    .collect();
+                let mut p: Vec<&dyn rusqlite::ToSql> = Vec::with_capacity(chunk.len() * 13);
+                for (r, (user, other, at, version, score)) in chunk.iter().zip(&owned) {
+                    p.extend_from_slice(&[
+                        r.id.as_bytes() as &dyn rusqlite::ToSql,
+                        at,
+                        &r.endpoint,
+                        &r.model,
+                        version,
+                        &r.route,
+                        user,
+                        other,
+                        &r.request_digest,
+                        score,
+                        &r.decision,
+                        &r.cached,
+                        &r.fallback,
+                    ]);
                 }
+                new += s.execute(&p[..])? as u64;
             }
             tx.commit()?;
             Ok(new)
@@ -170,9 +203,12 @@ impl PredictionStore for SqlitePredictions {
     }
 
     async fn purge(&self, before: DateTime<Utc>) -> Result<u64, DataError> {
-        let before = before.timestamp_millis();
+        let bound = first_id_at(before);
         self.with(move |c| {
-            Ok(c.execute("DELETE FROM ml_predictions WHERE at_ms < ?1", [before])? as u64)
+            Ok(c.execute(
+                "DELETE FROM ml_predictions WHERE id < ?1",
+                [&bound.as_bytes()[..]],
+            )? as u64)
         })
         .await
     }
@@ -181,7 +217,7 @@ impl PredictionStore for SqlitePredictions {
         self.with(move |c| {
             Ok(c.query_row(
                 &format!("SELECT {SQLITE_COLUMNS} FROM ml_predictions WHERE id = ?1"),
-                [id.to_string()],
+                [&id.as_bytes()[..]],
                 sqlite_row,
             )
             .optional()?)
@@ -292,8 +328,8 @@ impl PredictionStore for PgPredictions {
             .call(move |c| {
                 Box::pin(async move {
                     c.execute(
-                        "DELETE FROM ml_service.predictions WHERE at < $1",
-                        &[&before],
+                        "DELETE FROM ml_service.predictions WHERE id < $1",
+                        &[&first_id_at(before)],
                     )
                     .await
                     .map_err(crate::postgres::pg)
@@ -347,9 +383,16 @@ impl PredictionStore for PgPredictions {
 mod tests {
     use super::*;
 
-    pub(crate) fn record(i: u128, at: DateTime<Utc>) -> PredictionRecord {
+    /// A v7 id of the millisecond `at` whose random part is `i`.
+    fn id(i: u128, at: DateTime<Utc>) -> Uuid {
+        let mut rand = [0u8; 10];
+        rand[..8].copy_from_slice(&(i as u64).to_be_bytes());
+        uuid::Builder::from_unix_timestamp_millis(at.timestamp_millis() as u64, &rand).into_uuid()
+    }
+
+    fn record(i: u128, at: DateTime<Utc>) -> PredictionRecord {
         PredictionRecord {
-            id: Uuid::from_u128(i),
+            id: id(i, at),
             at,
             endpoint: "match".into(),
             model: "travel_match".into(),
@@ -370,24 +413,26 @@ mod tests {
     }
 
     async fn round_trip(store: &dyn PredictionStore) {
+        // More rows than one insert statement takes, over five seconds.
         let rows: Vec<_> = (1..=5)
-            .map(|i| record(i, at_ms(i as i64 * 1_000)))
+            .flat_map(|s| (0..30).map(move |i| record(i, at_ms(s * 1_000 + i as i64))))
             .collect();
-        assert_eq!(store.write(rows.clone()).await.unwrap(), 5);
+        assert_eq!(store.write(rows.clone()).await.unwrap(), 150);
         // The same batch again (a retry after a timeout): nothing new.
         assert_eq!(store.write(rows.clone()).await.unwrap(), 0);
-        assert_eq!(store.count().await.unwrap(), 5);
-        let mut got = store.get(Uuid::from_u128(3)).await.unwrap().unwrap();
+        assert_eq!(store.count().await.unwrap(), 150);
+        let mut got = store.get(rows[62].id).await.unwrap().unwrap();
         // Postgres keeps the decision as jsonb (its own spacing): compare values.
         let json = |s: &str| serde_json::from_str::<serde_json::Value>(s).unwrap();
-        assert_eq!(json(&got.decision), json(&rows[2].decision));
-        got.decision = rows[2].decision.clone();
-        assert_eq!(got, rows[2]);
-        assert!(store.get(Uuid::from_u128(99)).await.unwrap().is_none());
+        assert_eq!(json(&got.decision), json(&rows[62].decision));
+        got.decision = rows[62].decision.clone();
+        assert_eq!(got, rows[62]);
+        assert!(store.get(Uuid::now_v7()).await.unwrap().is_none());
         // Retention: rows logged before the cut go, the rest stay.
-        assert_eq!(store.purge(at_ms(3_000)).await.unwrap(), 2);
-        assert_eq!(store.count().await.unwrap(), 3);
-        assert!(store.get(Uuid::from_u128(1)).await.unwrap().is_none());
+        assert_eq!(store.purge(at_ms(3_000)).await.unwrap(), 60);
+        assert_eq!(store.count().await.unwrap(), 90);
+        assert!(store.get(rows[59].id).await.unwrap().is_none());
+        assert!(store.get(rows[60].id).await.unwrap().is_some());
     }
 
     #[tokio::test]
