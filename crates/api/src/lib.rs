@@ -321,6 +321,47 @@ pub struct NotifyResponse {
     pub fallback: bool,
 }
 
+/// `POST /feedback` request: what happened after an answer, reported by
+/// the app (the alternative to the service joining outcomes from the app's
+/// tables).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct FeedbackRequest {
+    /// The answer's `x-prediction-id`.
+    pub prediction_id: Uuid,
+    /// A match: `matched` or `not_matched`; a recommendation: `saved`,
+    /// `booked` or `visited` (with `destination`); a notification: `opened`
+    /// or `not_opened`.
+    pub outcome: ml_core::experiment::OutcomeKind,
+    /// The recommended destination the outcome is about (recommendations
+    /// only): one of the answer's destinations, by name.
+    #[serde(default)]
+    pub destination: Option<String>,
+    /// When it happened (RFC 3339); default now. Not before the prediction,
+    /// not in the future.
+    #[serde(default)]
+    pub occurred_at: Option<chrono::DateTime<chrono::Utc>>,
+}
+
+impl FeedbackRequest {
+    pub fn validate(&self) -> Result<(), ApiError> {
+        if let Some(d) = &self.destination {
+            check_len("destination", d)?;
+        }
+        Ok(())
+    }
+}
+
+/// `POST /feedback` response.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct FeedbackResponse {
+    pub prediction_id: Uuid,
+    pub outcome: ml_core::experiment::OutcomeKind,
+    /// False when this exact outcome was already recorded (a repeat changes
+    /// nothing).
+    pub recorded: bool,
+}
+
 /// `GET /health` response.
 #[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
 pub struct HealthResponse {

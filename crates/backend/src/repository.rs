@@ -52,9 +52,63 @@ pub struct ServingPolicy {
     /// Earlier `routes`, oldest first, for `models rollback`.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub history: Vec<Vec<Route>>,
+    /// When `routes` were set: the start of the experiment they make.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub since: Option<chrono::DateTime<chrono::Utc>>,
+    /// Let the service end the split's experiment by itself (`models split
+    /// --auto`): promote the winner, roll back a loser or a guardrail trip.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub auto: bool,
+    /// What the service decided by itself, with the evidence, oldest first.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub decisions: Vec<AutoDecision>,
+}
+
+/// An experiment ended by the service (`models split --auto`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct AutoDecision {
+    pub at: chrono::DateTime<chrono::Utc>,
+    /// The split that ran (`3=90,4=10`).
+    pub split: String,
+    /// `promoted` (a challenger won) or `rolled_back` (it lost or tripped a
+    /// guardrail; the control serves alone).
+    pub action: String,
+    /// The version that serves alone afterwards.
+    pub serving: u64,
+    /// Why, in words.
+    pub reason: String,
+    /// The experiment report the decision was taken on.
+    pub evidence: serde_json::Value,
+}
+
+// The evidence's numbers are never NaN (JSON has none), so equality is total.
+impl Eq for AutoDecision {}
+
+/// A split as the prediction log records each answer's route: `version=weight`
+/// pairs (`3=90,4=10`), or a lone version alone (`3`).
+pub fn split_label(routes: &[(u64, u32)]) -> String {
+    if routes.len() == 1 {
+        return routes[0].0.to_string();
+    }
+    routes
+        .iter()
+        .map(|(v, w)| format!("{v}={w}"))
+        .collect::<Vec<_>>()
+        .join(",")
 }
 
 impl ServingPolicy {
+    /// The routes as the prediction log labels them ([`split_label`]).
+    pub fn label(&self) -> String {
+        split_label(
+            &self
+                .routes
+                .iter()
+                .map(|r| (r.version, r.weight))
+                .collect::<Vec<_>>(),
+        )
+    }
+
     /// Every version this policy needs in memory (routes, then the shadow).
     pub fn versions(&self) -> Vec<u64> {
         let mut v: Vec<u64> = self.routes.iter().map(|r| r.version).collect();
@@ -443,6 +497,7 @@ mod tests {
                 version: 2,
                 weight: 1,
             }]],
+            ..Default::default()
         };
         repo.set_serving(m, &p).await.unwrap();
         assert_eq!(repo.serving(m).await.unwrap(), Some(p.clone()));

@@ -48,6 +48,87 @@ pub enum Command {
         #[command(subcommand)]
         command: FeaturesCommand,
     },
+    /// A/B tests between model versions: outcomes joined to logged
+    /// predictions, and each split's report with a verdict.
+    Experiments {
+        #[command(subcommand)]
+        command: ExperimentsCommand,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum ExperimentsCommand {
+    /// The experiment on a model's current split: per arm its users,
+    /// predictions, outcomes and online metric with a 95 % interval, the
+    /// always-valid comparison with the control, guardrails, the
+    /// sample-ratio check, and a verdict in words (outcomes are joined from
+    /// the app's tables first).
+    Report(ExperimentArgs),
+    /// Join outcomes from the app's tables to the logged predictions now
+    /// (`serve` does it every OUTCOME_JOIN_INTERVAL_S).
+    Join(ExperimentArgs),
+    /// Play the app on the demo world against a running service: ask
+    /// `/match/score` for random pairs of demo users over HTTP, draw each
+    /// pair's outcome from the world's true match probability, write it to
+    /// the app's `match_outcomes` as the app would, join, and print the
+    /// travel_match experiment's report.
+    Simulate(SimulateArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct SimulateArgs {
+    /// The service's base URL.
+    #[arg(long, default_value = "http://127.0.0.1:8000")]
+    pub url: String,
+    /// Match requests to send (random pairs of demo users).
+    #[arg(long, default_value_t = 4_000)]
+    pub pairs: usize,
+    /// Requests in flight at once.
+    #[arg(long, default_value_t = 16)]
+    pub concurrency: usize,
+    /// Seed of the pairs and of the outcomes drawn.
+    #[arg(long, default_value_t = 7)]
+    pub seed: u64,
+    /// The API key to send (`Authorization: Bearer`), if the service wants one.
+    #[arg(long)]
+    pub api_key: Option<String>,
+    /// Print the report as JSON.
+    #[arg(long)]
+    pub json: bool,
+    #[command(flatten)]
+    pub demo: DemoSettings,
+    #[command(flatten)]
+    pub data: DataSettings,
+    #[command(flatten)]
+    pub prediction_log: ml_server::settings::PredictionLogSettings,
+    #[command(flatten)]
+    pub experiments: ml_server::settings::ExperimentSettings,
+    #[command(flatten)]
+    pub models: ModelStoreSettings,
+    #[command(flatten)]
+    pub log: LogSettings,
+}
+
+#[derive(Debug, Args)]
+pub struct ExperimentArgs {
+    /// The model (report only): travel_match, recommendation or notification_timing.
+    pub model: Option<String>,
+    /// Print the report as JSON (the same document as GET /admin/experiments/{model}).
+    #[arg(long)]
+    pub json: bool,
+    /// Report on the outcomes joined so far, without joining first.
+    #[arg(long)]
+    pub no_join: bool,
+    #[command(flatten)]
+    pub data: DataSettings,
+    #[command(flatten)]
+    pub prediction_log: ml_server::settings::PredictionLogSettings,
+    #[command(flatten)]
+    pub experiments: ml_server::settings::ExperimentSettings,
+    #[command(flatten)]
+    pub models: ModelStoreSettings,
+    #[command(flatten)]
+    pub log: LogSettings,
 }
 
 #[derive(Debug, Subcommand)]
@@ -187,9 +268,16 @@ pub struct PromoteArgs {
 pub struct SplitArgs {
     /// The model: travel_match, recommendation or notification_timing.
     pub model: String,
-    /// VERSION=WEIGHT pairs, e.g. `3=90 4=10`.
+    /// VERSION=WEIGHT pairs, e.g. `3=90 4=10`; the first is the control.
     #[arg(required = true, num_args = 1.., value_parser = parse_route)]
     pub routes: Vec<ml_backend::Route>,
+    /// Let the service decide the experiment by itself: promote the winner
+    /// when the sequential test decides, roll back at once when a guardrail
+    /// trips or the challenger is significantly worse (`serve` with
+    /// EXPERIMENT_AUTO_INTERVAL_S > 0; the decision and its evidence go into
+    /// serving.json).
+    #[arg(long)]
+    pub auto: bool,
     #[command(flatten)]
     pub models: ModelStoreSettings,
     #[command(flatten)]

@@ -24,6 +24,84 @@
 //! (Pearson's χ², `k − 1` degrees of freedom): a mismatch means the split or
 //! the logging is broken, and no verdict should be trusted.
 
+/// What happened after an answer, as the outcome join or `POST /feedback`
+/// records it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+#[serde(rename_all = "snake_case")]
+pub enum OutcomeKind {
+    /// A match prediction's pair decided to travel together.
+    Matched,
+    /// A match prediction's pair decided not to.
+    NotMatched,
+    /// A recommended destination was saved…
+    Saved,
+    /// …booked…
+    Booked,
+    /// …or visited.
+    Visited,
+    /// A planned notification was sent and opened.
+    Opened,
+    /// It was sent and not opened within the window.
+    NotOpened,
+}
+
+impl OutcomeKind {
+    pub const ALL: [OutcomeKind; 7] = [
+        Self::Matched,
+        Self::NotMatched,
+        Self::Saved,
+        Self::Booked,
+        Self::Visited,
+        Self::Opened,
+        Self::NotOpened,
+    ];
+
+    /// The name stored and accepted on the API.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Matched => "matched",
+            Self::NotMatched => "not_matched",
+            Self::Saved => "saved",
+            Self::Booked => "booked",
+            Self::Visited => "visited",
+            Self::Opened => "opened",
+            Self::NotOpened => "not_opened",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<Self> {
+        Self::ALL.into_iter().find(|k| k.as_str() == s)
+    }
+
+    /// The endpoint whose predictions can have this outcome (as the log
+    /// names it: `match`, `recommend`, `notify`).
+    pub fn endpoint(self) -> &'static str {
+        match self {
+            Self::Matched | Self::NotMatched => "match",
+            Self::Saved | Self::Booked | Self::Visited => "recommend",
+            Self::Opened | Self::NotOpened => "notify",
+        }
+    }
+
+    /// The outcome as the number the metrics add up: 1 for a match, a
+    /// converted place or an opened notification, 0 otherwise.
+    pub fn value(self) -> f64 {
+        match self {
+            Self::NotMatched | Self::NotOpened => 0.0,
+            _ => 1.0,
+        }
+    }
+
+    /// The outcomes an endpoint's predictions can have.
+    pub fn of_endpoint(endpoint: &str) -> Vec<OutcomeKind> {
+        Self::ALL
+            .into_iter()
+            .filter(|k| k.endpoint() == endpoint)
+            .collect()
+    }
+}
+
 /// Per-arm sufficient statistics of one metric.
 #[derive(Debug, Clone, Copy, Default, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct ArmStats {

@@ -32,6 +32,7 @@ fn batch() -> Vec<PredictionRecord> {
             decision: r#"{"score":0.4321,"confidence":0.61,"factors":{"interest_overlap":0.52,"travel_style":0.33,"personality":0.71}}"#.into(),
             cached: false,
             fallback: false,
+            latency_us: Some(900),
         })
         .collect()
 }

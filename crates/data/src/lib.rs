@@ -6,6 +6,7 @@
 //! Lines files (`import`).
 
 pub mod import;
+pub mod outcomes;
 pub mod postgres;
 pub mod predlog;
 pub mod sample;
@@ -13,6 +14,7 @@ pub mod sqlite;
 #[cfg(feature = "test-util")]
 pub mod testing;
 
+pub use outcomes::{ArmQuery, ArmSums, ExperimentStore, JoinWindows, Joined, Outcome};
 pub use postgres::{PgOptions, PgStore};
 pub use predlog::{PgPredictions, PredictionRecord, PredictionStore, SqlitePredictions};
 pub use sample::TrainingSample;

@@ -22,7 +22,7 @@ use uuid::Uuid;
 
 /// Migrations, in order. Each runs once, in its own transaction, under an
 /// advisory lock (replicas starting together migrate one at a time).
-pub const MIGRATIONS: [(u32, &str); 4] = [
+pub const MIGRATIONS: [(u32, &str); 5] = [
     (
         1,
         include_str!("../../../migrations/postgres/0001_app_data.sql"),
@@ -38,6 +38,10 @@ pub const MIGRATIONS: [(u32, &str); 4] = [
     (
         4,
         include_str!("../../../migrations/postgres/0004_prediction_log.sql"),
+    ),
+    (
+        5,
+        include_str!("../../../migrations/postgres/0005_outcomes.sql"),
     ),
 ];
 

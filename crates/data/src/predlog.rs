@@ -48,6 +48,9 @@ pub struct PredictionRecord {
     pub cached: bool,
     /// The model could not answer and a fallback did.
     pub fallback: bool,
+    /// How long the answer took, in microseconds (the experiments' latency
+    /// guardrail).
+    pub latency_us: Option<u32>,
 }
 
 /// The smallest UUID v7 of the millisecond `t`: every prediction id made at
@@ -90,13 +93,22 @@ impl SqlitePredictions {
         }
         let c = crate::sqlite::open(path)?;
         crate::sqlite::migrate(&c)?;
+        // The experiment reports' log-loss needs a logarithm, which SQLite
+        // builds without unless compiled with its math functions.
+        c.create_scalar_function(
+            "ml_ln",
+            1,
+            rusqlite::functions::FunctionFlags::SQLITE_UTF8
+                | rusqlite::functions::FunctionFlags::SQLITE_DETERMINISTIC,
+            |ctx| Ok(ctx.get::<f64>(0)?.ln()),
+        )?;
         Ok(Self {
             path: path.to_path_buf(),
             conn: Arc::new(Mutex::new(c)),
         })
     }
 
-    async fn with<T: Send + 'static>(
+    pub(crate) async fn with<T: Send + 'static>(
         &self,
         f: impl FnOnce(&mut Connection) -> Result<T, DataError> + Send + 'static,
     ) -> Result<T, DataError> {
@@ -112,10 +124,10 @@ impl SqlitePredictions {
     }
 }
 
-const SQLITE_COLUMNS: &str = "id, at_ms, endpoint, model, version, route, user_id, other_user_id, request_digest, score, decision, cached, fallback";
+const SQLITE_COLUMNS: &str = "id, at_ms, endpoint, model, version, route, user_id, other_user_id, request_digest, score, decision, cached, fallback, latency_us";
 
 /// Rows per insert statement: one statement's overhead over many rows
-/// (13 parameters each, far under SQLite's limit).
+/// (14 parameters each, far under SQLite's limit).
 const SQLITE_ROWS_PER_STATEMENT: usize = 64;
 
 fn sqlite_row(r: &rusqlite::Row) -> Result<PredictionRecord, rusqlite::Error> {
@@ -147,6 +159,9 @@ fn sqlite_row(r: &rusqlite::Row) -> Result<PredictionRecord, rusqlite::Error> {
         decision: r.get(10)?,
         cached: r.get(11)?,
         fallback: r.get(12)?,
+        latency_us: r
+            .get::<_, Option<i64>>(13)?
+            .map(|l| l.clamp(0, i64::from(u32::MAX)) as u32),
     })
 }
 
@@ -158,7 +173,7 @@ impl PredictionStore for SqlitePredictions {
             let mut new = 0;
             for chunk in rows.chunks(SQLITE_ROWS_PER_STATEMENT) {
                 let values =
-                    vec!["(?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"; chunk.len()].join(", ");
+                    vec!["(?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"; chunk.len()].join(", ");
                 let mut s = tx.prepare_cached(&format!(
                     "INSERT INTO ml_predictions ({SQLITE_COLUMNS}) VALUES {values}
                      ON CONFLICT (id) DO NOTHING"
@@ -173,11 +188,12 @@ impl PredictionStore for SqlitePredictions {
                             r.at.timestamp_millis(),
                             r.version as i64,
                             r.score.map(f64::from),
+                            r.latency_us.map(i64::from),
                         )
                     })
                     .collect();
-                let mut p: Vec<&dyn rusqlite::ToSql> = Vec::with_capacity(chunk.len() * 13);
-                for (r, (user, other, at, version, score)) in chunk.iter().zip(&owned) {
+                let mut p: Vec<&dyn rusqlite::ToSql> = Vec::with_capacity(chunk.len() * 14);
+                for (r, (user, other, at, version, score, latency)) in chunk.iter().zip(&owned) {
                     p.extend_from_slice(&[
                         r.id.as_bytes() as &dyn rusqlite::ToSql,
                         at,
@@ -192,6 +208,7 @@ impl PredictionStore for SqlitePredictions {
                         &r.decision,
                         &r.cached,
                         &r.fallback,
+                        latency,
                     ]);
                 }
                 new += s.execute(&p[..])? as u64;
@@ -252,9 +269,13 @@ impl PgPredictions {
     pub fn new(store: PgStore) -> Self {
         Self { store }
     }
+
+    pub(crate) fn store(&self) -> &PgStore {
+        &self.store
+    }
 }
 
-const PG_COLUMNS: &str = "id, at, endpoint, model, version, route, user_id, other_user_id, request_digest, score, decision::text, cached, fallback";
+const PG_COLUMNS: &str = "id, at, endpoint, model, version, route, user_id, other_user_id, request_digest, score, decision::text, cached, fallback, latency_us";
 
 fn pg_row(r: &tokio_postgres::Row) -> Result<PredictionRecord, DataError> {
     let bad = |e: tokio_postgres::Error| DataError::Corrupt {
@@ -275,6 +296,10 @@ fn pg_row(r: &tokio_postgres::Row) -> Result<PredictionRecord, DataError> {
         decision: r.try_get(10).map_err(bad)?,
         cached: r.try_get(11).map_err(bad)?,
         fallback: r.try_get(12).map_err(bad)?,
+        latency_us: r
+            .try_get::<_, Option<i32>>(13)
+            .map_err(bad)?
+            .map(|l| l.max(0) as u32),
     })
 }
 
@@ -301,18 +326,22 @@ impl PredictionStore for PgPredictions {
                     let decision: Vec<&str> = rows.iter().map(|r| r.decision.as_str()).collect();
                     let cached: Vec<bool> = rows.iter().map(|r| r.cached).collect();
                     let fallback: Vec<bool> = rows.iter().map(|r| r.fallback).collect();
+                    let latency: Vec<Option<i32>> = rows
+                        .iter()
+                        .map(|r| r.latency_us.map(|l| l.min(i32::MAX as u32) as i32))
+                        .collect();
                     let n = c
                         .execute(
                             "INSERT INTO ml_service.predictions
                                (id, at, endpoint, model, version, route, user_id, other_user_id,
-                                request_digest, score, decision, cached, fallback)
+                                request_digest, score, decision, cached, fallback, latency_us)
                              SELECT * FROM unnest($1::uuid[], $2::timestamptz[], $3::text[], $4::text[],
                                $5::int8[], $6::text[], $7::uuid[], $8::uuid[], $9::text[], $10::float4[],
-                               $11::text[]::jsonb[], $12::bool[], $13::bool[])
+                               $11::text[]::jsonb[], $12::bool[], $13::bool[], $14::int4[])
                              ON CONFLICT (id) DO NOTHING",
                             &[
                                 &id, &at, &endpoint, &model, &version, &route, &user, &other,
-                                &digest, &score, &decision, &cached, &fallback,
+                                &digest, &score, &decision, &cached, &fallback, &latency,
                             ],
                         )
                         .await
@@ -405,6 +434,7 @@ mod tests {
             decision: r#"{"score":0.25}"#.into(),
             cached: i.is_multiple_of(2),
             fallback: false,
+            latency_us: Some(1_500 + i as u32),
         }
     }
 

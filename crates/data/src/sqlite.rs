@@ -12,7 +12,7 @@ use std::sync::Arc;
 use uuid::Uuid;
 
 /// Migrations, in order. Each runs once; the applied versions are recorded.
-pub const MIGRATIONS: [(u32, &str); 3] = [
+pub const MIGRATIONS: [(u32, &str); 4] = [
     (
         1,
         include_str!("../../../migrations/sqlite/0001_app_data.sql"),
@@ -24,6 +24,10 @@ pub const MIGRATIONS: [(u32, &str); 3] = [
     (
         3,
         include_str!("../../../migrations/sqlite/0003_prediction_log.sql"),
+    ),
+    (
+        4,
+        include_str!("../../../migrations/sqlite/0004_outcomes.sql"),
     ),
 ];
 

@@ -13,7 +13,7 @@ async fn migrations_apply_once_enforce_constraints_and_enable_row_level_security
         return;
     };
     let store = db.store(false);
-    assert_eq!(store.migrate().await.unwrap(), vec![1, 2, 3, 4]);
+    assert_eq!(store.migrate().await.unwrap(), vec![1, 2, 3, 4, 5]);
     assert!(store.migrate().await.unwrap().is_empty(), "idempotent");
     let c = db.client().await;
     let tables: Vec<String> = ml_data::import::TABLES

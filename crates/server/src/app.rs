@@ -18,8 +18,8 @@ use ml_backend::tract::TractBackend;
 use ml_backend::{InferenceBackend, ModelRepository};
 use ml_core::catalogue::Catalogue;
 use ml_data::{
-    AppStore, DataSource, PgOptions, PgPredictions, PgStore, PredictionStore, SqlitePredictions,
-    SqliteStore,
+    AppStore, DataSource, ExperimentStore, PgOptions, PgPredictions, PgStore, PredictionStore,
+    SqlitePredictions, SqliteStore,
 };
 use std::future::Future;
 use std::sync::Arc;
@@ -223,44 +223,61 @@ pub fn start(
         linear_attribution: settings.inference.rec_linear_attribution,
         timing_plan_hours: settings.inference.timing_plan_hours,
         log,
+        experiments: settings.experiments.clone(),
     }))
 }
 
 /// How long a clean shutdown waits for the prediction log to write its queue.
 const LOG_FLUSH_WAIT: Duration = Duration::from_secs(10);
 
-/// The prediction log the settings ask for, beside the app data: the
-/// `ml_predictions` table of the SQLite file, or Postgres's
-/// `ml_service.predictions` through sessions of its own
-/// (PREDICTION_LOG_DATABASE_URL, else DATABASE_URL), read-write, unlike the
-/// app data's. Its writer runs on the current runtime.
+/// The prediction log the settings ask for, beside the app data (see
+/// [`log_stores`]). Its writer runs on the current runtime.
 pub fn prediction_log(settings: &Settings, store: &AppStore) -> anyhow::Result<PredictionLog> {
     let s = &settings.prediction_log;
     if !s.prediction_log {
         return Ok(PredictionLog::off());
     }
-    let target: Arc<dyn PredictionStore> = match store {
+    let (target, experiments) = log_stores(s, &settings.data, store)?;
+    Ok(PredictionLog::start(target, Some(experiments), s))
+}
+
+/// The prediction log's store and, the same store seen from the other side,
+/// its outcomes and experiment sums: the `ml_predictions` and `ml_outcomes`
+/// tables of the SQLite file, or Postgres's `ml_service` schema through
+/// sessions of its own (PREDICTION_LOG_DATABASE_URL, else DATABASE_URL),
+/// read-write, unlike the app data's.
+pub fn log_stores(
+    s: &crate::settings::PredictionLogSettings,
+    data: &DataSettings,
+    store: &AppStore,
+) -> anyhow::Result<(Arc<dyn PredictionStore>, Arc<dyn ExperimentStore>)> {
+    fn both<S: PredictionStore + ExperimentStore + 'static>(
+        s: S,
+    ) -> (Arc<dyn PredictionStore>, Arc<dyn ExperimentStore>) {
+        let s = Arc::new(s);
+        (Arc::clone(&s) as _, s as _)
+    }
+    Ok(match store {
         AppStore::Sqlite(sqlite) => {
-            Arc::new(SqlitePredictions::open(sqlite.path()).with_context(|| {
+            both(SqlitePredictions::open(sqlite.path()).with_context(|| {
                 format!("opening the prediction log in {}", sqlite.path().display())
             })?)
         }
         AppStore::Postgres(_) => {
             let url = s
                 .database_url()
-                .or(settings.data.database_url())
+                .or(data.database_url())
                 .context("a Postgres store without DATABASE_URL")?;
             let opts = PgOptions {
                 pool_size: 2,
                 timeout: Some(Duration::from_secs(5)),
                 read_only: false,
             };
-            Arc::new(PgPredictions::new(
+            both(PgPredictions::new(
                 PgStore::connect(url, &opts).context("PREDICTION_LOG_DATABASE_URL")?,
             ))
         }
-    };
-    Ok(PredictionLog::start(target, s))
+    })
 }
 
 /// Serve the API on `listener` until `shutdown` completes, then drain in-flight requests.
@@ -289,12 +306,33 @@ pub async fn run_http(
             Arc::clone(&predictor.models).poll(Duration::from_secs(settings.model_poll_interval_s)),
         )
     });
+    // The learning loop's background work, on whichever replica holds its
+    // lease: outcomes joined from the app's tables, `--auto` splits decided.
+    let mut background: Vec<tokio::task::JoinHandle<()>> = poller.into_iter().collect();
+    if let Some(store) = predictor.log.experiments() {
+        let e = &settings.experiments;
+        if e.outcome_join_interval_s > 0 {
+            background.push(tokio::spawn(crate::experiments::join_periodically(
+                Arc::clone(store),
+                e.clone(),
+                Duration::from_secs(e.outcome_join_interval_s),
+            )));
+        }
+        if e.experiment_auto_interval_s > 0 {
+            background.push(tokio::spawn(crate::experiments::decide_periodically(
+                Arc::clone(store),
+                Arc::clone(&predictor.models),
+                e.clone(),
+                Duration::from_secs(e.experiment_auto_interval_s),
+            )));
+        }
+    }
     let app = routes::router(predictor, settings, admission);
     let served = axum::serve(listener, app)
         .with_graceful_shutdown(shutdown)
         .await;
-    if let Some(p) = poller {
-        p.abort();
+    for task in background {
+        task.abort();
     }
     served
 }

@@ -39,6 +39,15 @@ pub enum ServiceError {
     /// `channel_consent`, and DEFAULT_CHANNELS where it has no answer).
     #[error("user {id} has agreed to no notification channel")]
     NoConsentedChannel { id: uuid::Uuid },
+    /// A prediction id the log does not hold (never given, not sampled, or
+    /// past the retention period).
+    #[error("unknown prediction {id}: not in the prediction log (never answered, not sampled, or past retention)")]
+    UnknownPrediction { id: uuid::Uuid },
+    /// Outcomes need the prediction log, which is off.
+    #[error(
+        "the prediction log is off (PREDICTION_LOG=false): outcomes cannot be tied to predictions"
+    )]
+    LogOff,
     /// A model name (or version) the Open Inference Protocol endpoints do not
     /// know.
     #[error("unknown model {0}")]
@@ -103,6 +112,8 @@ impl ServiceError {
                 (StatusCode::CONFLICT, "no_consented_channel")
             }
             ServiceError::UnknownModel(_) => (StatusCode::NOT_FOUND, "unknown_model"),
+            ServiceError::UnknownPrediction { .. } => (StatusCode::NOT_FOUND, "unknown_prediction"),
+            ServiceError::LogOff => (StatusCode::SERVICE_UNAVAILABLE, "prediction_log_off"),
             ServiceError::ModelUnavailable(_) => {
                 (StatusCode::SERVICE_UNAVAILABLE, "model_unavailable")
             }
@@ -129,9 +140,12 @@ impl ServiceError {
             ServiceError::NoRoute(_) => Code::Unimplemented,
             ServiceError::Unauthorized => Code::Unauthenticated,
             ServiceError::AdminDisabled => Code::PermissionDenied,
-            ServiceError::UnknownUser { .. } | ServiceError::UnknownModel(_) => Code::NotFound,
+            ServiceError::UnknownUser { .. }
+            | ServiceError::UnknownModel(_)
+            | ServiceError::UnknownPrediction { .. } => Code::NotFound,
             ServiceError::NoConsentedChannel { .. } => Code::FailedPrecondition,
             ServiceError::ModelUnavailable(_)
+            | ServiceError::LogOff
             | ServiceError::Overloaded
             | ServiceError::Data(_)
             | ServiceError::Inference(_) => Code::Unavailable,
@@ -167,6 +181,7 @@ impl ServiceError {
                 Some(field.clone())
             }
             ServiceError::NoConsentedChannel { .. } => Some("user_id".into()),
+            ServiceError::UnknownPrediction { .. } => Some("prediction_id".into()),
             _ => None,
         }
     }

@@ -15,6 +15,7 @@ pub mod api;
 pub mod app;
 pub mod cache;
 pub mod error;
+pub mod experiments;
 pub mod extract;
 pub mod grpc;
 pub mod headers;

@@ -190,15 +190,12 @@ impl Variants {
         shadow: Option<Arc<ServedModel>>,
         desired: Desired,
     ) -> Self {
-        let split = if routes.len() == 1 {
-            routes[0].0.meta.version.to_string()
-        } else {
-            routes
+        let split = ml_backend::repository::split_label(
+            &routes
                 .iter()
-                .map(|(m, w)| format!("{}={w}", m.meta.version))
-                .collect::<Vec<_>>()
-                .join(",")
-        };
+                .map(|(m, w)| (m.meta.version, *w))
+                .collect::<Vec<_>>(),
+        );
         Self {
             routes,
             shadow,
@@ -628,8 +625,13 @@ fn versions_list(v: &[u64]) -> String {
 
 fn strip_history(d: Desired) -> Desired {
     match d {
+        // What serves, not how it came to: history, the experiment's start
+        // and its decisions change no model in memory.
         Desired::Pinned(p) => Desired::Pinned(ServingPolicy {
             history: vec![],
+            decisions: vec![],
+            since: None,
+            auto: false,
             ..p
         }),
         d => d,

@@ -9,7 +9,7 @@
 //! writes what was queued ([`PredictionLog::close`]).
 
 use crate::settings::PredictionLogSettings;
-use ml_data::{PredictionRecord, PredictionStore};
+use ml_data::{ExperimentStore, PredictionRecord, PredictionStore};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -45,6 +45,10 @@ pub struct PredictionLog {
     /// The writer's stop signal and task, taken by [`Self::close`].
     writer: Mutex<Option<(oneshot::Sender<()>, tokio::task::JoinHandle<()>)>>,
     describe: String,
+    /// The store, for reads (`POST /feedback` looks predictions up), and
+    /// the same store's outcomes and experiment sums.
+    store: Option<Arc<dyn PredictionStore>>,
+    experiments: Option<Arc<dyn ExperimentStore>>,
 }
 
 impl std::fmt::Debug for PredictionLog {
@@ -64,18 +68,31 @@ impl PredictionLog {
             counts: Default::default(),
             writer: Mutex::new(None),
             describe: "off".into(),
+            store: None,
+            experiments: None,
         }
     }
 
-    /// Start the writer on the current runtime.
-    pub fn start(store: Arc<dyn PredictionStore>, settings: &PredictionLogSettings) -> Self {
+    /// Start the writer on the current runtime. `experiments` is the same
+    /// store's outcomes side.
+    pub fn start(
+        store: Arc<dyn PredictionStore>,
+        experiments: Option<Arc<dyn ExperimentStore>>,
+        settings: &PredictionLogSettings,
+    ) -> Self {
         let (tx, rx) = mpsc::channel(settings.prediction_log_queue.max(1) as usize);
         let (stop_tx, stop_rx) = oneshot::channel();
         let counts = Arc::new(LogCounts::default());
         let retention = (settings.prediction_log_retention_days > 0)
             .then(|| chrono::Duration::days(i64::from(settings.prediction_log_retention_days)));
         let describe = store.describe();
-        let task = tokio::spawn(writer(store, rx, stop_rx, retention, Arc::clone(&counts)));
+        let task = tokio::spawn(writer(
+            Arc::clone(&store),
+            rx,
+            stop_rx,
+            retention,
+            Arc::clone(&counts),
+        ));
         let sample = settings.prediction_log_sample;
         let threshold = if sample >= 1.0 {
             Some(u64::MAX)
@@ -90,7 +107,19 @@ impl PredictionLog {
             counts,
             writer: Mutex::new(Some((stop_tx, task))),
             describe,
+            store: Some(store),
+            experiments,
         }
+    }
+
+    /// The log's store, unless the log is off.
+    pub fn store(&self) -> Option<&Arc<dyn PredictionStore>> {
+        self.store.as_ref()
+    }
+
+    /// The outcomes and experiment sums beside the log, unless it is off.
+    pub fn experiments(&self) -> Option<&Arc<dyn ExperimentStore>> {
+        self.experiments.as_ref()
     }
 
     /// Where rows go, for the start-up log line.
@@ -307,6 +336,7 @@ mod tests {
             decision: "{}".into(),
             cached: false,
             fallback: false,
+            latency_us: Some(900),
         }
     }
 
@@ -323,7 +353,7 @@ mod tests {
     #[tokio::test]
     async fn rows_are_written_in_batches_and_close_flushes_the_queue() {
         let store = Arc::new(Fake::default());
-        let log = PredictionLog::start(store.clone(), &settings(10_000, 1.0));
+        let log = PredictionLog::start(store.clone(), None, &settings(10_000, 1.0));
         for i in 0..5_000 {
             log.record(row(i));
         }
@@ -343,7 +373,7 @@ mod tests {
     async fn a_down_store_drops_and_counts_rows_within_the_bound_and_writing_resumes() {
         let store = Arc::new(Fake::default());
         store.down.store(true, Ordering::Relaxed);
-        let log = PredictionLog::start(store.clone(), &settings(100, 1.0));
+        let log = PredictionLog::start(store.clone(), None, &settings(100, 1.0));
         for i in 0..1_000 {
             log.record(row(i));
         }
@@ -374,15 +404,15 @@ mod tests {
     #[tokio::test]
     async fn sampling_keeps_whole_users_at_about_the_rate() {
         let store = Arc::new(Fake::default());
-        let log = PredictionLog::start(store, &settings(10, 0.25));
+        let log = PredictionLog::start(store, None, &settings(10, 0.25));
         let users: Vec<Uuid> = (0..20_000).map(|_| Uuid::new_v4()).collect();
         let kept = users.iter().filter(|u| log.sampled(**u)).count();
         assert!((4_500..=5_500).contains(&kept), "{kept} of 20,000");
         // The same user always gets the same answer.
         assert!(users.iter().all(|u| log.sampled(*u) == log.sampled(*u)));
-        let none = PredictionLog::start(Arc::new(Fake::default()), &settings(10, 0.0));
+        let none = PredictionLog::start(Arc::new(Fake::default()), None, &settings(10, 0.0));
         assert!(!users.iter().any(|u| none.sampled(*u)));
-        let all = PredictionLog::start(Arc::new(Fake::default()), &settings(10, 1.0));
+        let all = PredictionLog::start(Arc::new(Fake::default()), None, &settings(10, 1.0));
         assert!(users.iter().all(|u| all.sampled(*u)));
         assert!(!PredictionLog::off().sampled(users[0]));
     }

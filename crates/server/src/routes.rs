@@ -88,6 +88,60 @@ async fn notify(
     p.optimize_notification(&req).await
 }
 
+/// Report what happened after an answer (its `x-prediction-id`): a match
+/// decided, a recommended destination saved, booked or visited, a
+/// notification opened. A repeat is recorded once; a report wins over the
+/// outcome the service joins from the app's tables.
+#[utoipa::path(post, path = "/feedback", request_body = FeedbackRequest,
+    responses((status = 200, body = FeedbackResponse),
+        (status = 400, body = ErrorBody), (status = 401, body = ErrorBody),
+        (status = 404, body = ErrorBody, description = "unknown_prediction: the log holds no prediction with this id (never answered, not sampled, or past retention)"),
+        (status = 413, body = ErrorBody), (status = 415, body = ErrorBody),
+        (status = 422, body = ErrorBody, description = "invalid_field: an outcome that does not fit the prediction's endpoint, a destination it did not recommend, a time before it"),
+        (status = 503, body = ErrorBody)))]
+async fn feedback(
+    State(p): State<AppState>,
+    ApiJson(req): ApiJson<FeedbackRequest>,
+) -> Result<Json<FeedbackResponse>, ServiceError> {
+    Ok(Json(p.feedback(&req).await?))
+}
+
+/// The experiment on a model's current split: per arm its users,
+/// predictions, outcomes, online metric with a 95 % interval, guardrails,
+/// the always-valid comparison with the control, the sample-ratio check and
+/// a verdict in words. Needs an admin key.
+#[utoipa::path(get, path = "/admin/experiments/{model}",
+    params(("model" = String, Path, description = "travel_match, recommendation or notification_timing")),
+    responses((status = 200, description = "the report (JSON)", body = serde_json::Value),
+        (status = 401, body = ErrorBody), (status = 403, body = ErrorBody), (status = 404, body = ErrorBody),
+        (status = 503, body = ErrorBody)))]
+async fn admin_experiment(
+    State(p): State<AppState>,
+    axum::extract::Path(model): axum::extract::Path<String>,
+) -> Result<Json<crate::experiments::ExperimentReport>, ServiceError> {
+    let kind = ml_core::model::ModelKind::parse(&model)
+        .ok_or_else(|| ServiceError::UnknownModel(model.chars().take(100).collect()))?;
+    let store = p.log.experiments().ok_or(ServiceError::LogOff)?;
+    let repo = p.models.repository();
+    let policy = repo.serving(kind).await.map_err(ServiceError::Inference)?;
+    let report =
+        crate::experiments::report(&**store, kind, policy.as_ref(), &p.experiments).await?;
+    Ok(Json(report))
+}
+
+/// Join outcomes from the app's tables now (the service also does it every
+/// OUTCOME_JOIN_INTERVAL_S): rows written or changed per endpoint. Needs an
+/// admin key.
+#[utoipa::path(post, path = "/admin/experiments/join",
+    responses((status = 200, description = "outcome rows written or changed per endpoint", body = serde_json::Value),
+        (status = 401, body = ErrorBody), (status = 403, body = ErrorBody), (status = 503, body = ErrorBody)))]
+async fn admin_join(State(p): State<AppState>) -> Result<Json<ml_data::Joined>, ServiceError> {
+    let store = p.log.experiments().ok_or(ServiceError::LogOff)?;
+    Ok(Json(
+        crate::experiments::join_now(&**store, &p.experiments).await?,
+    ))
+}
+
 /// Liveness and the state of each part.
 #[utoipa::path(get, path = "/health", responses((status = 200, body = HealthResponse)))]
 async fn health(State(p): State<AppState>) -> Json<HealthResponse> {
@@ -158,7 +212,10 @@ async fn admin_reload(State(p): State<AppState>) -> Json<Vec<crate::lifecycle::M
         live,
         ready,
         admin_models,
-        admin_reload
+        admin_reload,
+        feedback,
+        admin_experiment,
+        admin_join
     ),
     components(schemas(ErrorBody))
 )]
@@ -332,7 +389,8 @@ pub fn router(p: Arc<Predictor>, settings: &Settings, admission: Admission) -> R
     let predictions = Router::new()
         .route("/match/score", prediction(post(match_score)))
         .route("/recommend/destinations", prediction(post(recommend)))
-        .route("/notifications/optimize", prediction(post(notify)));
+        .route("/notifications/optimize", prediction(post(notify)))
+        .route("/feedback", prediction(post(feedback)));
     let admin_auth = axum::middleware::from_fn_with_state(
         ApiKeys::new(settings.http.admin_keys.clone()),
         authenticate_admin,
@@ -344,7 +402,15 @@ pub fn router(p: Arc<Predictor>, settings: &Settings, admission: Admission) -> R
         )
         .route(
             "/admin/models/reload",
-            post(admin_reload).route_layer(admin_auth),
+            post(admin_reload).route_layer(admin_auth.clone()),
+        )
+        .route(
+            "/admin/experiments/{model}",
+            get(admin_experiment).route_layer(admin_auth.clone()),
+        )
+        .route(
+            "/admin/experiments/join",
+            post(admin_join).route_layer(admin_auth),
         );
     Router::new()
         .merge(predictions)

@@ -30,6 +30,8 @@ pub struct Settings {
     pub models: ModelStoreSettings,
     #[command(flatten)]
     pub prediction_log: PredictionLogSettings,
+    #[command(flatten)]
+    pub experiments: ExperimentSettings,
     /// Seconds between checks of the repository for new, promoted or
     /// re-routed versions (loaded beside the serving ones, smoke-tested,
     /// then swapped in); 0 turns polling off (POST /admin/models/reload still works).
@@ -347,6 +349,76 @@ pub struct PredictionLogSettings {
     /// whose role then needs that grant.
     #[arg(long, env = "PREDICTION_LOG_DATABASE_URL", value_parser = parse_secret, hide_env_values = true)]
     pub prediction_log_database_url: Option<secrecy::SecretString>,
+}
+
+/// Outcomes tied to logged predictions, and how A/B tests are decided.
+#[derive(Debug, Clone, Args)]
+#[command(next_help_heading = "Outcomes and experiments")]
+pub struct ExperimentSettings {
+    /// Days after a match prediction within which a match outcome the app
+    /// records for the same pair (either order) counts as its outcome.
+    #[arg(long, env = "OUTCOME_MATCH_WINDOW_DAYS", default_value_t = 14, value_parser = clap::value_parser!(u32).range(1..=365))]
+    pub outcome_match_window_days: u32,
+    /// Days after a recommendation within which the user saving, booking or
+    /// visiting a recommended destination counts as its outcome.
+    #[arg(long, env = "OUTCOME_RECOMMEND_WINDOW_DAYS", default_value_t = 7, value_parser = clap::value_parser!(u32).range(1..=365))]
+    pub outcome_recommend_window_days: u32,
+    /// Minutes between a notification plan's send time and the notification
+    /// the app sent on the chosen channel, at most, for it to be the plan's.
+    #[arg(long, env = "OUTCOME_NOTIFY_SEND_TOLERANCE_MIN", default_value_t = 60, value_parser = clap::value_parser!(u32).range(1..=1440))]
+    pub outcome_notify_send_tolerance_min: u32,
+    /// Hours after its send within which opening a notification counts; one
+    /// not opened by then is recorded as not opened.
+    #[arg(long, env = "OUTCOME_NOTIFY_OPEN_WINDOW_H", default_value_t = 24, value_parser = clap::value_parser!(u32).range(1..=720))]
+    pub outcome_notify_open_window_h: u32,
+    /// Seconds between outcome joins from the app's tables (one replica at a
+    /// time, under a lease in the log's store); 0: no periodic join
+    /// (`POST /admin/experiments/join` and `experiments report` still join).
+    #[arg(long, env = "OUTCOME_JOIN_INTERVAL_S", default_value_t = 300)]
+    pub outcome_join_interval_s: u64,
+    /// The experiments' false-positive rate, which the sequential test keeps
+    /// however often a report is looked at (split among challengers when a
+    /// split has more than two arms).
+    #[arg(long, env = "EXPERIMENT_ALPHA", default_value_t = 0.05, value_parser = parse_alpha)]
+    pub experiment_alpha: f64,
+    /// Seconds between automatic decisions of splits set with `models split
+    /// --auto` (one replica at a time, under a lease); 0: none.
+    #[arg(long, env = "EXPERIMENT_AUTO_INTERVAL_S", default_value_t = 60)]
+    pub experiment_auto_interval_s: u64,
+    /// Users with an outcome an arm needs before a challenger can be
+    /// promoted automatically.
+    #[arg(long, env = "EXPERIMENT_MIN_USERS", default_value_t = 100)]
+    pub experiment_min_users: u64,
+    /// Guardrail: a challenger whose share of fallback answers exceeds the
+    /// control's by more than this (absolute) is rolled back.
+    #[arg(long, env = "EXPERIMENT_MAX_FALLBACK_INCREASE", default_value_t = 0.02, value_parser = parse_share)]
+    pub experiment_max_fallback_increase: f64,
+    /// Guardrail: a challenger whose p99 latency exceeds the control's by
+    /// more than this factor is rolled back.
+    #[arg(long, env = "EXPERIMENT_MAX_P99_RATIO", default_value_t = 2.0)]
+    pub experiment_max_p99_ratio: f64,
+}
+
+impl ExperimentSettings {
+    /// The attribution windows the join uses.
+    pub fn windows(&self) -> ml_data::JoinWindows {
+        use chrono::Duration;
+        ml_data::JoinWindows {
+            matched: Duration::days(i64::from(self.outcome_match_window_days)),
+            recommended: Duration::days(i64::from(self.outcome_recommend_window_days)),
+            send_tolerance: Duration::minutes(i64::from(self.outcome_notify_send_tolerance_min)),
+            open: Duration::hours(i64::from(self.outcome_notify_open_window_h)),
+        }
+    }
+}
+
+fn parse_alpha(s: &str) -> Result<f64, String> {
+    let a: f64 = s.parse().map_err(|e| format!("{e}"))?;
+    if a > 0.0 && a < 0.5 {
+        Ok(a)
+    } else {
+        Err(format!("{a} is not between 0 and 0.5"))
+    }
 }
 
 /// What the process logs.

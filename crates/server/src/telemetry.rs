@@ -187,6 +187,22 @@ fn describe() {
         "Time of one batch of the sentence-embedding model."
     );
     describe_counter!(
+        "ml_outcomes_joined_total",
+        "Outcome rows the join wrote or changed, by endpoint (match, recommend, notify)."
+    );
+    describe_counter!(
+        "ml_outcome_feedback_total",
+        "Outcomes reported with POST /feedback (and its gRPC twin), by result (recorded, repeat)."
+    );
+    describe_gauge!(
+        "ml_experiment_arm_metric",
+        "Each arm's primary online metric (match: log-loss; recommendation: converted places per recommendation; notification: open rate) at the last report, by model and version."
+    );
+    describe_gauge!(
+        "ml_experiment_arm_users",
+        "Users with an outcome in each arm at the last report, by model and version."
+    );
+    describe_counter!(
         "ml_embedding_errors_total",
         "Embedding calls that failed, by reason (overloaded, compute); those interests are read by their exact names."
     );
@@ -420,4 +436,29 @@ pub fn prediction_log_rows(outcome: &'static str, n: u64) {
 pub fn prediction_log_queue(n: usize) {
     handle();
     metrics::gauge!("ml_prediction_log_queue_depth").set(n as f64);
+}
+
+/// Outcome rows a join wrote or changed.
+pub fn outcomes_joined(endpoint: &'static str, n: u64) {
+    handle();
+    metrics::counter!("ml_outcomes_joined_total", "endpoint" => endpoint).increment(n);
+}
+
+/// One outcome reported by the app.
+pub fn outcome_feedback(result: &'static str) {
+    handle();
+    metrics::counter!("ml_outcome_feedback_total", "result" => result).increment(1);
+}
+
+/// An experiment arm's metric and users at the last report.
+pub fn experiment_arm(model: &str, version: u64, metric: Option<f64>, users: u64) {
+    handle();
+    let labels = [
+        ("model", model.to_string()),
+        ("version", version.to_string()),
+    ];
+    if let Some(m) = metric {
+        metrics::gauge!("ml_experiment_arm_metric", &labels).set(m);
+    }
+    metrics::gauge!("ml_experiment_arm_users", &labels).set(users as f64);
 }

@@ -256,9 +256,50 @@ impl Rhythm {
 pub struct Truth {
     pub matches: Vec<MatchComponents>,
     pub rhythms: std::collections::HashMap<Uuid, Rhythm>,
+    /// The match probability of any two users.
+    pub oracle: MatchOracle,
+}
+
+/// The generator's match probability of any two of its users, without a
+/// trip context: what a simulated app draws match outcomes from (the
+/// experiment simulator), and the ceiling no model can beat.
+#[derive(Clone, Default)]
+pub struct MatchOracle {
+    index: std::collections::HashMap<Uuid, usize>,
+    profiles: Vec<Profile>,
+    latents: Vec<Latent>,
+    nonadditive: bool,
+}
+
+impl std::fmt::Debug for MatchOracle {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("MatchOracle")
+            .field("users", &self.profiles.len())
+            .finish()
+    }
+}
+
+impl MatchOracle {
+    /// The true probability that `a` and `b` match; None for a user the
+    /// generator did not make.
+    pub fn probability(&self, a: Uuid, b: Uuid) -> Option<f32> {
+        let (i, j) = (*self.index.get(&a)?, *self.index.get(&b)?);
+        Some(
+            match_components(
+                &self.profiles[i],
+                &self.latents[i],
+                &self.profiles[j],
+                &self.latents[j],
+                None,
+                self.nonadditive,
+            )
+            .probability(),
+        )
+    }
 }
 
 /// The hidden traits of one user (kept only inside the generator).
+#[derive(Clone)]
 struct Latent {
     taste: [f32; TAGS.len()],
     taste_norm: f32,
@@ -326,15 +367,32 @@ pub fn generate_with_truth(cfg: &GeneratorConfig) -> (Dataset, Truth) {
     let matches = gen_matches(cfg, &mut rng, &profiles, &latents, &dest_tags, &mut ds);
     let rhythms = profiles
         .iter()
-        .zip(latents)
-        .map(|(p, l)| (p.id, l.rhythm))
+        .zip(&latents)
+        .map(|(p, l)| (p.id, l.rhythm.clone()))
         .collect();
+    let oracle = MatchOracle {
+        index: profiles
+            .iter()
+            .enumerate()
+            .map(|(i, p)| (p.id, i))
+            .collect(),
+        profiles: profiles.clone(),
+        latents,
+        nonadditive: cfg.nonadditive,
+    };
     ds.consents = gen_consents(cfg, &profiles);
     ds.profiles = profiles;
     if cfg.synonym_rate > 0.0 {
         rephrase(&mut ds, cfg);
     }
-    (ds, Truth { matches, rhythms })
+    (
+        ds,
+        Truth {
+            matches,
+            rhythms,
+            oracle,
+        },
+    )
 }
 
 /// Phrasings of each tag (in [`TAGS`] order) that are not its name.

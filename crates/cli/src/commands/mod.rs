@@ -1,8 +1,9 @@
 //! The offline commands, one file each: `train`, `eval`, `data …`,
-//! `models …`, `features refresh` and `healthcheck`.
+//! `models …`, `features refresh`, `experiments …` and `healthcheck`.
 
 pub mod data;
 pub mod eval;
+pub mod experiments;
 pub mod features;
 pub mod healthcheck;
 pub mod models;
@@ -22,5 +23,6 @@ pub fn run(command: Command) -> anyhow::Result<()> {
         Command::Features {
             command: FeaturesCommand::Refresh(r),
         } => features::refresh_features(r),
+        Command::Experiments { command } => experiments::experiments(command),
     }
 }

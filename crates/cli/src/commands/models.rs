@@ -97,6 +97,7 @@ pub fn models(command: ModelsCommand) -> anyhow::Result<()> {
             let versions: Vec<u64> = a.routes.iter().map(|r| r.version).collect();
             change_policy(&a.models, kind, &versions, |p| {
                 push_history(p, a.routes.clone());
+                p.auto = a.auto;
             })
         }
         ModelsCommand::Shadow(a) => {
@@ -112,6 +113,8 @@ pub fn models(command: ModelsCommand) -> anyhow::Result<()> {
             let policy = match current {
                 Some(mut p) if !p.history.is_empty() => {
                     p.routes = p.history.pop().expect("not empty");
+                    p.since = Some(chrono::Utc::now());
+                    p.auto = false;
                     p
                 }
                 current => {
@@ -134,8 +137,10 @@ pub fn models(command: ModelsCommand) -> anyhow::Result<()> {
                             version: previous,
                             weight: 100,
                         }],
-                        shadow: current.and_then(|c| c.shadow),
-                        history: vec![],
+                        shadow: current.as_ref().and_then(|c| c.shadow),
+                        since: Some(chrono::Utc::now()),
+                        decisions: current.map(|c| c.decisions).unwrap_or_default(),
+                        ..Default::default()
                     }
                 }
             };
@@ -146,8 +151,13 @@ pub fn models(command: ModelsCommand) -> anyhow::Result<()> {
     }
 }
 
-/// Record the routes serving now, then serve `routes`.
+/// Record the routes serving now, then serve `routes` (a new experiment:
+/// its start is now, and nothing decides it by itself unless asked again).
 fn push_history(p: &mut ServingPolicy, routes: Vec<Route>) {
+    if p.routes != routes {
+        p.since = Some(chrono::Utc::now());
+    }
+    p.auto = false;
     if !p.routes.is_empty() && p.routes != routes {
         p.history.push(std::mem::replace(&mut p.routes, routes));
         // A short memory is enough to undo recent changes.

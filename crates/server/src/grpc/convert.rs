@@ -6,7 +6,8 @@
 use super::pb::inference as oip;
 use super::pb::mlservice as ml;
 use crate::api::{
-    MatchContextBody, MatchRequest, NotifyRequest, RecommendFilters, RecommendRequest,
+    FeedbackRequest, MatchContextBody, MatchRequest, NotifyRequest, RecommendFilters,
+    RecommendRequest,
 };
 use crate::error::ServiceError;
 use crate::v2;
@@ -86,6 +87,38 @@ pub(super) fn notify_request(r: ml::NotifyRequest) -> Result<NotifyRequest, Serv
             None => Urgency::Medium,
             Some(u) => one_of("urgency", &u, Urgency::ALL)?,
         },
+    })
+}
+
+pub(super) fn feedback_request(r: ml::FeedbackRequest) -> Result<FeedbackRequest, ServiceError> {
+    use ml_core::experiment::OutcomeKind;
+    Ok(FeedbackRequest {
+        prediction_id: uuid("prediction_id", &r.prediction_id)?,
+        outcome: OutcomeKind::parse(&r.outcome).ok_or_else(|| {
+            let names: Vec<&str> = OutcomeKind::ALL.iter().map(|k| k.as_str()).collect();
+            ServiceError::invalid(
+                "outcome",
+                format!(
+                    "unknown value {:?}, expected one of {}",
+                    short(&r.outcome),
+                    names.join(", ")
+                ),
+            )
+        })?,
+        destination: r.destination,
+        occurred_at: r
+            .occurred_at
+            .map(|t| {
+                chrono::DateTime::parse_from_rfc3339(&t)
+                    .map(|t| t.with_timezone(&chrono::Utc))
+                    .map_err(|_| {
+                        ServiceError::invalid(
+                            "occurred_at",
+                            format!("{:?} is not an RFC 3339 time", short(&t)),
+                        )
+                    })
+            })
+            .transpose()?,
     })
 }
 

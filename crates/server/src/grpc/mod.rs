@@ -208,6 +208,32 @@ impl MlService for Grpc {
         )
         .await
     }
+
+    async fn feedback(
+        &self,
+        req: Request<ml::FeedbackRequest>,
+    ) -> Result<Response<ml::FeedbackResponse>, Status> {
+        self.feedback_call(req).await
+    }
+}
+
+impl Grpc {
+    async fn feedback_call(
+        &self,
+        req: Request<ml::FeedbackRequest>,
+    ) -> Result<Response<ml::FeedbackResponse>, Status> {
+        let p = &self.p;
+        self.call("/mlservice.v1.MlService/Feedback", true, async move {
+            let r = convert::feedback_request(req.into_inner())?;
+            let a = p.feedback(&r).await?;
+            Ok(plain(ml::FeedbackResponse {
+                prediction_id: a.prediction_id.to_string(),
+                outcome: a.outcome.as_str().into(),
+                recorded: a.recorded,
+            }))
+        })
+        .await
+    }
 }
 
 fn plain<T>(body: T) -> Answer<T> {

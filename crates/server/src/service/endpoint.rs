@@ -119,6 +119,7 @@ impl Predictor {
                 decision,
                 cached: v.cached,
                 fallback: v.fallback,
+                latency_us: Some(t0.elapsed().as_micros().min(u128::from(u32::MAX)) as u32),
             });
         }
         Ok(v)

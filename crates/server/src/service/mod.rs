@@ -12,6 +12,7 @@
 //! its shadow, and the fallback from another version's cached answer.
 
 mod endpoint;
+mod feedback;
 mod matching;
 mod notify;
 mod recommend;
@@ -127,6 +128,8 @@ pub struct Predictor {
     pub(crate) timing_plan_hours: bool,
     /// Where each answer is recorded (PREDICTION_LOG).
     pub(crate) log: crate::predlog::PredictionLog,
+    /// Outcome windows and how experiments are decided.
+    pub(crate) experiments: crate::settings::ExperimentSettings,
 }
 
 impl Predictor {
