@@ -21,6 +21,7 @@ use std::path::PathBuf;
 use std::sync::Arc;
 
 mod deploy;
+mod experiments;
 mod grpc;
 mod helpers;
 mod interests;
