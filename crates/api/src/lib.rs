@@ -336,6 +336,7 @@ pub struct FeedbackRequest {
     /// The recommended destination the outcome is about (recommendations
     /// only): one of the answer's destinations, by name.
     #[serde(default)]
+    #[schema(max_length = 200)]
     pub destination: Option<String>,
     /// When it happened (RFC 3339); default now. Not before the prediction,
     /// not in the future.
