@@ -7,6 +7,8 @@
 
 import type {
   ErrorBody,
+  FeedbackRequest,
+  FeedbackResponse,
   HealthResponse,
   MatchRequest,
   MatchResponse,
@@ -168,6 +170,12 @@ export class MlServiceClient {
   /** When and how to send a notification. */
   optimizeNotification(body: NotifyRequest, call?: CallOptions<NotifyResponse>): Promise<Answer<NotifyResponse>> {
     return this.request("POST", "/notifications/optimize", body, call);
+  }
+
+  /** Report what happened after an answer (a repeat is recorded once, so
+   * retrying is safe). */
+  feedback(body: FeedbackRequest, call?: CallOptions<FeedbackResponse>): Promise<Answer<FeedbackResponse>> {
+    return this.request("POST", "/feedback", body, call);
   }
 
   /** The service's health (never retried: it answers what is true now). */

@@ -95,6 +95,28 @@ export interface HealthResponse {
   gpu_available: boolean;
 }
 
+/** What happened after an answer. A match: `matched` / `not_matched`; a
+ * recommendation: `saved`, `booked`, `visited` (with `destination`); a
+ * notification: `opened` / `not_opened`. */
+export type OutcomeKind = "matched" | "not_matched" | "saved" | "booked" | "visited" | "opened" | "not_opened";
+
+export interface FeedbackRequest {
+  /** The answer's `predictionId` (its `x-prediction-id`). */
+  prediction_id: string;
+  outcome: OutcomeKind;
+  /** Recommendations only: the recommended destination, by name. */
+  destination?: string | null;
+  /** When it happened (RFC 3339); default now. */
+  occurred_at?: string | null;
+}
+
+export interface FeedbackResponse {
+  prediction_id: string;
+  outcome: OutcomeKind;
+  /** False when this exact outcome was already recorded (a repeat). */
+  recorded: boolean;
+}
+
 /** The error body of every failed request. */
 export interface ErrorBody {
   error: { code: string; message: string; field?: string | null };
@@ -116,6 +138,8 @@ export const FIELDS = {
   NotifyRequest: { user_id: "required", notification_type: "required", urgency: "optional" },
   NotifyResponse: { send_at: "required", channel: "required", confidence: "required", reason: "required", fallback: "optional" },
   HealthResponse: { status: "required", models_loaded: "required", database_connected: "required", redis_connected: "required", gpu_available: "required" },
+  FeedbackRequest: { prediction_id: "required", outcome: "required", destination: "optional", occurred_at: "optional" },
+  FeedbackResponse: { prediction_id: "required", outcome: "required", recorded: "required" },
 } as const satisfies {
   MatchRequest: Fields<MatchRequest>;
   MatchContextBody: Fields<MatchContextBody>;
@@ -128,6 +152,8 @@ export const FIELDS = {
   NotifyRequest: Fields<NotifyRequest>;
   NotifyResponse: Fields<NotifyResponse>;
   HealthResponse: Fields<HealthResponse>;
+  FeedbackRequest: Fields<FeedbackRequest>;
+  FeedbackResponse: Fields<FeedbackResponse>;
 };
 
 /** The enumerations, checked against the document's `enum` lists. */
@@ -137,10 +163,12 @@ export const ENUMS = {
   Channel: ["push", "email", "sms"],
   NotificationType: ["match_found", "message", "reminder"],
   Urgency: ["low", "medium", "high"],
+  OutcomeKind: ["matched", "not_matched", "saved", "booked", "visited", "opened", "not_opened"],
 } as const satisfies {
   Budget: readonly Budget[];
   TripDuration: readonly TripDuration[];
   Channel: readonly Channel[];
   NotificationType: readonly NotificationType[];
   Urgency: readonly Urgency[];
+  OutcomeKind: readonly OutcomeKind[];
 };

@@ -98,6 +98,17 @@ test("every endpoint answers with its typed body and the model version", async (
   assert.equal(n.modelVersion, "notification_timing/1");
   assert.ok(Date.parse(n.data.send_at) > Date.now() - 1000);
   assert.ok(ENUMS.Channel.includes(n.data.channel));
+  // The app reports what happened after the match answer; a repeat is
+  // recorded once.
+  const f = await ml.feedback({ prediction_id: m.predictionId, outcome: "matched" });
+  assert.deepEqual(f.data, { prediction_id: m.predictionId, outcome: "matched", recorded: true });
+  const again1 = await ml.feedback({ prediction_id: m.predictionId, outcome: "matched" });
+  assert.equal(again1.data.recorded, false);
+  await assert.rejects(ml.feedback({ prediction_id: r.predictionId, outcome: "opened" }), (e) => {
+    assert.equal(e.status, 422);
+    assert.equal(e.field, "outcome");
+    return true;
+  });
   const h = await ml.health();
   assert.deepEqual(h.data, { status: "healthy", models_loaded: true, database_connected: true, redis_connected: false, gpu_available: false });
   // The same request again is answered by the service's prediction cache.
