@@ -70,7 +70,7 @@ pub fn text(r: &ExperimentReport) -> String {
             .map(|t| format!(" since {}", t.format("%Y-%m-%d %H:%M UTC")))
             .unwrap_or_default(),
         if r.auto {
-            ", decided automatically"
+            ", --auto: the service decides it"
         } else {
             ""
         }

@@ -698,8 +698,11 @@ async fn the_openapi_document_matches_what_the_server_accepts() {
     assert_eq!(
         paths,
         [
+            "/admin/experiments/join",
+            "/admin/experiments/{model}",
             "/admin/models",
             "/admin/models/reload",
+            "/feedback",
             "/health",
             "/health/live",
             "/health/ready",
@@ -719,10 +722,22 @@ async fn the_openapi_document_matches_what_the_server_accepts() {
     );
     assert_eq!(app.get("/health").await.status(), 200);
     let schemas = &doc["components"]["schemas"];
+    // A logged answer for /feedback to report on.
+    let answered = app
+        .post(
+            "/match/score",
+            json!({"user_a_id": app.users(2)[0], "user_b_id": app.users(2)[1]}),
+        )
+        .await;
+    let prediction = answered.headers()["x-prediction-id"]
+        .to_str()
+        .unwrap()
+        .to_string();
     for path in [
         "/match/score",
         "/recommend/destinations",
         "/notifications/optimize",
+        "/feedback",
     ] {
         let reference = doc["paths"][path]["post"]["requestBody"]["content"]["application/json"]
             ["schema"]["$ref"]
@@ -750,6 +765,8 @@ async fn the_openapi_document_matches_what_the_server_accepts() {
                     "user_a_id" | "user_id" => json!(app.users(2)[0]),
                     "user_b_id" => json!(app.users(2)[1]),
                     "notification_type" => json!("message"),
+                    "prediction_id" => json!(prediction),
+                    "outcome" => json!("not_matched"),
                     other => panic!("no sample value for required field {other}"),
                 };
                 (k.clone(), v)
