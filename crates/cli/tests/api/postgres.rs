@@ -413,3 +413,115 @@ async fn a_prediction_log_down_or_stalled_drops_rows_answers_everything_and_resu
         "{text}"
     );
 }
+
+/// The learning loop on Postgres: answers logged in `ml_service.predictions`,
+/// the app's outcomes (written by `experiments simulate` into its
+/// `match_outcomes`, as an app would) joined into `ml_service.outcomes`, a
+/// report from the service, and feedback recorded there.
+#[tokio::test]
+async fn on_postgres_outcomes_are_joined_and_reported_and_feedback_recorded() {
+    let Some(db) = TestDb::new().await else {
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let mut s = pg_settings(&db, dir.path());
+    run_cli(&["data", "demo", "--users", "300", "--seed", "9"], &s).await;
+    copy_dir(&fixture().settings.models.model_path, &s.models.model_path);
+    run_cli(&["train", "travel_match", "--train-max-users", "100"], &s).await;
+    run_cli(&["models", "split", "travel_match", "1=50", "2=50"], &s).await;
+    s.http.admin_keys = vec!["pg-admin".to_string().into()];
+    s.experiments.outcome_join_interval_s = 0;
+    let app = spawn_with(s.clone()).await;
+    run_cli(
+        &[
+            "experiments",
+            "simulate",
+            "--url",
+            &app.base,
+            "--pairs",
+            "400",
+            "--demo-users",
+            "300",
+            "--demo-seed",
+            "9",
+            "--json",
+        ],
+        &s,
+    )
+    .await;
+    let r: Value = app
+        .client
+        .get(format!("{}/admin/experiments/travel_match", app.base))
+        .bearer_auth("pg-admin")
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(r["split"], "1=50,2=50", "{r:#}");
+    let arms = r["arms"].as_array().unwrap();
+    let sum = |k: &str| arms.iter().map(|a| a[k].as_u64().unwrap()).sum::<u64>();
+    assert_eq!((sum("predictions"), sum("outcomes")), (400, 400), "{r:#}");
+    assert!(arms.iter().all(|a| a["metric"].as_f64().is_some()), "{r:#}");
+    let joined: i64 = db
+        .client()
+        .await
+        .query_one(
+            "SELECT count(*) FROM ml_service.outcomes WHERE source = 'joined'",
+            &[],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(joined, 400);
+    // Joining again through the service changes nothing.
+    let j: Value = app
+        .client
+        .post(format!("{}/admin/experiments/join", app.base))
+        .bearer_auth("pg-admin")
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(
+        j,
+        json!({"matches": 0, "recommendations": 0, "notifications": 0})
+    );
+
+    // Feedback lands in the service's schema.
+    let ids = db.store(true).user_ids(2).await.unwrap();
+    let answer = app
+        .post(
+            "/match/score",
+            json!({"user_a_id": ids[0], "user_b_id": ids[1]}),
+        )
+        .await;
+    let id = answer.headers()["x-prediction-id"]
+        .to_str()
+        .unwrap()
+        .to_string();
+    let f: Value = app
+        .post(
+            "/feedback",
+            json!({"prediction_id": id, "outcome": "not_matched"}),
+        )
+        .await
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(f["recorded"], true, "{f}");
+    let kind: String = db
+        .client()
+        .await
+        .query_one(
+            "SELECT kind FROM ml_service.outcomes WHERE prediction_id = $1::text::uuid",
+            &[&id],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(kind, "not_matched");
+}
