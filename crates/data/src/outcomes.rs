@@ -151,7 +151,17 @@ pub trait ExperimentStore: Send + Sync {
 /// never holds the store (and the log writer sharing it) for long.
 const JOIN_CHUNK: Duration = Duration::minutes(15);
 
-fn chunks(from: DateTime<Utc>, to: DateTime<Utc>) -> Vec<(Uuid, Uuid)> {
+/// The key ranges of `[from, to)`, starting at the first logged row (`first`:
+/// its id, if any), so an empty stretch of the log costs nothing.
+fn chunks(first: Option<Uuid>, to: DateTime<Utc>) -> Vec<(Uuid, Uuid)> {
+    let Some(first) = first else {
+        return vec![];
+    };
+    let from = first
+        .get_timestamp()
+        .map(|t| t.to_unix())
+        .and_then(|(s, n)| DateTime::<Utc>::from_timestamp(s as i64, n))
+        .unwrap_or(to);
     let mut out = vec![];
     let mut t = from;
     while t < to {
@@ -345,7 +355,19 @@ impl ExperimentStore for SqlitePredictions {
         w: &JoinWindows,
     ) -> Result<Joined, DataError> {
         let mut joined = Joined::default();
-        for (lo, hi) in chunks(from, to) {
+        let start = first_id_at(from);
+        let first = self
+            .with(move |c| {
+                Ok(c.query_row(
+                    "SELECT id FROM ml_predictions WHERE id >= ?1 ORDER BY id LIMIT 1",
+                    [&start.as_bytes()[..]],
+                    |r| r.get::<_, Vec<u8>>(0),
+                )
+                .optional()?
+                .and_then(|k| Uuid::from_slice(&k).ok()))
+            })
+            .await?;
+        for (lo, hi) in chunks(first, to) {
             let w = *w;
             let (m, r, n) = self
                 .with(move |c| {
@@ -597,7 +619,22 @@ impl ExperimentStore for PgPredictions {
         w: &JoinWindows,
     ) -> Result<Joined, DataError> {
         let mut joined = Joined::default();
-        for (lo, hi) in chunks(from, to) {
+        let start = first_id_at(from);
+        let first = self
+            .store()
+            .call(move |c| {
+                Box::pin(async move {
+                    Ok(c.query_opt(
+                        "SELECT id FROM ml_service.predictions WHERE id >= $1 ORDER BY id LIMIT 1",
+                        &[&start],
+                    )
+                    .await
+                    .map_err(pg)?
+                    .map(|r| r.get::<_, Uuid>(0)))
+                })
+            })
+            .await?;
+        for (lo, hi) in chunks(first, to) {
             let w = *w;
             let (m, r, n) = self
                 .store()

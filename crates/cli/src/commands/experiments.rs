@@ -142,6 +142,7 @@ struct Asked {
     b: uuid::Uuid,
     version: String,
     score: f64,
+    prediction: Option<uuid::Uuid>,
 }
 
 /// `experiments simulate`: the app's side of an A/B test on the demo world.
@@ -224,7 +225,29 @@ fn simulate(s: SimulateArgs) -> anyhow::Result<()> {
             );
         }
     }
-    let (_, outcomes) = app::log_stores(&s.prediction_log, &s.data, &store)?;
+    let (log, outcomes) = app::log_stores(&s.prediction_log, &s.data, &store)?;
+    // The service writes its log off the request path: wait (a while) for
+    // the rows of these answers before joining.
+    let waited = std::time::Instant::now();
+    let mut pending: Vec<uuid::Uuid> = asked.iter().filter_map(|q| q.prediction).collect();
+    while !pending.is_empty() && waited.elapsed() < std::time::Duration::from_secs(10) {
+        let mut left = Vec::new();
+        for id in pending {
+            if block_on(log.get(id))?.is_none() {
+                left.push(id);
+            }
+        }
+        pending = left;
+        if !pending.is_empty() {
+            std::thread::sleep(std::time::Duration::from_millis(100));
+        }
+    }
+    if !pending.is_empty() {
+        tracing::warn!(
+            missing = pending.len(),
+            "answers not in the prediction log after 10 s (sampled out, or dropped): they have no outcome"
+        );
+    }
     let j = block_on(experiments::join_now(&*outcomes, &s.experiments))?;
     let repo = repository(&s.models)?;
     let r = block_on(experiments::report_now(
@@ -275,6 +298,11 @@ async fn ask(s: &SimulateArgs, pairs: Vec<(uuid::Uuid, uuid::Uuid)>) -> anyhow::
                 .and_then(|v| v.to_str().ok())
                 .unwrap_or("?")
                 .to_string();
+            let prediction = r
+                .headers()
+                .get("x-prediction-id")
+                .and_then(|v| v.to_str().ok())
+                .and_then(|v| v.parse().ok());
             let body: serde_json::Value = r.json().await?;
             let score = body["score"]
                 .as_f64()
@@ -284,6 +312,7 @@ async fn ask(s: &SimulateArgs, pairs: Vec<(uuid::Uuid, uuid::Uuid)>) -> anyhow::
                 b,
                 version,
                 score,
+                prediction,
             })
         });
     }
