@@ -567,3 +567,121 @@ pub async fn decide_periodically(
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::Parser;
+
+    fn settings() -> ExperimentSettings {
+        #[derive(Parser)]
+        struct S {
+            #[command(flatten)]
+            e: ExperimentSettings,
+        }
+        S::parse_from(["test"]).e
+    }
+
+    /// An arm of `users` users whose per-user metric has mean `m` and
+    /// standard deviation `sd`, `fallback` of its predictions fallbacks.
+    fn sums(version: u64, users: u64, m: f64, sd: f64, fallback: f64) -> ArmSums {
+        let n = users as f64;
+        ArmSums {
+            version,
+            users,
+            predictions: users * 2,
+            outcomes: users * 2,
+            fallbacks: (fallback * n * 2.0) as u64,
+            n: users,
+            sum: n * m,
+            sum_sq: n * (sd * sd + m * m),
+            latency_p99_us: Some(2_000.0),
+            ..Default::default()
+        }
+    }
+
+    /// The verdict on a 50/50 match split (log-loss: lower is better).
+    fn verdict(arms: &[ArmSums]) -> Verdict {
+        let routes: Vec<Route> = arms
+            .iter()
+            .map(|a| Route {
+                version: a.version,
+                weight: 50,
+            })
+            .collect();
+        let mut r = ExperimentReport {
+            model: "travel_match",
+            endpoint: "match",
+            split: String::new(),
+            since: None,
+            auto: true,
+            metric: metric_of(ModelKind::TravelMatch),
+            alpha: 0.05,
+            arms: routes
+                .iter()
+                .zip(arms)
+                .enumerate()
+                .map(|(i, (r, s))| arm(r, i == 0, s))
+                .collect(),
+            sample_ratio_p: None,
+            verdict: Verdict {
+                status: Status::NoExperiment,
+                serve: None,
+                text: String::new(),
+            },
+        };
+        judge(&mut r, &settings());
+        r.verdict
+    }
+
+    #[test]
+    fn the_verdict_follows_the_evidence_in_order_of_precedence() {
+        let v = verdict(&[sums(1, 500, 0.6, 0.3, 0.0)]);
+        assert_eq!((v.status, v.serve), (Status::NoExperiment, Some(1)));
+
+        // A clearly lower log-loss wins; a clearly higher one loses.
+        let v = verdict(&[sums(1, 1000, 0.60, 0.3, 0.0), sums(2, 1000, 0.50, 0.3, 0.0)]);
+        assert_eq!(
+            (v.status, v.serve),
+            (Status::ChallengerWins, Some(2)),
+            "{}",
+            v.text
+        );
+        let v = verdict(&[sums(1, 1000, 0.60, 0.3, 0.0), sums(2, 1000, 0.70, 0.3, 0.0)]);
+        assert_eq!(
+            (v.status, v.serve),
+            (Status::ChallengerWorse, Some(1)),
+            "{}",
+            v.text
+        );
+        assert!(v.text.contains("roll back to v1"), "{}", v.text);
+
+        // A tiny difference: undecided, with the users still needed.
+        let v = verdict(&[sums(1, 300, 0.600, 0.3, 0.0), sums(2, 300, 0.605, 0.3, 0.0)]);
+        assert_eq!((v.status, v.serve), (Status::Undecided, None));
+        assert!(v.text.contains("more are needed"), "{}", v.text);
+
+        // A winner that trips a guardrail is rolled back all the same.
+        let v = verdict(&[
+            sums(1, 1000, 0.60, 0.3, 0.0),
+            sums(2, 1000, 0.50, 0.3, 0.10),
+        ]);
+        assert_eq!(
+            (v.status, v.serve),
+            (Status::Guardrail, Some(1)),
+            "{}",
+            v.text
+        );
+        assert!(v.text.contains("fallback share"), "{}", v.text);
+
+        // Users that do not follow the weights: no verdict at all, even a
+        // guardrail's.
+        let v = verdict(&[sums(1, 1000, 0.60, 0.3, 0.0), sums(2, 700, 0.50, 0.3, 0.10)]);
+        assert_eq!(
+            (v.status, v.serve),
+            (Status::SampleRatioMismatch, None),
+            "{}",
+            v.text
+        );
+    }
+}
