@@ -97,7 +97,29 @@ pub fn split_label(routes: &[(u64, u32)]) -> String {
         .join(",")
 }
 
+/// How many earlier routes (and automatic decisions) `serving.json` remembers.
+pub const HISTORY: usize = 20;
+
 impl ServingPolicy {
+    /// Serve `routes` from now on: the routes serving until now go into
+    /// `history` (the last [`HISTORY`]), and a change of routes starts a new
+    /// experiment (`since` now; nothing decides it by itself until asked
+    /// again with `auto`).
+    pub fn serve_routes(&mut self, routes: Vec<Route>, now: chrono::DateTime<chrono::Utc>) {
+        self.auto = false;
+        if self.routes == routes {
+            return;
+        }
+        self.since = Some(now);
+        let before = std::mem::replace(&mut self.routes, routes);
+        if !before.is_empty() {
+            self.history.push(before);
+            if self.history.len() > HISTORY {
+                self.history.remove(0);
+            }
+        }
+    }
+
     /// The routes as the prediction log labels them ([`split_label`]).
     pub fn label(&self) -> String {
         split_label(

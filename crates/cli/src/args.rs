@@ -98,6 +98,14 @@ pub struct SimulateArgs {
     #[command(flatten)]
     pub demo: DemoSettings,
     #[command(flatten)]
+    pub stores: ExperimentStores,
+}
+
+/// What the `experiments` commands read: the app data and the log beside it,
+/// the outcome windows and test settings, the repository, the log level.
+#[derive(Debug, Args)]
+pub struct ExperimentStores {
+    #[command(flatten)]
     pub data: DataSettings,
     #[command(flatten)]
     pub prediction_log: ml_server::settings::PredictionLogSettings,
@@ -120,15 +128,7 @@ pub struct ExperimentArgs {
     #[arg(long)]
     pub no_join: bool,
     #[command(flatten)]
-    pub data: DataSettings,
-    #[command(flatten)]
-    pub prediction_log: ml_server::settings::PredictionLogSettings,
-    #[command(flatten)]
-    pub experiments: ml_server::settings::ExperimentSettings,
-    #[command(flatten)]
-    pub models: ModelStoreSettings,
-    #[command(flatten)]
-    pub log: LogSettings,
+    pub stores: ExperimentStores,
 }
 
 #[derive(Debug, Subcommand)]

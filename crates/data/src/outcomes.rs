@@ -127,11 +127,31 @@ pub struct ArmSums {
 #[async_trait::async_trait]
 pub trait ExperimentStore: Send + Sync {
     /// Join outcomes from the app's tables for predictions logged in
-    /// `[from, to)`, as of `now`.
+    /// `[from, to)`, as of `now`: in chunks of [`JOIN_CHUNK`] from the first
+    /// logged row, so an empty stretch of the log costs nothing.
     async fn join(
         &self,
         from: DateTime<Utc>,
         to: DateTime<Utc>,
+        now: DateTime<Utc>,
+        windows: &JoinWindows,
+    ) -> Result<Joined, DataError> {
+        let mut joined = Joined::default();
+        for (lo, hi) in chunks(self.first_logged(from).await?, to) {
+            let j = self.join_range(lo, hi, now, windows).await?;
+            joined.matches += j.matches;
+            joined.recommendations += j.recommendations;
+            joined.notifications += j.notifications;
+        }
+        Ok(joined)
+    }
+    /// The id of the first prediction logged at or after `from`.
+    async fn first_logged(&self, from: DateTime<Utc>) -> Result<Option<Uuid>, DataError>;
+    /// Join outcomes for the predictions whose ids are in `[lo, hi)`.
+    async fn join_range(
+        &self,
+        lo: Uuid,
+        hi: Uuid,
         now: DateTime<Utc>,
         windows: &JoinWindows,
     ) -> Result<Joined, DataError>;
@@ -149,10 +169,10 @@ pub trait ExperimentStore: Send + Sync {
 
 /// The join's statements cover this much of the log each, so one statement
 /// never holds the store (and the log writer sharing it) for long.
-const JOIN_CHUNK: Duration = Duration::minutes(15);
+pub const JOIN_CHUNK: Duration = Duration::minutes(15);
 
-/// The key ranges of `[from, to)`, starting at the first logged row (`first`:
-/// its id, if any), so an empty stretch of the log costs nothing.
+/// The key ranges up to `to`, from the first logged row (`first`: its id,
+/// if any).
 fn chunks(first: Option<Uuid>, to: DateTime<Utc>) -> Vec<(Uuid, Uuid)> {
     let Some(first) = first else {
         return vec![];
@@ -347,58 +367,55 @@ fn sqlite_quantile(
 
 #[async_trait::async_trait]
 impl ExperimentStore for SqlitePredictions {
-    async fn join(
+    async fn first_logged(&self, from: DateTime<Utc>) -> Result<Option<Uuid>, DataError> {
+        let start = first_id_at(from);
+        self.with(move |c| {
+            Ok(c.query_row(
+                "SELECT id FROM ml_predictions WHERE id >= ?1 ORDER BY id LIMIT 1",
+                [&start.as_bytes()[..]],
+                |r| r.get::<_, Vec<u8>>(0),
+            )
+            .optional()?
+            .and_then(|k| Uuid::from_slice(&k).ok()))
+        })
+        .await
+    }
+
+    async fn join_range(
         &self,
-        from: DateTime<Utc>,
-        to: DateTime<Utc>,
+        lo: Uuid,
+        hi: Uuid,
         now: DateTime<Utc>,
         w: &JoinWindows,
     ) -> Result<Joined, DataError> {
-        let mut joined = Joined::default();
-        let start = first_id_at(from);
-        let first = self
-            .with(move |c| {
-                Ok(c.query_row(
-                    "SELECT id FROM ml_predictions WHERE id >= ?1 ORDER BY id LIMIT 1",
-                    [&start.as_bytes()[..]],
-                    |r| r.get::<_, Vec<u8>>(0),
-                )
-                .optional()?
-                .and_then(|k| Uuid::from_slice(&k).ok()))
+        let w = *w;
+        self.with(move |c| {
+            let tx = c.transaction()?;
+            let (lo, hi) = (&lo.as_bytes()[..], &hi.as_bytes()[..]);
+            let matches =
+                tx.prepare_cached(&sqlite_join_match())?
+                    .execute(rusqlite::params![lo, hi, millis(w.matched)])? as u64;
+            let recommendations = tx
+                .prepare_cached(&sqlite_join_recommend())?
+                .execute(rusqlite::params![lo, hi, millis(w.recommended)])?
+                as u64;
+            let notifications =
+                tx.prepare_cached(&sqlite_join_notify())?
+                    .execute(rusqlite::params![
+                        lo,
+                        hi,
+                        millis(w.send_tolerance),
+                        millis(w.open),
+                        now.timestamp_millis()
+                    ])? as u64;
+            tx.commit()?;
+            Ok(Joined {
+                matches,
+                recommendations,
+                notifications,
             })
-            .await?;
-        for (lo, hi) in chunks(first, to) {
-            let w = *w;
-            let (m, r, n) = self
-                .with(move |c| {
-                    let tx = c.transaction()?;
-                    let (lo, hi) = (&lo.as_bytes()[..], &hi.as_bytes()[..]);
-                    let m = tx
-                        .prepare_cached(&sqlite_join_match())?
-                        .execute(rusqlite::params![lo, hi, millis(w.matched)])?
-                        as u64;
-                    let r = tx
-                        .prepare_cached(&sqlite_join_recommend())?
-                        .execute(rusqlite::params![lo, hi, millis(w.recommended)])?
-                        as u64;
-                    let n = tx
-                        .prepare_cached(&sqlite_join_notify())?
-                        .execute(rusqlite::params![
-                            lo,
-                            hi,
-                            millis(w.send_tolerance),
-                            millis(w.open),
-                            now.timestamp_millis()
-                        ])? as u64;
-                    tx.commit()?;
-                    Ok((m, r, n))
-                })
-                .await?;
-            joined.matches += m;
-            joined.recommendations += r;
-            joined.notifications += n;
-        }
-        Ok(joined)
+        })
+        .await
     }
 
     async fn feedback(&self, o: Outcome) -> Result<bool, DataError> {
@@ -611,17 +628,9 @@ fn pg_arms_sql(endpoint: &str) -> String {
 
 #[async_trait::async_trait]
 impl ExperimentStore for PgPredictions {
-    async fn join(
-        &self,
-        from: DateTime<Utc>,
-        to: DateTime<Utc>,
-        now: DateTime<Utc>,
-        w: &JoinWindows,
-    ) -> Result<Joined, DataError> {
-        let mut joined = Joined::default();
+    async fn first_logged(&self, from: DateTime<Utc>) -> Result<Option<Uuid>, DataError> {
         let start = first_id_at(from);
-        let first = self
-            .store()
+        self.store()
             .call(move |c| {
                 Box::pin(async move {
                     Ok(c.query_opt(
@@ -633,43 +642,49 @@ impl ExperimentStore for PgPredictions {
                     .map(|r| r.get::<_, Uuid>(0)))
                 })
             })
-            .await?;
-        for (lo, hi) in chunks(first, to) {
-            let w = *w;
-            let (m, r, n) = self
-                .store()
-                .call(move |c| {
-                    Box::pin(async move {
-                        let m = c
-                            .execute(&pg_join_match(), &[&lo, &hi, &millis(w.matched)])
-                            .await
-                            .map_err(pg)?;
-                        let r = c
-                            .execute(&pg_join_recommend(), &[&lo, &hi, &millis(w.recommended)])
-                            .await
-                            .map_err(pg)?;
-                        let n = c
-                            .execute(
-                                &pg_join_notify(),
-                                &[
-                                    &lo,
-                                    &hi,
-                                    &(millis(w.send_tolerance) as f64),
-                                    &millis(w.open),
-                                    &now,
-                                ],
-                            )
-                            .await
-                            .map_err(pg)?;
-                        Ok((m, r, n))
+            .await
+    }
+
+    async fn join_range(
+        &self,
+        lo: Uuid,
+        hi: Uuid,
+        now: DateTime<Utc>,
+        w: &JoinWindows,
+    ) -> Result<Joined, DataError> {
+        let w = *w;
+        self.store()
+            .call(move |c| {
+                Box::pin(async move {
+                    let matches = c
+                        .execute(&pg_join_match(), &[&lo, &hi, &millis(w.matched)])
+                        .await
+                        .map_err(pg)?;
+                    let recommendations = c
+                        .execute(&pg_join_recommend(), &[&lo, &hi, &millis(w.recommended)])
+                        .await
+                        .map_err(pg)?;
+                    let notifications = c
+                        .execute(
+                            &pg_join_notify(),
+                            &[
+                                &lo,
+                                &hi,
+                                &(millis(w.send_tolerance) as f64),
+                                &millis(w.open),
+                                &now,
+                            ],
+                        )
+                        .await
+                        .map_err(pg)?;
+                    Ok(Joined {
+                        matches,
+                        recommendations,
+                        notifications,
                     })
                 })
-                .await?;
-            joined.matches += m;
-            joined.recommendations += r;
-            joined.notifications += n;
-        }
-        Ok(joined)
+            })
+            .await
     }
 
     async fn feedback(&self, o: Outcome) -> Result<bool, DataError> {

@@ -508,21 +508,15 @@ pub async fn decide(
         reason: r.verdict.text.clone(),
         evidence: serde_json::to_value(&r)?,
     };
-    let before = std::mem::replace(
-        &mut policy.routes,
+    policy.serve_routes(
         vec![Route {
             version: serve,
             weight: 100,
         }],
+        decision.at,
     );
-    policy.history.push(before);
-    if policy.history.len() > 20 {
-        policy.history.remove(0);
-    }
-    policy.since = Some(decision.at);
-    policy.auto = false;
     policy.decisions.push(decision.clone());
-    if policy.decisions.len() > 20 {
+    if policy.decisions.len() > ml_backend::repository::HISTORY {
         policy.decisions.remove(0);
     }
     repo.set_serving(model, &policy).await?;

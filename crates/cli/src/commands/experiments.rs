@@ -16,11 +16,11 @@ pub fn experiments(command: ExperimentsCommand) -> anyhow::Result<()> {
         ExperimentsCommand::Join(a) => (a, false),
         ExperimentsCommand::Simulate(s) => return simulate(s),
     };
-    init_tracing(&a.log.log_level);
-    let store = app::open_store(&a.data, Access::Read)?;
-    let (_, outcomes) = app::log_stores(&a.prediction_log, &a.data, &store)?;
+    init_tracing(&a.stores.log.log_level);
+    let store = app::open_store(&a.stores.data, Access::Read)?;
+    let (_, outcomes) = app::log_stores(&a.stores.prediction_log, &a.stores.data, &store)?;
     if !report || !a.no_join {
-        let j = block_on(experiments::join_now(&*outcomes, &a.experiments))
+        let j = block_on(experiments::join_now(&*outcomes, &a.stores.experiments))
             .context("joining outcomes")?;
         if !report || !a.json {
             println!(
@@ -41,12 +41,12 @@ pub fn experiments(command: ExperimentsCommand) -> anyhow::Result<()> {
             "unknown model {name:?}: expected travel_match, recommendation or notification_timing"
         )
     })?;
-    let repo = repository(&a.models)?;
+    let repo = repository(&a.stores.models)?;
     let r = block_on(experiments::report_now(
         &*outcomes,
         &repo,
         model,
-        &a.experiments,
+        &a.stores.experiments,
     ))?;
     if a.json {
         println!("{}", serde_json::to_string_pretty(&r)?);
@@ -149,14 +149,14 @@ struct Asked {
 fn simulate(s: SimulateArgs) -> anyhow::Result<()> {
     use ml_train::generator::{generate_with_truth, GeneratorConfig};
     use rand::{Rng, SeedableRng};
-    init_tracing(&s.log.log_level);
+    init_tracing(&s.stores.log.log_level);
     let (world, truth) = generate_with_truth(&GeneratorConfig {
         users: s.demo.demo_users,
         seed: s.demo.demo_seed,
         synonym_rate: s.demo.demo_synonym_rate,
         ..Default::default()
     });
-    let store = app::open_store(&s.data, Access::Write)?;
+    let store = app::open_store(&s.stores.data, Access::Write)?;
     let known = block_on(store.count_profiles())?;
     anyhow::ensure!(
         known as usize == world.profiles.len(),
@@ -225,7 +225,7 @@ fn simulate(s: SimulateArgs) -> anyhow::Result<()> {
             );
         }
     }
-    let (log, outcomes) = app::log_stores(&s.prediction_log, &s.data, &store)?;
+    let (log, outcomes) = app::log_stores(&s.stores.prediction_log, &s.stores.data, &store)?;
     // The service writes its log off the request path: wait (a while) for
     // the rows of these answers before joining.
     let waited = std::time::Instant::now();
@@ -248,13 +248,13 @@ fn simulate(s: SimulateArgs) -> anyhow::Result<()> {
             "answers not in the prediction log after 10 s (sampled out, or dropped): they have no outcome"
         );
     }
-    let j = block_on(experiments::join_now(&*outcomes, &s.experiments))?;
-    let repo = repository(&s.models)?;
+    let j = block_on(experiments::join_now(&*outcomes, &s.stores.experiments))?;
+    let repo = repository(&s.stores.models)?;
     let r = block_on(experiments::report_now(
         &*outcomes,
         &repo,
         ModelKind::TravelMatch,
-        &s.experiments,
+        &s.stores.experiments,
     ))?;
     if s.json {
         println!("{}", serde_json::to_string_pretty(&r)?);

@@ -89,14 +89,14 @@ pub fn models(command: ModelsCommand) -> anyhow::Result<()> {
                     version: a.version,
                     weight: 100,
                 }];
-                push_history(p, routes);
+                p.serve_routes(routes, chrono::Utc::now());
             })
         }
         ModelsCommand::Split(a) => {
             let kind = parse_model(&a.model)?;
             let versions: Vec<u64> = a.routes.iter().map(|r| r.version).collect();
             change_policy(&a.models, kind, &versions, |p| {
-                push_history(p, a.routes.clone());
+                p.serve_routes(a.routes.clone(), chrono::Utc::now());
                 p.auto = a.auto;
             })
         }
@@ -148,24 +148,6 @@ pub fn models(command: ModelsCommand) -> anyhow::Result<()> {
             println!("{kind}: serving {}", describe_policy(&policy));
             Ok(())
         }
-    }
-}
-
-/// Record the routes serving now, then serve `routes` (a new experiment:
-/// its start is now, and nothing decides it by itself unless asked again).
-fn push_history(p: &mut ServingPolicy, routes: Vec<Route>) {
-    if p.routes != routes {
-        p.since = Some(chrono::Utc::now());
-    }
-    p.auto = false;
-    if !p.routes.is_empty() && p.routes != routes {
-        p.history.push(std::mem::replace(&mut p.routes, routes));
-        // A short memory is enough to undo recent changes.
-        if p.history.len() > 20 {
-            p.history.remove(0);
-        }
-    } else {
-        p.routes = routes;
     }
 }
 

@@ -246,15 +246,8 @@ async fn world() -> (tempfile::TempDir, Settings) {
 /// The serving versions of travel_match, from /admin/models.
 async fn serving(app: &TestApp) -> Vec<u64> {
     let v: Value = app
-        .client
-        .get(format!("{}/admin/models", app.base))
-        .bearer_auth(ADMIN_KEY)
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+        .admin_json(reqwest::Method::GET, "/admin/models", ADMIN_KEY)
+        .await;
     v.as_array()
         .unwrap()
         .iter()
@@ -310,15 +303,12 @@ async fn an_ab_test_on_the_demo_world_finds_the_weaker_model_and_auto_rolls_it_b
     )
     .await;
     let r: Value = app
-        .client
-        .get(format!("{}/admin/experiments/travel_match", app.base))
-        .bearer_auth(ADMIN_KEY)
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+        .admin_json(
+            reqwest::Method::GET,
+            "/admin/experiments/travel_match",
+            ADMIN_KEY,
+        )
+        .await;
     assert_eq!(r["split"], "1=50,2=50", "{r:#}");
     assert_eq!(r["verdict"]["status"], "challenger_worse", "{r:#}");
     assert_eq!(r["verdict"]["serve"], 1, "{r:#}");

@@ -116,6 +116,29 @@ impl TestApp {
             .await
             .unwrap()
     }
+    /// An admin call, with `key` as the bearer token if given.
+    pub(crate) async fn admin(
+        &self,
+        method: reqwest::Method,
+        path: &str,
+        key: Option<&str>,
+    ) -> reqwest::Response {
+        let mut r = self.client.request(method, format!("{}{path}", self.base));
+        if let Some(k) = key {
+            r = r.bearer_auth(k);
+        }
+        r.send().await.unwrap()
+    }
+
+    /// An admin call's JSON answer.
+    pub(crate) async fn admin_json(&self, method: reqwest::Method, path: &str, key: &str) -> Value {
+        self.admin(method, path, Some(key))
+            .await
+            .json()
+            .await
+            .unwrap()
+    }
+
     /// Ids of users in the store, in a stable order.
     pub(crate) fn users(&self, n: usize) -> Vec<String> {
         self.store.user_ids(n).unwrap()

@@ -29,19 +29,6 @@ async fn clone_version(repo: &ModelRepository, kind: ModelKind, from: u64) -> u6
 }
 
 impl TestApp {
-    async fn admin(
-        &self,
-        method: reqwest::Method,
-        path: &str,
-        key: Option<&str>,
-    ) -> reqwest::Response {
-        let mut r = self.client.request(method, format!("{}{path}", self.base));
-        if let Some(k) = key {
-            r = r.bearer_auth(k);
-        }
-        r.send().await.unwrap()
-    }
-
     /// POST /admin/models/reload; returns each model's status by name.
     async fn reload(&self) -> HashMap<String, Value> {
         let r = self

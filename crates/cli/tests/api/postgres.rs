@@ -450,15 +450,12 @@ async fn on_postgres_outcomes_are_joined_and_reported_and_feedback_recorded() {
     )
     .await;
     let r: Value = app
-        .client
-        .get(format!("{}/admin/experiments/travel_match", app.base))
-        .bearer_auth("pg-admin")
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+        .admin_json(
+            reqwest::Method::GET,
+            "/admin/experiments/travel_match",
+            "pg-admin",
+        )
+        .await;
     assert_eq!(r["split"], "1=50,2=50", "{r:#}");
     let arms = r["arms"].as_array().unwrap();
     let sum = |k: &str| arms.iter().map(|a| a[k].as_u64().unwrap()).sum::<u64>();
@@ -477,15 +474,8 @@ async fn on_postgres_outcomes_are_joined_and_reported_and_feedback_recorded() {
     assert_eq!(joined, 400);
     // Joining again through the service changes nothing.
     let j: Value = app
-        .client
-        .post(format!("{}/admin/experiments/join", app.base))
-        .bearer_auth("pg-admin")
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+        .admin_json(reqwest::Method::POST, "/admin/experiments/join", "pg-admin")
+        .await;
     assert_eq!(
         j,
         json!({"matches": 0, "recommendations": 0, "notifications": 0})
