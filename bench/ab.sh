@@ -27,7 +27,7 @@ for r in $(seq 1 "$rounds"); do
     [ "$which" = A ] && extra=${A_ENV:-} || extra=${B_ENV:-}
     # shellcheck disable=SC2086 # settings split into words on purpose
     start_service PREDICTION_CACHE=false $extra
-    read -r rps p99 us < <(cpu_point)
+    read -r rps p99 us _ < <(cpu_point)
     echo "| $r | $which | $rps | $p99 | $us µs |"
     kill "$pid"; wait "$pid" 2>/dev/null || true
   done

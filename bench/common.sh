@@ -112,13 +112,23 @@ load() {
 
 # CPU time per request of the server $pid under `load`: 2 s of warm-up,
 # then $duration s measured by its user + system ticks in /proc.
-# Prints "requests/s p99 microseconds-per-request".
+# Prints "requests/s p99 microseconds-per-request log-thread-microseconds",
+# the last being the part of the CPU spent on the prediction log's SQLite
+# thread (`ml-log-sqlite`; 0 when the log is off).
 cpu_point() {
-  local c0 c1 out rps p99 n
+  local c0 c1 l0 l1 out rps p99 n tick
   load 2 >/dev/null
   c0=$(awk '{print $14 + $15}' "/proc/$pid/stat")
+  l0=$(log_ticks)
   out=$(load "$duration" --latency)
   c1=$(awk '{print $14 + $15}' "/proc/$pid/stat")
+  l1=$(log_ticks)
   read -r rps _ p99 _ n < <(echo "$out" | wrk_fields)
-  echo "$rps $p99 $(( (c1 - c0) * (1000000 / $(getconf CLK_TCK)) / n ))"
+  tick=$(( 1000000 / $(getconf CLK_TCK) ))
+  echo "$rps $p99 $(( (c1 - c0) * tick / n )) $(( (l1 - l0) * tick / n ))"
+}
+
+# User + system ticks of the server's prediction-log thread so far.
+log_ticks() {
+  cat /proc/"$pid"/task/*/stat 2>/dev/null | awk '$2 == "(ml-log-sqlite)" {s += $14 + $15} END {print s + 0}'
 }

@@ -19,8 +19,8 @@ set -euo pipefail
 ep=$1
 rounds=${2:-3}
 source "$(dirname "$0")/common.sh"
-echo "| run | server | requests/s | p99 | server CPU per request |"
-echo "| ---: | --- | ---: | ---: | ---: |"
+echo "| run | server | requests/s | p99 | server CPU per request | of which the log's SQLite thread |"
+echo "| ---: | --- | ---: | ---: | ---: | ---: |"
 for r in $(seq 1 "$rounds"); do
   for which in bare "service, log off" "service, log on"; do
     case $which in
@@ -28,8 +28,8 @@ for r in $(seq 1 "$rounds"); do
       "service, log off") start_service PREDICTION_CACHE=false PREDICTION_LOG=false ;;
       *) start_service PREDICTION_CACHE=false PREDICTION_LOG=true ;;
     esac
-    read -r rps p99 us < <(cpu_point)
-    echo "| $r | $which | $rps | $p99 | $us µs |"
+    read -r rps p99 us log_us < <(cpu_point)
+    echo "| $r | $which | $rps | $p99 | $us µs | $log_us µs |"
     kill "$pid"; wait "$pid" 2>/dev/null || true
   done
 done

@@ -16,8 +16,9 @@ use crate::postgres::PgStore;
 use crate::DataError;
 use chrono::{DateTime, TimeZone, Utc};
 use rusqlite::{Connection, OptionalExtension};
+use std::borrow::Cow;
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use uuid::Uuid;
 
 /// One answer, as the log keeps it. The request itself is never stored: only
@@ -27,13 +28,14 @@ pub struct PredictionRecord {
     /// Time-ordered (UUID v7): also the `x-prediction-id` the caller got.
     pub id: Uuid,
     pub at: DateTime<Utc>,
-    /// `match`, `recommend` or `notify`.
-    pub endpoint: String,
-    pub model: String,
+    /// `match`, `recommend` or `notify`. (Borrowed names and a shared route
+    /// keep a row from allocating what every row repeats.)
+    pub endpoint: Cow<'static, str>,
+    pub model: Cow<'static, str>,
     pub version: u64,
     /// The A/B split that chose the version, as `version=weight` pairs
     /// (`3=90,4=10`; a lone version when there is no split).
-    pub route: String,
+    pub route: Arc<str>,
     pub user_id: Uuid,
     /// The second user of a match.
     pub other_user_id: Option<Uuid>,
@@ -76,22 +78,34 @@ pub trait PredictionStore: Send + Sync {
     fn describe(&self) -> String;
 }
 
-/// The log in the embedded SQLite file: one connection of its own, used on
-/// the blocking thread pool (writes to a SQLite file are serialised anyway).
+/// The log in the embedded SQLite file: one connection of its own, owned by
+/// a thread of its own (`ml-log-sqlite`) that runs the store's statements
+/// one after another as they arrive on a bounded channel. Writes to a SQLite
+/// file are serialised anyway; the named thread keeps the log's work off
+/// the runtime's blocking pool and lets a profile or `bench/cpu.sh` tell
+/// the writer's CPU from the request path's.
 #[derive(Clone)]
 pub struct SqlitePredictions {
     path: PathBuf,
-    conn: Arc<Mutex<Connection>>,
+    jobs: tokio::sync::mpsc::Sender<Job>,
 }
 
+/// A statement (or several) for the store's thread to run.
+type Job = Box<dyn FnOnce(&mut Connection) + Send>;
+
+/// Statements waiting for the store's thread; a caller past this waits.
+const SQLITE_JOBS: usize = 64;
+
 impl SqlitePredictions {
-    /// Open the file (applying pending migrations, which create the table).
+    /// Open the file (applying pending migrations, which create the table)
+    /// and start the thread that owns the connection; it ends when the last
+    /// clone of the store is dropped.
     pub fn open(path: &Path) -> Result<Self, DataError> {
         if let Some(dir) = path.parent() {
             std::fs::create_dir_all(dir)
                 .map_err(|e| DataError::Unavailable(format!("{}: {e}", dir.display())))?;
         }
-        let c = crate::sqlite::open(path)?;
+        let mut c = crate::sqlite::open(path)?;
         crate::sqlite::migrate(&c)?;
         // The experiment reports' log-loss needs a logarithm, which SQLite
         // builds without unless compiled with its math functions.
@@ -102,9 +116,22 @@ impl SqlitePredictions {
                 | rusqlite::functions::FunctionFlags::SQLITE_DETERMINISTIC,
             |ctx| Ok(ctx.get::<f64>(0)?.ln()),
         )?;
+        let (jobs, mut rx) = tokio::sync::mpsc::channel::<Job>(SQLITE_JOBS);
+        std::thread::Builder::new()
+            .name("ml-log-sqlite".into())
+            .spawn(move || {
+                while let Some(job) = rx.blocking_recv() {
+                    // A panicking statement fails its own call (its answer
+                    // channel is dropped), not the thread: every statement
+                    // here is its own transaction, so the connection stays
+                    // usable.
+                    let _ = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| job(&mut c)));
+                }
+            })
+            .map_err(|e| DataError::Unavailable(format!("starting the log's thread: {e}")))?;
         Ok(Self {
             path: path.to_path_buf(),
-            conn: Arc::new(Mutex::new(c)),
+            jobs,
         })
     }
 
@@ -112,16 +139,24 @@ impl SqlitePredictions {
         &self,
         f: impl FnOnce(&mut Connection) -> Result<T, DataError> + Send + 'static,
     ) -> Result<T, DataError> {
-        let conn = Arc::clone(&self.conn);
-        tokio::task::spawn_blocking(move || {
-            // A panic while holding the lock leaves the connection usable:
-            // every statement here is its own transaction.
-            let mut c = conn.lock().unwrap_or_else(|p| p.into_inner());
-            f(&mut c)
-        })
-        .await
-        .map_err(|e| DataError::Unavailable(e.to_string()))?
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        let job: Job = Box::new(move |c| {
+            let _ = tx.send(f(c));
+        });
+        self.jobs.send(job).await.map_err(|_| {
+            DataError::Unavailable("the prediction log's SQLite thread stopped".into())
+        })?;
+        rx.await.map_err(|_| {
+            DataError::Unavailable("a statement on the prediction log panicked".into())
+        })?
     }
+}
+
+/// A user id as the app's tables write it (lower-case, hyphenated).
+fn hyphenated(id: Uuid) -> [u8; 36] {
+    let mut b = [0; 36];
+    id.hyphenated().encode_lower(&mut b);
+    b
 }
 
 const SQLITE_COLUMNS: &str = "id, at_ms, endpoint, model, version, route, user_id, other_user_id, request_digest, score, decision, cached, fallback, latency_us";
@@ -148,10 +183,10 @@ fn sqlite_row(r: &rusqlite::Row) -> Result<PredictionRecord, rusqlite::Error> {
             .timestamp_millis_opt(r.get(1)?)
             .single()
             .unwrap_or_default(),
-        endpoint: r.get(2)?,
-        model: r.get(3)?,
+        endpoint: Cow::Owned(r.get(2)?),
+        model: Cow::Owned(r.get(3)?),
         version: r.get::<_, i64>(4)?.max(0) as u64,
-        route: r.get(5)?,
+        route: r.get::<_, String>(5)?.into(),
         user_id: uuid(6)?,
         other_user_id: other.and_then(|s| Uuid::parse_str(&s).ok()),
         request_digest: r.get(8)?,
@@ -178,13 +213,15 @@ impl PredictionStore for SqlitePredictions {
                     "INSERT INTO ml_predictions ({SQLITE_COLUMNS}) VALUES {values}
                      ON CONFLICT (id) DO NOTHING"
                 ))?;
-                // Owned values the parameters borrow.
+                // Values the parameters borrow; the users' ids as text, the
+                // way the app's tables hold them, formatted without
+                // allocating.
                 let owned: Vec<_> = chunk
                     .iter()
                     .map(|r| {
                         (
-                            r.user_id.to_string(),
-                            r.other_user_id.map(|u| u.to_string()),
+                            hyphenated(r.user_id),
+                            r.other_user_id.map(hyphenated),
                             r.at.timestamp_millis(),
                             r.version as i64,
                             r.score.map(f64::from),
@@ -193,7 +230,16 @@ impl PredictionStore for SqlitePredictions {
                     })
                     .collect();
                 let mut p: Vec<&dyn rusqlite::ToSql> = Vec::with_capacity(chunk.len() * 14);
-                for (r, (user, other, at, version, score, latency)) in chunk.iter().zip(&owned) {
+                fn text(b: &[u8; 36]) -> &str {
+                    std::str::from_utf8(b).unwrap_or_default()
+                }
+                let users: Vec<_> = owned
+                    .iter()
+                    .map(|(u, o, ..)| (text(u), o.as_ref().map(text)))
+                    .collect();
+                for ((r, (_, _, at, version, score, latency)), (user, other)) in
+                    chunk.iter().zip(&owned).zip(&users)
+                {
                     p.extend_from_slice(&[
                         r.id.as_bytes() as &dyn rusqlite::ToSql,
                         at,
@@ -285,10 +331,10 @@ fn pg_row(r: &tokio_postgres::Row) -> Result<PredictionRecord, DataError> {
     Ok(PredictionRecord {
         id: r.try_get(0).map_err(bad)?,
         at: r.try_get(1).map_err(bad)?,
-        endpoint: r.try_get(2).map_err(bad)?,
-        model: r.try_get(3).map_err(bad)?,
+        endpoint: Cow::Owned(r.try_get(2).map_err(bad)?),
+        model: Cow::Owned(r.try_get(3).map_err(bad)?),
         version: r.try_get::<_, i64>(4).map_err(bad)?.max(0) as u64,
-        route: r.try_get(5).map_err(bad)?,
+        route: r.try_get::<_, String>(5).map_err(bad)?.into(),
         user_id: r.try_get(6).map_err(bad)?,
         other_user_id: r.try_get(7).map_err(bad)?,
         request_digest: r.try_get(8).map_err(bad)?,
@@ -314,10 +360,10 @@ impl PredictionStore for PgPredictions {
                 Box::pin(async move {
                     let id: Vec<Uuid> = rows.iter().map(|r| r.id).collect();
                     let at: Vec<DateTime<Utc>> = rows.iter().map(|r| r.at).collect();
-                    let endpoint: Vec<&str> = rows.iter().map(|r| r.endpoint.as_str()).collect();
-                    let model: Vec<&str> = rows.iter().map(|r| r.model.as_str()).collect();
+                    let endpoint: Vec<&str> = rows.iter().map(|r| r.endpoint.as_ref()).collect();
+                    let model: Vec<&str> = rows.iter().map(|r| r.model.as_ref()).collect();
                     let version: Vec<i64> = rows.iter().map(|r| r.version as i64).collect();
-                    let route: Vec<&str> = rows.iter().map(|r| r.route.as_str()).collect();
+                    let route: Vec<&str> = rows.iter().map(|r| r.route.as_ref()).collect();
                     let user: Vec<Uuid> = rows.iter().map(|r| r.user_id).collect();
                     let other: Vec<Option<Uuid>> = rows.iter().map(|r| r.other_user_id).collect();
                     let digest: Vec<&str> =

@@ -59,11 +59,11 @@ async fn every_answer_has_an_id_and_a_row_with_what_was_decided() {
     let body: Value = r.json().await.unwrap();
     let m = row(&log, id).await;
     assert_eq!(
-        (m.endpoint.as_str(), format!("{}/{}", m.model, m.version)),
+        (m.endpoint.as_ref(), format!("{}/{}", m.model, m.version)),
         ("match", version.clone())
     );
     assert_eq!(
-        m.route,
+        &*m.route,
         version.split('/').nth(1).unwrap(),
         "one version serves"
     );
@@ -112,7 +112,7 @@ async fn every_answer_has_an_id_and_a_row_with_what_was_decided() {
     let body: Value = r.json().await.unwrap();
     let rec = row(&log, id).await;
     assert_eq!(
-        (rec.endpoint.as_str(), rec.model.as_str()),
+        (rec.endpoint.as_ref(), rec.model.as_ref()),
         ("recommend", "recommendation")
     );
     let d: Value = serde_json::from_str(&rec.decision).unwrap();

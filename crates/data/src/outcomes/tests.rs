@@ -106,7 +106,7 @@ fn world() -> World {
 
 fn prediction(
     n: u8,
-    endpoint: &str,
+    endpoint: &'static str,
     version: u64,
     user: Uuid,
     other: Option<Uuid>,

@@ -108,10 +108,10 @@ impl Predictor {
             self.log.record(PredictionRecord {
                 id,
                 at: Utc::now(),
-                endpoint: E::NAME.to_string(),
-                model: v.model.as_str().to_string(),
+                endpoint: E::NAME.into(),
+                model: v.model.as_str().into(),
                 version: v.version,
-                route: split.to_string(),
+                route: split,
                 user_id: user,
                 other_user_id: (N > 1).then(|| ids[N - 1].1),
                 request_digest: digest.unwrap_or_default(),

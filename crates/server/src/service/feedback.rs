@@ -73,7 +73,7 @@ impl Predictor {
                 format!("{at} is in the future"),
             ));
         }
-        let (item, position) = match (&req.destination, p.endpoint.as_str()) {
+        let (item, position) = match (&req.destination, p.endpoint.as_ref()) {
             (Some(name), "recommend") => {
                 let items = recommended(&p.decision);
                 match items
