@@ -526,26 +526,9 @@ mod tests {
         db.store(false).migrate().await.unwrap();
         // The service's two roles: the log is written as the writer, while
         // the reader (the app data's) cannot touch it, nor the writer the app's data.
-        let suffix = Uuid::new_v4().simple().to_string();
-        let (writer, reader) = (format!("mlsvc_w_{suffix}"), format!("mlsvc_r_{suffix}"));
-        db.roles.push(writer.clone());
-        db.roles.push(reader.clone());
-        let c = db.client().await;
-        c.batch_execute(&format!(
-            "CREATE ROLE {writer} LOGIN IN ROLE ml_service_writer;
-             CREATE ROLE {reader} LOGIN IN ROLE ml_service_reader;"
-        ))
-        .await
-        .unwrap();
-        let as_writer = PgStore::connect(
-            &db.url_as(&writer),
-            &crate::PgOptions {
-                pool_size: 1,
-                timeout: Some(std::time::Duration::from_secs(5)),
-                read_only: false,
-            },
-        )
-        .unwrap();
+        let writer = db.login_in("ml_service_writer").await;
+        let reader = db.login_in("ml_service_reader").await;
+        let as_writer = db.store_as(&writer);
         round_trip(&PgPredictions::new(as_writer)).await;
 
         let connect = |user: String| {
@@ -569,6 +552,6 @@ mod tests {
             .query_one("SELECT count(*) FROM ml_service.predictions", &[])
             .await
             .is_err());
-        drop((c, w, r));
+        drop((w, r));
     }
 }

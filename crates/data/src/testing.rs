@@ -77,6 +77,36 @@ impl TestDb {
         .unwrap()
     }
 
+    /// A fresh login role granted `group` (e.g. `ml_service_writer`),
+    /// dropped with the database; returns its name.
+    pub async fn login_in(&mut self, group: &str) -> String {
+        let role = format!(
+            "mlsvc_{}_{}",
+            &group[..group.len().min(12)].replace(|c: char| !c.is_ascii_alphanumeric(), "_"),
+            uuid::Uuid::new_v4().simple()
+        );
+        self.roles.push(role.clone());
+        self.client()
+            .await
+            .batch_execute(&format!("CREATE ROLE {role} LOGIN IN ROLE {group}"))
+            .await
+            .unwrap();
+        role
+    }
+
+    /// A read-write store on the test database, connected as `role`.
+    pub fn store_as(&self, role: &str) -> PgStore {
+        PgStore::connect(
+            &self.url_as(role),
+            &PgOptions {
+                pool_size: 1,
+                timeout: Some(Duration::from_secs(5)),
+                read_only: false,
+            },
+        )
+        .unwrap()
+    }
+
     /// A direct connection to the test database, as the admin.
     pub async fn client(&self) -> tokio_postgres::Client {
         let (client, conn) = tokio_postgres::connect(&self.url(), NoTls).await.unwrap();

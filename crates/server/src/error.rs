@@ -67,6 +67,10 @@ pub enum ServiceError {
     /// A model run failed.
     #[error("inference error")]
     Inference(BackendError),
+    /// The model repository could not be read (its store is down, or a
+    /// file in it is unreadable): an admin call that needs it cannot answer.
+    #[error("model repository error: {0}")]
+    ModelStore(BackendError),
 }
 
 impl From<ml_api::ApiError> for ServiceError {
@@ -123,6 +127,9 @@ impl ServiceError {
             }
             ServiceError::Data(_) => (StatusCode::SERVICE_UNAVAILABLE, "data_unavailable"),
             ServiceError::Inference(_) => (StatusCode::SERVICE_UNAVAILABLE, "inference_failed"),
+            ServiceError::ModelStore(_) => {
+                (StatusCode::SERVICE_UNAVAILABLE, "model_store_unavailable")
+            }
         }
     }
 
@@ -148,7 +155,8 @@ impl ServiceError {
             | ServiceError::LogOff
             | ServiceError::Overloaded
             | ServiceError::Data(_)
-            | ServiceError::Inference(_) => Code::Unavailable,
+            | ServiceError::Inference(_)
+            | ServiceError::ModelStore(_) => Code::Unavailable,
             ServiceError::DeadlineExceeded { .. } => Code::DeadlineExceeded,
         }
     }

@@ -123,7 +123,7 @@ async fn admin_experiment(
         .ok_or_else(|| ServiceError::UnknownModel(model.chars().take(100).collect()))?;
     let store = p.log.experiments().ok_or(ServiceError::LogOff)?;
     let repo = p.models.repository();
-    let policy = repo.serving(kind).await.map_err(ServiceError::Inference)?;
+    let policy = repo.serving(kind).await.map_err(ServiceError::ModelStore)?;
     let report =
         crate::experiments::report(&**store, kind, policy.as_ref(), &p.experiments).await?;
     Ok(Json(report))

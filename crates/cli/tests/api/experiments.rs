@@ -224,6 +224,29 @@ async fn without_the_prediction_log_feedback_says_why_it_cannot_be_recorded() {
     assert_eq!(error_of(r).await, (503, "prediction_log_off".into(), None));
 }
 
+#[tokio::test]
+async fn a_report_that_cannot_read_the_model_repository_says_so() {
+    let (_dir, s) = world().await;
+    // A serving.json that is not JSON: the repository cannot say what the
+    // split is, so the report cannot be made; the answer names the
+    // repository, not the model runtime.
+    std::fs::write(
+        s.models.model_path.join("travel_match/serving.json"),
+        "{not json",
+    )
+    .unwrap();
+    let app = spawn_with(s).await;
+    let r = app
+        .admin(
+            reqwest::Method::GET,
+            "/admin/experiments/travel_match",
+            Some(ADMIN_KEY),
+        )
+        .await;
+    let (status, code, _) = error_of(r).await;
+    assert_eq!((status, code.as_str()), (503, "model_store_unavailable"));
+}
+
 /// A fresh copy of the tests' demo world (the same users as the fixture's)
 /// and of the fixture's models, with the admin key set.
 async fn world() -> (tempfile::TempDir, Settings) {

@@ -357,23 +357,7 @@ async fn postgres_joins_outcomes_records_feedback_and_sums_arms() {
     admin.write_dataset(&w.data, true).await.unwrap();
     // As the service's writer role: it may read the app tables the join
     // needs, through their row-level security.
-    let writer = format!("mlsvc_w_{}", Uuid::new_v4().simple());
-    db.roles.push(writer.clone());
-    db.client()
-        .await
-        .batch_execute(&format!(
-            "CREATE ROLE {writer} LOGIN IN ROLE ml_service_writer"
-        ))
-        .await
-        .unwrap();
-    let store = crate::PgStore::connect(
-        &db.url_as(&writer),
-        &crate::PgOptions {
-            pool_size: 1,
-            timeout: Some(std::time::Duration::from_secs(5)),
-            read_only: false,
-        },
-    )
-    .unwrap();
+    let writer = db.login_in("ml_service_writer").await;
+    let store = db.store_as(&writer);
     scenario(&PgPredictions::new(store), &w).await;
 }
